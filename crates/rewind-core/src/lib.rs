@@ -1,0 +1,11 @@
+//! Domain types, configuration model and validation, the planner and the audit-chain
+//! hashing for rewind. Nothing in this crate touches the network, the file system or other
+//! processes: it decides, others act.
+
+pub mod audit;
+pub mod config;
+pub mod model;
+pub mod redact;
+pub mod units;
+
+pub use model::*;
