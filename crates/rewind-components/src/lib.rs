@@ -1,1 +1,103 @@
-//! placeholder
+//! Component kinds, one module each, behind one trait. A component knows what it runs now,
+//! how to take a restore point, and how to carry out the actions the planner gives it; every
+//! action checks its postcondition first, so carrying it out again after a crash is safe.
+
+use async_trait::async_trait;
+use rewind_core::config::ComponentConfig;
+use rewind_core::redact::Redactor;
+use rewind_core::Action;
+
+pub mod command;
+pub mod crash;
+pub mod host;
+pub mod proc;
+pub mod ready;
+pub mod release_dir;
+
+/// What went wrong in a component. Every variant names the component.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("{component}: {message}")]
+    Failed { component: String, message: String },
+    #[error("{component}: {action} is not something a {kind} component can do")]
+    Unsupported {
+        component: String,
+        kind: &'static str,
+        action: String,
+    },
+    #[error("{component}: {context}: {source}")]
+    Io {
+        component: String,
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ComponentError {
+    pub fn failed(component: &str, message: impl Into<String>) -> Self {
+        ComponentError::Failed {
+            component: component.to_string(),
+            message: message.into(),
+        }
+    }
+    pub fn io(component: &str, context: impl Into<String>, source: std::io::Error) -> Self {
+        ComponentError::Io {
+            component: component.to_string(),
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = ComponentError> = std::result::Result<T, E>;
+
+/// How an action ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It acted; the text is its (redacted) output or a summary.
+    Done(String),
+    /// Its postcondition already held; the text says which.
+    Skipped(String),
+}
+
+/// What a restore point records.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The version running now, if the component can tell.
+    pub version: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// What every action needs besides the action itself.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub environment: String,
+    pub redactor: Redactor,
+}
+
+/// One component kind.
+#[async_trait]
+pub trait Component: Send + Sync {
+    fn name(&self) -> &str;
+    fn kind(&self) -> &'static str;
+    /// The version running now, read live (not from the ledger). `None` when the
+    /// component cannot tell (a command component without `current`).
+    async fn current(&self, cx: &Ctx) -> Result<Option<String>>;
+    /// What is needed to put the component back: taken before any change.
+    async fn restore_point(&self, cx: &Ctx) -> Result<Snapshot>;
+    /// Checks that an action could be carried out now (the release directory of a rollback
+    /// target is still on disk, an artifact exists …) without changing anything.
+    async fn precheck(&self, cx: &Ctx, action: &Action) -> Result<()>;
+    /// Carries out one action. Idempotent: checks the postcondition first.
+    async fn apply(&self, cx: &Ctx, action: &Action) -> Result<Outcome>;
+}
+
+/// Builds the component `name` from its configuration. Nothing is touched until an
+/// action runs.
+pub fn build(name: &str, config: &ComponentConfig) -> Box<dyn Component> {
+    match config {
+        ComponentConfig::ReleaseDir(c) => Box::new(release_dir::ReleaseDir::new(name, c.clone())),
+        ComponentConfig::Command(c) => Box::new(command::CommandComponent::new(name, c.clone())),
+    }
+}

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod config;
 pub mod model;
+pub mod plan;
 pub mod redact;
 pub mod units;
 

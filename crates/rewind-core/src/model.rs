@@ -208,10 +208,13 @@ pub enum Action {
         hook: CommandHook,
         release: String,
     },
-    /// Remove old release directories beyond `keep`, never the protected ones.
+    /// Remove old release directories beyond `keep`, never the protected ones. Only
+    /// releases in `known` (the ledger's releases when the run was planned, oldest first) are
+    /// counted and removed.
     Prune {
         component: String,
         protect: Vec<String>,
+        known: Vec<String>,
     },
     /// Only ledger effects.
     Record,

@@ -1,0 +1,341 @@
+//! `kind = "release-dir"`: the Capistrano layout. Each release lives in
+//! `<root>/releases/<release>/`; `<root>/current` is a relative symlink to the running one.
+//! Staging copies into a hidden directory and renames it into place, and switching creates a
+//! new symlink and renames it over `current`, so a crash at any instant leaves either the old
+//! or the new state, never a half-copied release or a missing `current`.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use rewind_core::config::ReleaseDirConfig;
+use rewind_core::Action;
+use serde_json::json;
+
+use crate::{crash, proc, ready, Component, ComponentError, Ctx, Outcome, Result, Snapshot};
+
+pub struct ReleaseDir {
+    name: String,
+    cfg: ReleaseDirConfig,
+}
+
+impl ReleaseDir {
+    pub fn new(name: &str, cfg: ReleaseDirConfig) -> Self {
+        ReleaseDir {
+            name: name.to_string(),
+            cfg,
+        }
+    }
+
+    fn releases_dir(&self) -> PathBuf {
+        self.cfg.root.join("releases")
+    }
+
+    fn release_path(&self, release: &str) -> PathBuf {
+        self.releases_dir().join(release)
+    }
+
+    fn current_link(&self) -> PathBuf {
+        self.cfg.root.join("current")
+    }
+
+    fn io(&self, context: impl Into<String>, e: std::io::Error) -> ComponentError {
+        ComponentError::io(&self.name, context, e)
+    }
+
+    /// The release `current` points at, if it is a symlink into `releases/`.
+    fn current_release(&self) -> Result<Option<String>> {
+        let link = self.current_link();
+        match std::fs::symlink_metadata(&link) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(format!("reading {}", link.display()), e)),
+            Ok(m) if !m.file_type().is_symlink() => {
+                return Err(ComponentError::failed(
+                    &self.name,
+                    format!(
+                        "{} is not a symlink; move it aside (rewind manages `current` as a symlink into releases/)",
+                        link.display()
+                    ),
+                ));
+            }
+            Ok(_) => {}
+        }
+        let target = std::fs::read_link(&link).map_err(|e| self.io(format!("reading {}", link.display()), e))?;
+        Ok(target
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string()))
+    }
+
+    fn env_vars<'a>(&'a self, cx: &'a Ctx, release: &'a str) -> Vec<(&'a str, String)> {
+        vec![
+            ("REWIND_ENVIRONMENT", cx.environment.clone()),
+            ("REWIND_COMPONENT", self.name.clone()),
+            ("REWIND_RELEASE", release.to_string()),
+            ("REWIND_ROOT", self.cfg.root.display().to_string()),
+            ("REWIND_RELEASE_PATH", self.release_path(release).display().to_string()),
+        ]
+    }
+
+    /// Removes what a killed run left behind: half-copied staging directories, half-deleted
+    /// releases, temporary symlinks.
+    fn sweep_leftovers(&self) -> Result<()> {
+        for dir in [self.releases_dir(), self.cfg.root.clone()] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.starts_with(".rewind-") {
+                    let path = entry.path();
+                    let ft = entry.file_type().map_err(|e| self.io(format!("reading {}", path.display()), e))?;
+                    let res = if ft.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                    res.map_err(|e| self.io(format!("removing leftover {}", path.display()), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn stage(&self, cx: &Ctx, release: &str, artifact: Option<&str>) -> Result<Outcome> {
+        let dest = self.release_path(release);
+        if dest.is_dir() {
+            return Ok(Outcome::Skipped(format!("{} is already on disk", dest.display())));
+        }
+        let Some(artifact) = artifact else {
+            return Err(ComponentError::failed(
+                &self.name,
+                format!(
+                    "{} does not exist and no artifact was given; pass --artifact {}=PATH (a directory or a .tar.gz)",
+                    dest.display(),
+                    self.name
+                ),
+            ));
+        };
+        let src = Path::new(artifact);
+        std::fs::create_dir_all(self.releases_dir())
+            .map_err(|e| self.io(format!("creating {}", self.releases_dir().display()), e))?;
+        self.sweep_leftovers()?;
+        let staging = self
+            .releases_dir()
+            .join(format!(".rewind-staging-{release}-{}", std::process::id()));
+        std::fs::create_dir(&staging).map_err(|e| self.io(format!("creating {}", staging.display()), e))?;
+        let (prog, args): (&str, Vec<String>) = if src.is_dir() {
+            ("cp", vec!["-a".into(), format!("{}/.", src.display()), staging.display().to_string()])
+        } else if is_tarball(src) {
+            ("tar", vec!["-xzf".into(), src.display().to_string(), "-C".into(), staging.display().to_string()])
+        } else if src.exists() {
+            return Err(ComponentError::failed(
+                &self.name,
+                format!("artifact {} is neither a directory nor a .tar.gz/.tgz file", src.display()),
+            ));
+        } else {
+            return Err(ComponentError::failed(&self.name, format!("artifact {} does not exist", src.display())));
+        };
+        let out = tokio::process::Command::new(prog)
+            .args(&args)
+            .output()
+            .await
+            .map_err(|e| self.io(format!("running {prog}"), e))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(ComponentError::failed(
+                &self.name,
+                format!(
+                    "copying {} into {} failed: {}",
+                    src.display(),
+                    dest.display(),
+                    cx.redactor.redact(String::from_utf8_lossy(&out.stderr).trim())
+                ),
+            ));
+        }
+        crash::point("mid", &format!("{}.stage", self.name));
+        std::fs::rename(&staging, &dest)
+            .map_err(|e| self.io(format!("moving {} to {}", staging.display(), dest.display()), e))?;
+        sync_dir(&self.releases_dir());
+        Ok(Outcome::Done(format!("copied {} into {}", src.display(), dest.display())))
+    }
+
+    fn switch(&self, release: &str) -> Result<Outcome> {
+        let target = self.release_path(release);
+        if self.current_release()?.as_deref() == Some(release) {
+            return Ok(Outcome::Skipped(format!("current already points at releases/{release}")));
+        }
+        if !target.is_dir() {
+            return Err(ComponentError::failed(
+                &self.name,
+                format!("{} does not exist; cannot point current at it", target.display()),
+            ));
+        }
+        self.sweep_leftovers()?;
+        let tmp = self.cfg.root.join(format!(".rewind-current-{}", std::process::id()));
+        let rel = Path::new("releases").join(release);
+        std::os::unix::fs::symlink(&rel, &tmp).map_err(|e| self.io(format!("creating symlink {}", tmp.display()), e))?;
+        crash::point("mid", &format!("{}.switch", self.name));
+        std::fs::rename(&tmp, self.current_link())
+            .map_err(|e| self.io(format!("renaming {} over {}", tmp.display(), self.current_link().display()), e))?;
+        sync_dir(&self.cfg.root);
+        Ok(Outcome::Done(format!("current -> {}", rel.display())))
+    }
+
+    async fn restart(&self, cx: &Ctx) -> Result<Outcome> {
+        let Some(cmd) = &self.cfg.restart else {
+            return Ok(Outcome::Skipped("no restart command configured".into()));
+        };
+        let release = self.current_release()?.unwrap_or_default();
+        let vars = self.env_vars(cx, &release);
+        let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let shown = cx.redactor.redact(cmd);
+        let out = proc::run_shell(&self.name, cmd, Some(&self.cfg.root), &env, self.cfg.command_timeout, &cx.redactor).await?;
+        crash::point("mid", &format!("{}.restart", self.name));
+        proc::expect_success(&self.name, "restart command", &shown, &out)?;
+        Ok(Outcome::Done(if out.output.is_empty() {
+            format!("`{shown}` exited 0")
+        } else {
+            out.output
+        }))
+    }
+
+    fn prune(&self, protect: &[String], known: &[String]) -> Result<Outcome> {
+        self.sweep_leftovers()?;
+        let current = self.current_release()?;
+        // Only releases the ledger knows are counted and removed, oldest first: a directory
+        // somebody put there by hand is left alone.
+        let on_disk: Vec<&String> = known.iter().filter(|r| self.release_path(r).is_dir()).collect();
+        let keep = self.cfg.keep as usize;
+        if on_disk.len() <= keep {
+            return Ok(Outcome::Skipped(format!("{} releases on disk, keep {keep}", on_disk.len())));
+        }
+        let mut excess = on_disk.len() - keep;
+        let mut removed = Vec::new();
+        for r in on_disk {
+            if excess == 0 {
+                break;
+            }
+            if protect.contains(r) || current.as_deref() == Some(r.as_str()) {
+                continue;
+            }
+            let path = self.release_path(r);
+            // Rename first so a crash mid-delete never leaves half a release under its name.
+            let doomed = self.releases_dir().join(format!(".rewind-deleting-{r}-{}", std::process::id()));
+            std::fs::rename(&path, &doomed).map_err(|e| self.io(format!("moving {} aside", path.display()), e))?;
+            std::fs::remove_dir_all(&doomed).map_err(|e| self.io(format!("removing {}", doomed.display()), e))?;
+            removed.push(r.clone());
+            excess -= 1;
+        }
+        if removed.is_empty() {
+            Ok(Outcome::Skipped("nothing to remove (the rest are protected)".into()))
+        } else {
+            Ok(Outcome::Done(format!("removed {}", removed.join(", "))))
+        }
+    }
+}
+
+fn is_tarball(p: &Path) -> bool {
+    let s = p.to_string_lossy();
+    p.is_file() && (s.ends_with(".tar.gz") || s.ends_with(".tgz"))
+}
+
+/// Makes a rename durable: fsync the directory that holds it.
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+#[async_trait]
+impl Component for ReleaseDir {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "release-dir"
+    }
+
+    async fn current(&self, _cx: &Ctx) -> Result<Option<String>> {
+        self.current_release()
+    }
+
+    async fn restore_point(&self, _cx: &Ctx) -> Result<Snapshot> {
+        let current = self.current_release()?;
+        let mut on_disk: Vec<String> = std::fs::read_dir(self.releases_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        on_disk.sort();
+        Ok(Snapshot {
+            version: current.clone(),
+            data: json!({
+                "root": self.cfg.root,
+                "current": current.map(|c| format!("releases/{c}")),
+                "releases_on_disk": on_disk,
+            }),
+        })
+    }
+
+    async fn precheck(&self, _cx: &Ctx, action: &Action) -> Result<()> {
+        match action {
+            Action::Switch { release, .. } => {
+                // `current` must be a symlink we may replace, and the release must be on
+                // disk (the caller skips this check when the same plan stages it first).
+                self.current_release()?;
+                if self.release_path(release).is_dir() {
+                    Ok(())
+                } else {
+                    Err(ComponentError::failed(
+                        &self.name,
+                        format!(
+                            "{} is no longer on disk (pruned or removed by hand); deploy it again with --artifact, or choose another release with --to",
+                            self.release_path(release).display()
+                        ),
+                    ))
+                }
+            }
+            Action::Stage { release, artifact, .. } => {
+                if self.release_path(release).is_dir() {
+                    return Ok(());
+                }
+                match artifact {
+                    None => Err(ComponentError::failed(
+                        &self.name,
+                        format!(
+                            "{} does not exist and no artifact was given; pass --artifact {}=PATH (a directory or a .tar.gz)",
+                            self.release_path(release).display(),
+                            self.name
+                        ),
+                    )),
+                    Some(a) if !Path::new(a).exists() => Err(ComponentError::failed(&self.name, format!("artifact {a} does not exist"))),
+                    Some(a) if !Path::new(a).is_dir() && !is_tarball(Path::new(a)) => Err(ComponentError::failed(
+                        &self.name,
+                        format!("artifact {a} is neither a directory nor a .tar.gz/.tgz file"),
+                    )),
+                    Some(_) => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn apply(&self, cx: &Ctx, action: &Action) -> Result<Outcome> {
+        match action {
+            Action::Stage { release, artifact, .. } => self.stage(cx, release, artifact.as_deref()).await,
+            Action::Switch { release, .. } => self.switch(release),
+            Action::Restart { .. } => self.restart(cx).await,
+            Action::WaitReady { .. } => match &self.cfg.ready {
+                Some(r) => ready::wait_ready(&self.name, r, self.cfg.ready_timeout, Some(&self.cfg.root), &cx.redactor)
+                    .await
+                    .map(Outcome::Done),
+                None => Ok(Outcome::Skipped("no readiness check configured".into())),
+            },
+            Action::Prune { protect, known, .. } => self.prune(protect, known),
+            other => Err(ComponentError::Unsupported {
+                component: self.name.clone(),
+                kind: "release-dir",
+                action: format!("{other:?}"),
+            }),
+        }
+    }
+}
+

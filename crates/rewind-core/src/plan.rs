@@ -1,0 +1,323 @@
+//! The planner: turns "deploy release R" or "roll back to release T" into an ordered list of
+//! self-contained steps, each with the ledger effects recorded when it is done. Pure: it reads
+//! the configuration and the ledger it is handed, and checks nothing on disk (the binary checks
+//! the plan's preconditions before it records a run).
+
+use std::collections::BTreeMap;
+
+use crate::config::{ComponentConfig, Config};
+use crate::model::{Action, CommandHook, LedgerEffect, Release, ReleaseState, Step};
+
+/// Why a plan cannot be made. Every variant says what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("nothing has been deployed to `{0}` yet, so there is nothing to roll back")]
+    NothingDeployed(String),
+    #[error("no known-good release before `{current}`; name one with --to RELEASE (see `rewind history`)")]
+    NoKnownGood { current: String },
+    #[error("release `{0}` is not in the ledger; see `rewind history` for the recorded releases")]
+    UnknownRelease(String),
+    #[error("release `{release}` is marked {state}; rolling back to it needs --force")]
+    FaultyTarget { release: String, state: ReleaseState },
+    #[error("component `{0}` is not in the config; known components: {1}")]
+    UnknownComponent(String, String),
+    #[error("release `{release}` does not record a version for component `{component}`")]
+    NoVersion { release: String, component: String },
+}
+
+/// What the ledger says about an environment, as the planner needs it.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    pub current: Option<String>,
+    /// Component → version it runs now.
+    pub deployed: BTreeMap<String, String>,
+    /// Oldest first.
+    pub releases: Vec<Release>,
+}
+
+impl Ledger {
+    pub fn release(&self, name: &str) -> Option<&Release> {
+        self.releases.iter().find(|r| r.name == name)
+    }
+
+    /// The most recent known-good release recorded before `before` (by deploy order),
+    /// other than `before` itself.
+    pub fn last_good_before(&self, before: &str) -> Option<&Release> {
+        let limit = self.release(before).map(|r| r.seq).unwrap_or(i64::MAX);
+        self.releases
+            .iter()
+            .rev()
+            .find(|r| r.seq < limit && r.state == ReleaseState::Good && r.name != before)
+    }
+
+    /// The most recent known-good release (any).
+    pub fn last_good(&self) -> Option<&Release> {
+        self.releases
+            .iter()
+            .rev()
+            .find(|r| r.state == ReleaseState::Good)
+    }
+}
+
+fn component_steps_to(name: &str, cfg: &ComponentConfig, release: &str, hook: CommandHook, artifact: Option<&str>) -> Vec<Step> {
+    let mut steps = Vec::new();
+    match cfg {
+        ComponentConfig::ReleaseDir(rd) => {
+            if hook == CommandHook::Deploy {
+                steps.push(Step {
+                    id: format!("{name}.stage"),
+                    title: match artifact {
+                        Some(a) => format!("{name}: copy {a} into {}/releases/{release}", rd.root.display()),
+                        None => format!("{name}: use {}/releases/{release} (already on disk)", rd.root.display()),
+                    },
+                    action: Action::Stage {
+                        component: name.into(),
+                        release: release.into(),
+                        artifact: artifact.map(str::to_string),
+                    },
+                    effects: vec![],
+                });
+            }
+            steps.push(Step {
+                id: format!("{name}.switch"),
+                title: format!("{name}: point {}/current at releases/{release}", rd.root.display()),
+                action: Action::Switch {
+                    component: name.into(),
+                    release: release.into(),
+                },
+                effects: vec![],
+            });
+            if let Some(restart) = &rd.restart {
+                steps.push(Step {
+                    id: format!("{name}.restart"),
+                    title: format!("{name}: restart ({restart})"),
+                    action: Action::Restart { component: name.into() },
+                    effects: vec![],
+                });
+            }
+            if let Some(ready) = &rd.ready {
+                steps.push(ready_step(name, ready, rd.ready_timeout));
+            }
+        }
+        ComponentConfig::Command(c) => {
+            let (word, cmd) = match hook {
+                CommandHook::Deploy => ("deploy", &c.deploy),
+                CommandHook::Rollback => ("rollback", &c.rollback),
+            };
+            steps.push(Step {
+                id: format!("{name}.{word}"),
+                title: format!("{name}: {word} {release} ({})", cmd.replace("{release}", release)),
+                action: Action::RunCommand {
+                    component: name.into(),
+                    hook,
+                    release: release.into(),
+                },
+                effects: vec![],
+            });
+            if let Some(ready) = &c.ready {
+                steps.push(ready_step(name, ready, c.ready_timeout));
+            }
+        }
+    }
+    if let Some(last) = steps.last_mut() {
+        last.effects.push(LedgerEffect::Deployed {
+            component: name.into(),
+            version: release.into(),
+        });
+    }
+    steps
+}
+
+fn ready_step(name: &str, ready: &crate::config::Readiness, timeout: std::time::Duration) -> Step {
+    let what = match ready {
+        crate::config::Readiness::Url(u) => format!("GET {u} answers 2xx"),
+        crate::config::Readiness::Command(c) => format!("`{c}` exits 0"),
+    };
+    Step {
+        id: format!("{name}.ready"),
+        title: format!("{name}: wait until {what} (at most {})", crate::units::format_duration(timeout)),
+        action: Action::WaitReady { component: name.into() },
+        effects: vec![],
+    }
+}
+
+fn restore_point_step(name: &str) -> Step {
+    Step {
+        id: format!("{name}.restore-point"),
+        title: format!("{name}: record a restore point (what runs now)"),
+        action: Action::RestorePoint { component: name.into() },
+        effects: vec![],
+    }
+}
+
+/// The steps of deploying `release`: restore points of every component first, then each
+/// component in config order, then the ledger, then pruning old release directories.
+/// `artifacts` maps component name → artifact path given on the command line.
+pub fn deploy_plan(config: &Config, ledger: &Ledger, release: &str, artifacts: &BTreeMap<String, String>) -> Vec<Step> {
+    let mut steps: Vec<Step> = config
+        .components
+        .iter()
+        .map(|(name, _)| restore_point_step(name))
+        .collect();
+    for (name, cfg) in &config.components {
+        steps.extend(component_steps_to(
+            name,
+            cfg,
+            release,
+            CommandHook::Deploy,
+            artifacts.get(name).map(String::as_str),
+        ));
+    }
+    steps.push(Step {
+        id: "ledger.good".into(),
+        title: format!("ledger: {release} is current and good"),
+        action: Action::Record,
+        effects: vec![
+            LedgerEffect::Current { release: release.into() },
+            LedgerEffect::ReleaseState {
+                release: release.into(),
+                state: ReleaseState::Good,
+            },
+        ],
+    });
+    let mut protect = vec![release.to_string()];
+    if let Some(good) = ledger.last_good() {
+        protect.push(good.name.clone());
+    }
+    let mut known: Vec<String> = ledger.releases.iter().map(|r| r.name.clone()).collect();
+    if !known.iter().any(|k| k == release) {
+        known.push(release.to_string());
+    }
+    for (name, cfg) in &config.components {
+        if let ComponentConfig::ReleaseDir(rd) = cfg {
+            steps.push(Step {
+                id: format!("{name}.prune"),
+                title: format!("{name}: keep the newest {} releases in {}/releases (never {})", rd.keep, rd.root.display(), protect.join(", ")),
+                action: Action::Prune {
+                    component: name.into(),
+                    protect: protect.clone(),
+                    known: known.clone(),
+                },
+                effects: vec![],
+            });
+        }
+    }
+    steps
+}
+
+/// What a rollback would do, before any step exists: the chosen target and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackTarget {
+    pub from: String,
+    pub to: String,
+    /// Components that move, in the order they are rolled back (reverse config order).
+    pub components: Vec<String>,
+    /// True when every component ends at `to`, so `to` becomes the current release.
+    pub whole: bool,
+}
+
+/// Chooses the target of a rollback: `to` if given, else the most recent known-good
+/// release before the current one.
+pub fn rollback_target(
+    config: &Config,
+    ledger: &Ledger,
+    env: &str,
+    to: Option<&str>,
+    only: &[String],
+    force: bool,
+) -> Result<RollbackTarget, PlanError> {
+    let known = || {
+        config
+            .components
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for c in only {
+        if config.component(c).is_none() {
+            return Err(PlanError::UnknownComponent(c.clone(), known()));
+        }
+    }
+    let Some(current) = ledger.current.clone().or_else(|| ledger.releases.last().map(|r| r.name.clone())) else {
+        return Err(PlanError::NothingDeployed(env.to_string()));
+    };
+    let target = match to {
+        Some(t) => {
+            let r = ledger
+                .release(t)
+                .ok_or_else(|| PlanError::UnknownRelease(t.to_string()))?;
+            if matches!(r.state, ReleaseState::Failed | ReleaseState::RolledBack | ReleaseState::Deploying) && !force {
+                return Err(PlanError::FaultyTarget {
+                    release: t.to_string(),
+                    state: r.state,
+                });
+            }
+            r
+        }
+        None => ledger
+            .last_good_before(&current)
+            .ok_or_else(|| PlanError::NoKnownGood { current: current.clone() })?,
+    };
+    // Every selected component is planned, even one the ledger says is already at the
+    // target: a run killed half-way may have moved it without recording so, and each step
+    // checks its own postcondition anyway.
+    let mut components = Vec::new();
+    for (name, _) in config.components.iter().rev() {
+        if !only.is_empty() && !only.contains(name) {
+            continue;
+        }
+        if !target.components.contains_key(name) {
+            return Err(PlanError::NoVersion {
+                release: target.name.clone(),
+                component: name.clone(),
+            });
+        }
+        components.push(name.clone());
+    }
+    // Whole when, afterwards, every configured component runs the target.
+    let whole = config.components.iter().all(|(name, _)| {
+        components.contains(name)
+            || ledger.deployed.get(name).map(String::as_str) == Some(target.name.as_str())
+    });
+    Ok(RollbackTarget {
+        from: current,
+        to: target.name.clone(),
+        components,
+        whole,
+    })
+}
+
+/// The steps of a rollback to `target`: for each moving component (reverse config order) a
+/// restore point, then its steps; then the ledger.
+pub fn rollback_plan(config: &Config, target: &RollbackTarget) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for name in &target.components {
+        steps.push(restore_point_step(name));
+    }
+    for name in &target.components {
+        let cfg = config.component(name).expect("rollback_target checked the names");
+        steps.extend(component_steps_to(name, cfg, &target.to, CommandHook::Rollback, None));
+    }
+    let mut effects = Vec::new();
+    if target.whole {
+        effects.push(LedgerEffect::Current { release: target.to.clone() });
+        if target.from != target.to {
+            effects.push(LedgerEffect::ReleaseState {
+                release: target.from.clone(),
+                state: ReleaseState::RolledBack,
+            });
+        }
+    }
+    steps.push(Step {
+        id: "ledger.rolled-back".into(),
+        title: if target.whole {
+            format!("ledger: {} is current again; {} is marked rolled-back", target.to, target.from)
+        } else {
+            format!("ledger: record {} at {} ({} stays current for the other components)", target.components.join(", "), target.to, target.from)
+        },
+        action: Action::Record,
+        effects,
+    });
+    steps
+}

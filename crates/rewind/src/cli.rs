@@ -1,0 +1,109 @@
+//! Command-line arguments (clap derive). The commands that act on them live in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// rewind makes a rollback runbook executable: it records every release, takes a restore
+/// point before each change, and rolls back with one command, crash-safe and on the record.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rewind",
+    version,
+    about,
+    after_help = "Exit codes: 0 success · 1 the operation failed · 2 bad usage or invalid config · 3 blocked (another run holds the lock, or an unfinished run must be finished first)\n\nStart with `rewind init`, edit rewind.toml, then `rewind check`."
+)]
+pub struct Cli {
+    /// The environment's config file.
+    #[arg(short, long, global = true, default_value = "rewind.toml", env = "REWIND_CONFIG")]
+    pub config: PathBuf,
+
+    /// Print results as JSON on stdout (messages still go to stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// No progress or messages on stderr; only results and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented example rewind.toml.
+    Init {
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate the config file without touching anything.
+    Check,
+    /// Record a release, take restore points, and deploy it component by component.
+    Deploy(DeployArgs),
+    /// What is deployed now, the lock, and any unfinished run.
+    Status,
+    /// Every recorded release and the most recent runs.
+    History {
+        /// How many runs to show.
+        #[arg(long, default_value_t = 20)]
+        runs: i64,
+    },
+    /// Show the exact steps a rollback would take; nothing is changed.
+    Plan(TargetArgs),
+    /// Roll back to the last known-good release (or --to RELEASE).
+    Rollback(RollbackArgs),
+    /// Finish an interrupted run (after a crash, kill -9 or Ctrl-C).
+    Resume,
+    /// The hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Release name: letters, digits, `.`, `_`, `-`, `+` (e.g. v1.2.0, 2026-11-21.1).
+    pub release: String,
+    /// Where a component's new version comes from: COMPONENT=PATH (a directory or a
+    /// .tar.gz) for release-dir components. Repeat for several components.
+    #[arg(long = "artifact", value_name = "COMPONENT=PATH")]
+    pub artifacts: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The release to go back to (default: the most recent known-good release before the
+    /// current one).
+    #[arg(long, value_name = "RELEASE")]
+    pub to: Option<String>,
+    /// Roll back only this component (repeatable); the others stay as they are.
+    #[arg(long = "component", value_name = "NAME")]
+    pub components: Vec<String>,
+    /// Allow a target that is marked failed or rolled-back.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(short, long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the audit log, oldest first.
+    Log {
+        /// Only the last N entries.
+        #[arg(long)]
+        last: Option<usize>,
+    },
+    /// Check the hash chain; exit 1 naming the first entry that does not hold.
+    Verify,
+}

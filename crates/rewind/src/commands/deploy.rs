@@ -1,0 +1,150 @@
+//! `rewind deploy RELEASE`: record the release, take restore points, apply the components in
+//! config order, mark the release good.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use rewind_components::host;
+use rewind_core::config::ComponentConfig;
+use rewind_core::{Action, NewAudit, NewRelease, NewRun, RunKind};
+use rewind_store::StoreError;
+use serde_json::json;
+
+use super::{Env, absolute, validate_release_name};
+use crate::cli::DeployArgs;
+use crate::engine::{LockGuard, new_run_id};
+use crate::error::{Class, CliError, CliResult, blocked, usage};
+use crate::output::Printer;
+
+pub async fn run(env: &Env, args: DeployArgs, printer: &Printer) -> CliResult<ExitCode> {
+    validate_release_name(&args.release)?;
+    let artifacts = parse_artifacts(env, &args.artifacts)?;
+    let run_id = new_run_id();
+    let lock = LockGuard::acquire(env.store.clone(), &env.name, &run_id, env.config.environment.lock_stale_after, printer).await?;
+    let result = deploy_locked(env, &args.release, &artifacts, &run_id, &lock, printer).await;
+    lock.release().await;
+    result
+}
+
+fn parse_artifacts(env: &Env, raw: &[String]) -> CliResult<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for a in raw {
+        let Some((name, path)) = a.split_once('=') else {
+            return Err(usage(format!("--artifact `{a}` is not COMPONENT=PATH")).hint("e.g. --artifact web=./build/shop-1.2.0.tar.gz"));
+        };
+        match env.config.component(name) {
+            None => {
+                let known: Vec<_> = env.config.components.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(usage(format!("--artifact names component `{name}`, which is not in the config")).hint(format!("known components: {}", known.join(", "))));
+            }
+            Some(ComponentConfig::ReleaseDir(_)) => {}
+            Some(other) => {
+                return Err(usage(format!("component `{name}` is of kind {}, which takes no artifact", other.kind()))
+                    .hint("its deploy command gets the release name as {release}"));
+            }
+        }
+        let p = Path::new(path);
+        if !p.exists() {
+            return Err(usage(format!("artifact for `{name}` does not exist: {path}")));
+        }
+        if out.insert(name.to_string(), absolute(p).display().to_string()).is_some() {
+            return Err(usage(format!("--artifact given twice for `{name}`")));
+        }
+    }
+    Ok(out)
+}
+
+async fn deploy_locked(
+    env: &Env,
+    release: &str,
+    artifacts: &BTreeMap<String, String>,
+    run_id: &str,
+    lock: &LockGuard,
+    printer: &Printer,
+) -> CliResult<ExitCode> {
+    if let Some(open) = env.store.unfinished_run(&env.name).await? {
+        return Err(blocked(format!(
+            "run {} ({} {}) is unfinished; a deploy cannot start on top of it",
+            open.id, open.kind, open.release
+        ))
+        .hint("finish it with `rewind resume`, or go back with `rewind rollback`"));
+    }
+    if let Some(existing) = env.store.release(&env.name, release).await? {
+        return Err(usage(format!("release `{release}` is already recorded (state {})", existing.state))
+            .hint(format!("releases are never redeployed under the same name; to go back to it run `rewind rollback --to {release}`, or deploy under a new name")));
+    }
+    let ledger = env.ledger().await?;
+    let steps = rewind_core::plan::deploy_plan(&env.config, &ledger, release, artifacts);
+    precheck(env, &steps).await?;
+    let actor = host::actor();
+    let new_run = NewRun {
+        id: run_id.to_string(),
+        environment: env.name.clone(),
+        kind: RunKind::Deploy,
+        release: release.to_string(),
+        from_release: ledger.current.clone(),
+        actor: actor.clone(),
+        steps,
+        components: env.config.components.clone(),
+    };
+    let components: BTreeMap<String, String> = env
+        .config
+        .components
+        .iter()
+        .map(|(n, _)| (n.clone(), release.to_string()))
+        .collect();
+    let new_release = NewRelease {
+        name: release.to_string(),
+        components,
+    };
+    let audit = NewAudit::new(&actor, "deploy.start").release(release).run(run_id).details(json!({
+        "from": ledger.current,
+        "artifacts": artifacts,
+        "steps": new_run.steps.len(),
+    }));
+    let run = match env.store.create_run(&new_run, Some(&new_release), audit).await {
+        Ok(r) => r,
+        Err(e @ StoreError::ReleaseExists { .. }) => return Err(CliError::new(Class::Usage, e)),
+        Err(e) => return Err(e.into()),
+    };
+    printer.note(format!(
+        "deploying {release} to {} (run {}, {} steps)",
+        env.name,
+        run.id,
+        run.steps.len()
+    ));
+    super::rollback::execute_and_close(env, &run, lock, printer, false).await
+}
+
+/// Checks what can be checked before anything is recorded: artifacts exist and are of a
+/// usable type, rollback targets are on disk.
+pub async fn precheck(env: &Env, steps: &[rewind_core::Step]) -> CliResult<()> {
+    let cx = rewind_components::Ctx {
+        environment: env.name.clone(),
+        redactor: env.redactor.clone(),
+    };
+    let mut staged = std::collections::BTreeSet::new();
+    let mut problems = Vec::new();
+    for step in steps {
+        let Some(name) = step.action.component() else { continue };
+        let Some(cfg) = env.config.component(name) else { continue };
+        if let Action::Switch { release, .. } = &step.action
+            && staged.contains(&(name.to_string(), release.clone()))
+        {
+            continue;
+        }
+        if let Action::Stage { release, .. } = &step.action {
+            staged.insert((name.to_string(), release.clone()));
+        }
+        let comp = rewind_components::build(name, cfg);
+        if let Err(e) = comp.precheck(&cx, &step.action).await {
+            problems.push(env.redactor.redact(&e.to_string()));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(usage(format!("cannot start; nothing was changed:\n  {}", problems.join("\n  "))))
+    }
+}

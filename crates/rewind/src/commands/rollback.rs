@@ -1,0 +1,325 @@
+//! `rewind plan`, `rewind rollback`, `rewind resume`, and closing a run after execution
+//! (shared with `deploy`).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use rewind_components::host;
+use rewind_core::plan::{self, PlanError, RollbackTarget};
+use rewind_core::{LedgerEffect, NewAudit, NewRun, ReleaseState, Run, RunKind, RunStatus, Step};
+use serde_json::json;
+
+use super::Env;
+use crate::cli::{RollbackArgs, TargetArgs};
+use crate::engine::{Executor, LockGuard, RunEnd, StepReport, install_interrupt, new_run_id};
+use crate::error::{CliError, CliResult, failed, usage};
+use crate::output::Printer;
+
+fn plan_error(e: PlanError) -> CliError {
+    match e {
+        PlanError::NothingDeployed(_) | PlanError::NoKnownGood { .. } => CliError::new(crate::error::Class::Failed, e),
+        _ => CliError::new(crate::error::Class::Usage, e),
+    }
+}
+
+async fn make_plan(env: &Env, args: &TargetArgs) -> CliResult<(RollbackTarget, Vec<Step>)> {
+    if let Some(to) = &args.to {
+        super::validate_release_name(to)?;
+    }
+    let ledger = env.ledger().await?;
+    let target = plan::rollback_target(&env.config, &ledger, &env.name, args.to.as_deref(), &args.components, args.force)
+        .map_err(plan_error)?;
+    let steps = plan::rollback_plan(&env.config, &target);
+    Ok((target, steps))
+}
+
+fn describe_unfinished(run: &Run, done: usize) -> String {
+    format!(
+        "run {} ({} {}, started {} by {}) is {}: {done} of {} steps finished",
+        run.id,
+        run.kind,
+        run.release,
+        super::short_time(&run.created_at),
+        run.actor,
+        run.status,
+        run.steps.len()
+    )
+}
+
+async fn steps_done(env: &Env, run: &Run) -> CliResult<usize> {
+    let journal = env.store.journal(&run.id).await?;
+    let mut done: Vec<i64> = journal
+        .iter()
+        .filter(|e| matches!(e.event, rewind_core::JournalEvent::Done | rewind_core::JournalEvent::Skipped))
+        .filter_map(|e| e.step)
+        .collect();
+    done.sort();
+    done.dedup();
+    Ok(done.len())
+}
+
+fn steps_json(steps: &[Step]) -> serde_json::Value {
+    json!(steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| json!({"index": i + 1, "id": s.id, "title": s.title, "action": s.action, "effects": s.effects}))
+        .collect::<Vec<_>>())
+}
+
+/// `rewind plan`: the exact steps, nothing changed.
+pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<ExitCode> {
+    let unfinished = env.store.unfinished_run(&env.name).await?;
+    let mut text = String::new();
+    let mut unfinished_json = serde_json::Value::Null;
+    if let Some(run) = &unfinished {
+        let done = steps_done(env, run).await?;
+        text.push_str(&format!("first: {}\n", describe_unfinished(run, done)));
+        match run.kind {
+            RunKind::Rollback => text.push_str("  `rewind rollback` resumes it first; its remaining steps:\n"),
+            RunKind::Deploy => text.push_str("  `rewind rollback` abandons it (the release is marked failed); `rewind resume` would finish it instead\n"),
+        }
+        if run.kind == RunKind::Rollback {
+            for (i, s) in run.steps.iter().enumerate().skip(done) {
+                text.push_str(&format!("  {:>2}. {}\n", i + 1, env.redactor.redact(&s.title)));
+            }
+        }
+        unfinished_json = json!({"id": run.id, "kind": run.kind, "release": run.release, "status": run.status, "steps_done": done, "steps": run.steps.len()});
+    }
+    let planned = make_plan(env, &args).await;
+    let (target, steps) = match planned {
+        Ok(p) => p,
+        // With an unfinished rollback there may be nothing further to plan.
+        Err(e) if unfinished.is_some() => {
+            printer.text(text.trim_end());
+            printer.json_value(&json!({"unfinished": unfinished_json, "plan": null, "note": format!("{:#}", e.error)}));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+    };
+    text.push_str(&format!(
+        "rollback of {} from {} to {}{}:\n",
+        env.name,
+        target.from,
+        target.to,
+        if target.whole { String::new() } else { format!(" (only {})", target.components.join(", ")) }
+    ));
+    for (i, s) in steps.iter().enumerate() {
+        text.push_str(&format!("  {:>2}. {}\n", i + 1, env.redactor.redact(&s.title)));
+    }
+    text.push_str("nothing was changed; run `rewind rollback` to carry this out");
+    if let Err(e) = super::deploy::precheck(env, &steps).await {
+        text.push_str(&format!("\nwarning: this plan cannot run as it stands: {:#}", e.error));
+    }
+    printer.text(text);
+    printer.json_value(&json!({
+        "environment": env.name,
+        "unfinished": unfinished_json,
+        "from": target.from,
+        "to": target.to,
+        "components": target.components,
+        "whole": target.whole,
+        "steps": steps_json(&steps),
+    }));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rewind rollback`.
+pub async fn rollback(env: &Env, args: RollbackArgs, printer: &Printer) -> CliResult<ExitCode> {
+    let run_id = new_run_id();
+    let lock = LockGuard::acquire(env.store.clone(), &env.name, &run_id, env.config.environment.lock_stale_after, printer).await?;
+    let result = rollback_locked(env, &args, &run_id, &lock, printer).await;
+    lock.release().await;
+    result
+}
+
+async fn rollback_locked(env: &Env, args: &RollbackArgs, run_id: &str, lock: &LockGuard, printer: &Printer) -> CliResult<ExitCode> {
+    let actor = host::actor();
+    if let Some(open) = env.store.unfinished_run(&env.name).await? {
+        let done = steps_done(env, &open).await?;
+        match open.kind {
+            RunKind::Rollback => {
+                printer.note(format!("resuming: {}", describe_unfinished(&open, done)));
+                env.store
+                    .audit_append(&env.name, NewAudit::new(&actor, "run.resume").run(&open.id).release(&open.release).details(json!({"by": "rollback", "steps_done": done})))
+                    .await?;
+                let code = execute_and_close(env, &open, lock, printer, true).await?;
+                let wanted_other = args.target.to.as_deref().is_some_and(|t| t != open.release);
+                if !wanted_other {
+                    return Ok(code);
+                }
+            }
+            RunKind::Deploy => {
+                printer.warn(format!("abandoning the unfinished deploy: {}", describe_unfinished(&open, done)));
+                env.store
+                    .finish_run(
+                        &open.id,
+                        RunStatus::Abandoned,
+                        Some("abandoned by rollback"),
+                        &[
+                            LedgerEffect::ReleaseState { release: open.release.clone(), state: ReleaseState::Failed },
+                            LedgerEffect::Current { release: open.release.clone() },
+                        ],
+                        NewAudit::new(&actor, "run.abandon").run(&open.id).release(&open.release).details(json!({"by": run_id, "steps_done": done})),
+                    )
+                    .await?;
+            }
+        }
+    }
+    let (target, steps) = make_plan(env, &args.target).await?;
+    super::deploy::precheck(env, &steps).await?;
+    let mut shown = format!(
+        "rollback of {} from {} to {}{}:",
+        env.name,
+        target.from,
+        target.to,
+        if target.whole { String::new() } else { format!(" (only {})", target.components.join(", ")) }
+    );
+    for (i, s) in steps.iter().enumerate() {
+        shown.push_str(&format!("\n  {:>2}. {}", i + 1, env.redactor.redact(&s.title)));
+    }
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(usage("rollback needs confirmation, and stdin is not a terminal").hint("pass --yes to roll back without a prompt; `rewind plan` shows the steps first"));
+        }
+        eprintln!("{shown}");
+        eprint!("roll back now? [y/N] ");
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+            printer.note("not rolled back; nothing was changed");
+            return Ok(ExitCode::from(1));
+        }
+    } else {
+        printer.note(shown);
+    }
+    let new_run = NewRun {
+        id: run_id.to_string(),
+        environment: env.name.clone(),
+        kind: RunKind::Rollback,
+        release: target.to.clone(),
+        from_release: Some(target.from.clone()),
+        actor: actor.clone(),
+        steps,
+        components: env
+            .config
+            .components
+            .iter()
+            .filter(|(n, _)| target.components.contains(n))
+            .cloned()
+            .collect(),
+    };
+    let audit = NewAudit::new(&actor, "rollback.start").release(&target.to).run(run_id).details(json!({
+        "from": target.from,
+        "to": target.to,
+        "components": target.components,
+        "whole": target.whole,
+    }));
+    let run = env.store.create_run(&new_run, None, audit).await?;
+    execute_and_close(env, &run, lock, printer, false).await
+}
+
+/// `rewind resume`.
+pub async fn resume(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
+    let Some(open) = env.store.unfinished_run(&env.name).await? else {
+        let last = env.store.runs(&env.name, 1).await?;
+        let mut msg = "nothing to resume: no unfinished run".to_string();
+        if let Some(r) = last.first() {
+            msg.push_str(&format!("; the last run, {} ({} {}), {}", r.id, r.kind, r.release, r.status));
+            if let Some(e) = &r.error {
+                msg.push_str(&format!(": {}", e.lines().next().unwrap_or("")));
+            }
+        }
+        printer.text(&msg);
+        printer.json_value(&json!({"resumed": null, "message": msg}));
+        return Ok(ExitCode::SUCCESS);
+    };
+    let lock = LockGuard::acquire(env.store.clone(), &env.name, &open.id, env.config.environment.lock_stale_after, printer).await?;
+    let done = steps_done(env, &open).await?;
+    printer.note(format!("resuming: {}", describe_unfinished(&open, done)));
+    let audit = NewAudit::new(&host::actor(), "run.resume").run(&open.id).release(&open.release).details(json!({"by": "resume", "steps_done": done}));
+    let result = async {
+        env.store.audit_append(&env.name, audit).await?;
+        execute_and_close(env, &open, &lock, printer, true).await
+    }
+    .await;
+    lock.release().await;
+    result
+}
+
+/// Runs a recorded run's remaining steps and closes it: succeeded, failed (a deploy's release
+/// is marked failed) or interrupted (resumable).
+pub async fn execute_and_close(env: &Env, run: &Run, lock: &LockGuard, printer: &Printer, resumed: bool) -> CliResult<ExitCode> {
+    let actor = host::actor();
+    let interrupt = install_interrupt(printer.quiet);
+    let exec = Executor {
+        store: env.store.clone(),
+        env: env.name.clone(),
+        actor: actor.clone(),
+        redactor: env.redactor.clone(),
+        printer,
+        interrupt,
+    };
+    let started = std::time::Instant::now();
+    let (end, reports) = exec.execute(run, lock).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = |status: &str, error: Option<&str>, reports: &[StepReport]| {
+        json!({
+            "run": run.id,
+            "kind": run.kind,
+            "release": run.release,
+            "from": run.from_release,
+            "status": status,
+            "resumed": resumed,
+            "seconds": (seconds * 1000.0).round() / 1000.0,
+            "error": error,
+            "steps": reports,
+        })
+    };
+    match end {
+        RunEnd::Succeeded => {
+            env.store
+                .finish_run(&run.id, RunStatus::Succeeded, None, &[], NewAudit::new(&actor, "run.succeeded").run(&run.id).release(&run.release).details(json!({"kind": run.kind, "seconds": (seconds * 1000.0).round() / 1000.0})))
+                .await?;
+            printer.json_value(&summary("succeeded", None, &reports));
+            let what = match run.kind {
+                RunKind::Deploy => format!("deployed {} to {}", run.release, env.name),
+                RunKind::Rollback => format!(
+                    "rolled {} back from {} to {}",
+                    env.name,
+                    run.from_release.as_deref().unwrap_or("?"),
+                    run.release
+                ),
+            };
+            printer.text(format!("{} in {seconds:.2}s (run {})", printer.green(&what), run.id));
+            Ok(ExitCode::SUCCESS)
+        }
+        RunEnd::Failed { step, error } => {
+            let effects = match run.kind {
+                RunKind::Deploy => vec![
+                    LedgerEffect::ReleaseState { release: run.release.clone(), state: ReleaseState::Failed },
+                    LedgerEffect::Current { release: run.release.clone() },
+                ],
+                RunKind::Rollback => vec![],
+            };
+            env.store
+                .finish_run(&run.id, RunStatus::Failed, Some(&error), &effects, NewAudit::new(&actor, "run.failed").run(&run.id).release(&run.release).details(json!({"step": step, "error": error})))
+                .await?;
+            let mut err = failed(format!("{} of {} failed at step {step}:\n{error}", run.kind, run.release));
+            err = match run.kind {
+                RunKind::Deploy => err
+                    .hint(format!("{} is marked failed; go back with `rewind rollback` (see `rewind plan`)", run.release)),
+                RunKind::Rollback => err.hint("fix the cause, then run `rewind rollback` again: steps already done are checked and skipped"),
+            };
+            Err(err.detail(summary("failed", Some(&error), &reports)))
+        }
+        RunEnd::Interrupted { next_step } => {
+            let why = if lock.lost() { "the lock was taken over by another run" } else { "interrupted" };
+            env.store
+                .finish_run(&run.id, RunStatus::Interrupted, Some(why), &[], NewAudit::new(&actor, "run.interrupted").run(&run.id).release(&run.release).details(json!({"next_step": next_step, "reason": why})))
+                .await?;
+            Err(failed(format!("{} of {} stopped before step {next_step} ({why}); nothing is half-done", run.kind, run.release))
+                .hint("`rewind resume` finishes it; `rewind plan` shows what is left")
+                .detail(summary("interrupted", Some(why), &reports)))
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! `rewind status`: the current release, what each component runs (as recorded and as read
+//! live), the lock, and any unfinished run.
+
+use std::process::ExitCode;
+
+use rewind_components::Ctx;
+use serde_json::json;
+
+use super::Env;
+use crate::engine::dead_reason;
+use crate::error::CliResult;
+use crate::output::Printer;
+
+pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
+    let ledger = env.ledger().await?;
+    let current = ledger.current.as_ref().and_then(|c| ledger.release(c));
+    let last_good = ledger.last_good();
+    let cx = Ctx {
+        environment: env.name.clone(),
+        redactor: env.redactor.clone(),
+    };
+    let mut comps = Vec::new();
+    let mut table = super::table();
+    table.set_header(vec!["component", "kind", "recorded", "live", ""]);
+    for (name, cfg) in &env.config.components {
+        let recorded = ledger.deployed.get(name).cloned();
+        let live = rewind_components::build(name, cfg).current(&cx).await;
+        let (live_text, live_json, note) = match &live {
+            Ok(Some(v)) => (v.clone(), json!(v), if recorded.as_deref() == Some(v.as_str()) { "" } else { "drift: differs from the ledger" }),
+            Ok(None) => ("-".into(), serde_json::Value::Null, ""),
+            Err(e) => ("?".into(), serde_json::Value::Null, if e.to_string().is_empty() { "" } else { "cannot read" }),
+        };
+        let err_text = live.as_ref().err().map(|e| env.redactor.redact(&e.to_string()));
+        table.add_row(vec![name.clone(), cfg.kind().to_string(), recorded.clone().unwrap_or_else(|| "-".into()), live_text, note.to_string()]);
+        comps.push(json!({"name": name, "kind": cfg.kind(), "recorded": recorded, "live": live_json, "drift": note.starts_with("drift"), "error": err_text}));
+    }
+    let lock = env.store.lock_holder(&env.name).await?;
+    let unfinished = env.store.unfinished_run(&env.name).await?;
+    let location = super::state_location(&env.config);
+
+    let mut text = format!(
+        "environment {}  (state {})\ncurrent release: {}\nlast known-good: {}\n\n{table}",
+        printer.bold(&env.name),
+        location.display_safe(),
+        current.map(|r| format!("{} ({})", r.name, r.state)).unwrap_or_else(|| "none yet".into()),
+        last_good.map(|r| r.name.clone()).unwrap_or_else(|| "none yet".into()),
+    );
+    if let Some(h) = &lock {
+        let dead = dead_reason(h, env.config.environment.lock_stale_after);
+        text.push_str(&format!(
+            "\n\nlock: held by run {} ({}, pid {} on {}, since {}){}",
+            h.run_id, h.actor, h.pid, h.host, super::short_time(&h.since),
+            dead.map(|d| format!(" — holder looks dead ({d}); the next run takes it over")).unwrap_or_default()
+        ));
+    }
+    if let Some(r) = &unfinished {
+        text.push_str(&format!(
+            "\n\nunfinished: run {} ({} {}, {}); finish it with `rewind resume`",
+            r.id, r.kind, r.release, r.status
+        ));
+    }
+    printer.text(text);
+    printer.json_value(&json!({
+        "environment": env.name,
+        "state": location.display_safe(),
+        "current": current,
+        "last_good": last_good.map(|r| &r.name),
+        "components": comps,
+        "lock": lock,
+        "unfinished_run": unfinished.map(|r| json!({"id": r.id, "kind": r.kind, "release": r.release, "status": r.status})),
+    }));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,330 @@
+//! The executor: runs a recorded plan step by step under the environment's lock, with a
+//! write-ahead journal. Before a step acts, its `begin` line is stored; when it is done, its
+//! `done` line, its ledger effects and its audit entry are stored in one transaction. A step
+//! whose `done` (or `skipped`) line exists is never run again; a step that began but did not
+//! finish is run again, and checks its postcondition first. So a run killed at any instant
+//! ends, after `rewind resume`, in the same state as a run that was never interrupted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rewind_components::{Component, Ctx, Outcome, crash, host};
+use rewind_core::redact::Redactor;
+use rewind_core::{Action, JournalEvent, LedgerEffect, LockHolder, NewAudit, Run};
+use rewind_store::{LockAttempt, Store};
+use serde_json::json;
+
+use crate::error::{CliResult, blocked};
+use crate::output::Printer;
+
+/// A fresh run id: time first (so ids sort by age), then a short random suffix.
+pub fn new_run_id() -> String {
+    let now = jiff::Timestamp::now();
+    let mut h = blake3::Hasher::new();
+    h.update(&now.as_nanosecond().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    let suffix = h.finalize().to_hex();
+    format!("{}-{}", now.strftime("%Y%m%dT%H%M%SZ"), &suffix[..6])
+}
+
+/// The environment's run lock, held while this value lives (a heartbeat keeps it fresh).
+pub struct LockGuard {
+    store: Arc<dyn Store>,
+    env: String,
+    run_id: String,
+    lost: Arc<AtomicBool>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl LockGuard {
+    /// Takes the lock for `run_id`, taking it over from a dead holder (a process that no
+    /// longer exists on this host, or a heartbeat older than `stale_after`). A live holder
+    /// blocks: exit 3, naming it.
+    pub async fn acquire(
+        store: Arc<dyn Store>,
+        env: &str,
+        run_id: &str,
+        stale_after: Duration,
+        printer: &Printer,
+    ) -> CliResult<LockGuard> {
+        let now = rewind_core::now_rfc3339();
+        let me = LockHolder {
+            environment: env.to_string(),
+            run_id: run_id.to_string(),
+            pid: std::process::id(),
+            host: host::hostname(),
+            actor: host::actor(),
+            since: now.clone(),
+            heartbeat: now,
+        };
+        for _ in 0..5 {
+            match store.try_lock(&me).await? {
+                LockAttempt::Acquired => return Ok(Self::start(store, env, run_id, stale_after)),
+                LockAttempt::Held(h) => {
+                    if let Some(why) = dead_reason(&h, stale_after) {
+                        if store.take_over_lock(&me, &h).await? {
+                            printer.warn(format!(
+                                "took over the lock of run {} ({}, pid {} on {}): {why}",
+                                h.run_id, h.actor, h.pid, h.host
+                            ));
+                            store
+                                .audit_append(
+                                    env,
+                                    NewAudit::new(&me.actor, "lock.takeover").run(run_id).details(json!({
+                                        "previous_run": h.run_id,
+                                        "previous_pid": h.pid,
+                                        "previous_host": h.host,
+                                        "reason": why,
+                                    })),
+                                )
+                                .await?;
+                            return Ok(Self::start(store, env, run_id, stale_after));
+                        }
+                        continue;
+                    }
+                    let age = age_secs(&h.heartbeat).map(|s| format!("{s:.0}s ago")).unwrap_or_else(|| "at an unreadable time".into());
+                    return Err(blocked(format!(
+                        "environment `{env}` is locked by run {} ({}, pid {} on {}, since {}; last heartbeat {age})",
+                        h.run_id, h.actor, h.pid, h.host, h.since
+                    ))
+                    .hint("wait for that run to finish (`rewind status` shows it); a holder that dies is taken over automatically"));
+                }
+            }
+        }
+        Err(blocked(format!("could not take the lock of `{env}`: it changed hands repeatedly")))
+    }
+
+    fn start(store: Arc<dyn Store>, env: &str, run_id: &str, stale_after: Duration) -> LockGuard {
+        let lost = Arc::new(AtomicBool::new(false));
+        let every = (stale_after / 5).clamp(Duration::from_millis(500), Duration::from_secs(5));
+        let (s, e, r, l) = (store.clone(), env.to_string(), run_id.to_string(), lost.clone());
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match s.heartbeat(&e, &r).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        l.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    // A passing store error: try again next beat; the lock goes stale only
+                    // if the store stays unreachable.
+                    Err(_) => {}
+                }
+            }
+        });
+        LockGuard {
+            store,
+            env: env.to_string(),
+            run_id: run_id.to_string(),
+            lost,
+            heartbeat,
+        }
+    }
+
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    pub async fn release(self) {
+        self.heartbeat.abort();
+        let _ = self.store.unlock(&self.env, &self.run_id).await;
+    }
+}
+
+fn age_secs(ts: &str) -> Option<f64> {
+    let t = rewind_core::parse_ts(ts)?;
+    Some((jiff::Timestamp::now() - t).total(jiff::Unit::Second).ok()?.max(0.0))
+}
+
+/// Why a holder counts as dead, or `None` if it is alive.
+pub fn dead_reason(h: &LockHolder, stale_after: Duration) -> Option<String> {
+    if h.host == host::hostname() && !host::process_alive(h.pid) {
+        return Some(format!("process {} no longer exists", h.pid));
+    }
+    match age_secs(&h.heartbeat) {
+        Some(age) if age > stale_after.as_secs_f64() => Some(format!("no heartbeat for {age:.0}s")),
+        None => Some("its heartbeat time is unreadable".into()),
+        _ => None,
+    }
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    Succeeded,
+    Failed { step: String, error: String },
+    Interrupted { next_step: String },
+}
+
+/// What happened to one step in this execution.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepReport {
+    pub index: usize,
+    pub id: String,
+    pub title: String,
+    /// done, skipped, failed, or already-done (finished by an earlier execution).
+    pub outcome: String,
+    pub message: String,
+    pub seconds: f64,
+}
+
+pub struct Executor<'a> {
+    pub store: Arc<dyn Store>,
+    pub env: String,
+    pub actor: String,
+    pub redactor: Redactor,
+    pub printer: &'a Printer,
+    pub interrupt: Arc<AtomicBool>,
+}
+
+impl Executor<'_> {
+    /// Runs every step of `run` not yet finished. Does not close the run: the caller does,
+    /// with the effects that fit the outcome.
+    pub async fn execute(&self, run: &Run, lock: &LockGuard) -> CliResult<(RunEnd, Vec<StepReport>)> {
+        let journal = self.store.journal(&run.id).await?;
+        let finished: BTreeSet<i64> = journal
+            .iter()
+            .filter(|e| matches!(e.event, JournalEvent::Done | JournalEvent::Skipped))
+            .filter_map(|e| e.step)
+            .collect();
+        let components: BTreeMap<&str, Box<dyn Component>> = run
+            .components
+            .iter()
+            .map(|(n, c)| (n.as_str(), rewind_components::build(n, c)))
+            .collect();
+        let cx = Ctx {
+            environment: self.env.clone(),
+            redactor: self.redactor.clone(),
+        };
+        let total = run.steps.len();
+        let mut reports = Vec::new();
+        for (i, step) in run.steps.iter().enumerate() {
+            if finished.contains(&(i as i64)) {
+                reports.push(StepReport {
+                    index: i,
+                    id: step.id.clone(),
+                    title: step.title.clone(),
+                    outcome: "already-done".into(),
+                    message: String::new(),
+                    seconds: 0.0,
+                });
+                continue;
+            }
+            if self.interrupt.load(Ordering::SeqCst) || lock.lost() {
+                return Ok((RunEnd::Interrupted { next_step: step.id.clone() }, reports));
+            }
+            let key = (i as i64, step.id.as_str());
+            crash::point("before", &step.id);
+            self.store.journal_append(&run.id, Some(key), JournalEvent::Begin, &step.title).await?;
+            crash::point("after-begin", &step.id);
+            self.printer.note(format!("[{}/{total}] {}", i + 1, step.title));
+            let started = Instant::now();
+            let mut effects = step.effects.clone();
+            let result = match &step.action {
+                Action::Record => Ok(Outcome::Done("recorded".into())),
+                Action::RestorePoint { component } => match components.get(component.as_str()) {
+                    Some(c) => c.restore_point(&cx).await.map(|snap| {
+                        let summary = format!(
+                            "{component} runs {}",
+                            snap.version.clone().unwrap_or_else(|| "an unknown version".into())
+                        );
+                        effects.push(LedgerEffect::RestorePoint {
+                            component: component.clone(),
+                            kind: c.kind().to_string(),
+                            version: snap.version,
+                            data: snap.data,
+                        });
+                        Outcome::Done(summary)
+                    }),
+                    None => Err(missing(component)),
+                },
+                action => {
+                    let name = action.component().unwrap_or_default();
+                    match components.get(name) {
+                        Some(c) => c.apply(&cx, action).await,
+                        None => Err(missing(name)),
+                    }
+                }
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            match result {
+                Ok(outcome) => {
+                    crash::point("after-action", &step.id);
+                    let (event, message) = match outcome {
+                        Outcome::Done(m) => (JournalEvent::Done, m),
+                        Outcome::Skipped(m) => (JournalEvent::Skipped, m),
+                    };
+                    let message = self.redactor.redact(&message);
+                    let audit = NewAudit::new(&self.actor, &format!("step.{event}"))
+                        .run(&run.id)
+                        .release(&run.release)
+                        .details(json!({"step": step.id, "title": step.title, "seconds": round3(seconds)}));
+                    self.store.journal_finish(&run.id, key, event, &message, &effects, audit).await?;
+                    self.printer.note(format!(
+                        "      {} ({seconds:.2}s){}",
+                        if event == JournalEvent::Done { self.printer.green("done") } else { "skipped".to_string() },
+                        if message.is_empty() || message.contains('\n') { String::new() } else { format!(": {message}") }
+                    ));
+                    reports.push(StepReport {
+                        index: i,
+                        id: step.id.clone(),
+                        title: step.title.clone(),
+                        outcome: event.to_string(),
+                        message,
+                        seconds: round3(seconds),
+                    });
+                }
+                Err(e) => {
+                    let message = self.redactor.redact(&e.to_string());
+                    let audit = NewAudit::new(&self.actor, "step.failed")
+                        .run(&run.id)
+                        .release(&run.release)
+                        .details(json!({"step": step.id, "title": step.title, "error": message}));
+                    self.store.journal_finish(&run.id, key, JournalEvent::Failed, &message, &[], audit).await?;
+                    self.printer.note(format!("      {} ({seconds:.2}s)", self.printer.red("failed")));
+                    reports.push(StepReport {
+                        index: i,
+                        id: step.id.clone(),
+                        title: step.title.clone(),
+                        outcome: "failed".into(),
+                        message: message.clone(),
+                        seconds: round3(seconds),
+                    });
+                    return Ok((RunEnd::Failed { step: step.id.clone(), error: message }, reports));
+                }
+            }
+        }
+        Ok((RunEnd::Succeeded, reports))
+    }
+}
+
+fn missing(component: &str) -> rewind_components::ComponentError {
+    rewind_components::ComponentError::failed(component, "the run names a component it did not record; the state store was edited by hand")
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Installs the Ctrl-C handler: the first press stops at the next step boundary, the second
+/// exits at once (the run stays resumable either way).
+pub fn install_interrupt(printer_quiet: bool) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            f.store(true, Ordering::SeqCst);
+            if !printer_quiet {
+                eprintln!("\ninterrupted: stopping after the current step (Ctrl-C again to stop now; `rewind resume` finishes the run)");
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("stopped; the run is unfinished: `rewind resume` finishes it");
+                std::process::exit(130);
+            }
+        }
+    });
+    flag
+}

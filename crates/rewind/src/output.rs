@@ -1,0 +1,89 @@
+//! All output goes through one printer, so `--json` and text never mix: progress and
+//! messages to stderr (silenced by `--quiet`, and in `--json` mode), results to stdout either
+//! as text or as one JSON document.
+
+use std::io::{IsTerminal, Write};
+
+use crate::error::CliError;
+
+pub struct Printer {
+    pub json: bool,
+    pub quiet: bool,
+    color: bool,
+}
+
+impl Printer {
+    pub fn new(json: bool, quiet: bool) -> Self {
+        Printer {
+            json,
+            quiet,
+            color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        }
+    }
+
+    /// A progress or status line on stderr (not in `--json` or `--quiet` mode).
+    pub fn note(&self, line: impl AsRef<str>) {
+        if !self.quiet && !self.json {
+            eprintln!("{}", line.as_ref());
+        }
+    }
+
+    /// A warning on stderr, shown even in `--json` mode (stderr is not the JSON channel).
+    pub fn warn(&self, line: impl AsRef<str>) {
+        if !self.quiet {
+            if self.color {
+                eprintln!("\x1b[33mwarning:\x1b[0m {}", line.as_ref());
+            } else {
+                eprintln!("warning: {}", line.as_ref());
+            }
+        }
+    }
+
+    /// The text result on stdout (text mode only).
+    pub fn text(&self, text: impl AsRef<str>) {
+        if !self.json {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", text.as_ref());
+        }
+    }
+
+    /// The JSON result on stdout (JSON mode only).
+    pub fn json_value(&self, value: &serde_json::Value) {
+        if self.json {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        }
+    }
+
+    pub fn bold(&self, s: &str) -> String {
+        if self.color { format!("\x1b[1m{s}\x1b[0m") } else { s.to_string() }
+    }
+
+    pub fn green(&self, s: &str) -> String {
+        if self.color { format!("\x1b[32m{s}\x1b[0m") } else { s.to_string() }
+    }
+
+    pub fn red(&self, s: &str) -> String {
+        if self.color { format!("\x1b[31m{s}\x1b[0m") } else { s.to_string() }
+    }
+
+    /// Prints an error: text with hints on stderr; in `--json` mode also a JSON object on
+    /// stdout so scripts reading stdout see why.
+    pub fn error(&self, err: &CliError) {
+        let msg = format!("{:#}", err.error);
+        let prefix = if self.color { "\x1b[31merror:\x1b[0m" } else { "error:" };
+        eprintln!("{prefix} {msg}");
+        for h in &err.hints {
+            eprintln!("  hint: {h}");
+        }
+        if self.json {
+            self.json_value(&serde_json::json!({
+                "ok": false,
+                "exit_code": err.class as u8,
+                "error": msg,
+                "hints": err.hints,
+                "detail": err.detail,
+            }));
+        }
+    }
+}
