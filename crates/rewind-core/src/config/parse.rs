@@ -343,6 +343,12 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
     let mut environment = None;
     let mut env_span = 0..0;
     let mut components_entry = None;
+    // Where to show problems of the file as a whole: its first key or table.
+    let first = root
+        .iter()
+        .map(|(k, _)| k.span())
+        .min_by_key(|s| s.start)
+        .unwrap_or(0..0);
     for (key, value) in root.iter() {
         match key.get_ref().as_ref() {
             "environment" => {
@@ -350,20 +356,21 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
                 environment = Some(read_environment(cx, key, value));
             }
             "components" => components_entry = Some((key, value)),
-            other => unknown_key(cx, key.span(), other, "at the top level", TOP_KEYS, |k| {
+            _ => unknown_key(cx, key, value, "at the top level", TOP_KEYS, |k| {
                 if ENV_KEYS.contains(&k) {
                     Some(format!("`{k}` belongs under [environment]"))
                 } else if RELEASE_DIR_KEYS.contains(&k) || COMMAND_KEYS.contains(&k) {
                     Some(format!("`{k}` belongs in a [components.NAME] table"))
                 } else {
-                    None
+                    Some("a config file has only [environment] and [components.NAME] tables".into())
                 }
             }),
         }
     }
     if environment.is_none() {
+        env_span = first;
         cx.missing(
-            0..0,
+            env_span.clone(),
             "[environment] is missing",
             Some("start the file with [environment] and name = \"production\" under it".into()),
         );
@@ -1014,17 +1021,9 @@ impl<'t, 'i> Fields<'t, 'i> {
     /// Reports every key that is not one of `known`, with a suggestion when one is close or
     /// `elsewhere` knows where the key belongs.
     fn finish(self, cx: &mut Cx<'_>, known: &[&str], elsewhere: impl Fn(&str) -> Option<String>) {
-        for (k, _) in self.table.iter() {
-            let key = k.get_ref().as_ref();
-            if !known.contains(&key) {
-                unknown_key(
-                    cx,
-                    k.span(),
-                    key,
-                    &format!("in {}", self.what),
-                    known,
-                    &elsewhere,
-                );
+        for (k, v) in self.table.iter() {
+            if !known.contains(&k.get_ref().as_ref()) {
+                unknown_key(cx, k, v, &format!("in {}", self.what), known, &elsewhere);
             }
         }
     }
@@ -1032,17 +1031,23 @@ impl<'t, 'i> Fields<'t, 'i> {
 
 fn unknown_key(
     cx: &mut Cx<'_>,
-    span: Span,
-    key: &str,
+    key: &Spanned<toml::de::DeString<'_>>,
+    value: &Value<'_>,
     place: &str,
     known: &[&str],
     elsewhere: impl Fn(&str) -> Option<String>,
 ) {
-    let hint = match suggest(key, known) {
+    let name = key.get_ref().as_ref();
+    let hint = match suggest(name, known) {
         Some(k) => format!("did you mean `{k}`?"),
-        None => elsewhere(key).unwrap_or_else(|| format!("known keys here: {}", known.join(", "))),
+        None => elsewhere(name).unwrap_or_else(|| format!("known keys here: {}", known.join(", "))),
     };
-    cx.error(span, format!("unknown key `{key}` {place}"), Some(hint));
+    let message = if value.get_ref().is_table() {
+        format!("unknown table `{name}` {place}")
+    } else {
+        format!("unknown key `{name}` {place}")
+    };
+    cx.error(key.span(), message, Some(hint));
 }
 
 /// The known word closest to `word`, if it is close enough to be a typo: `ready_url` and
@@ -1176,5 +1181,451 @@ mod tests {
                 command_timeout: DEFAULT_COMMAND_TIMEOUT,
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod broken {
+    //! Broken configurations and what must be said about them. The same cases live as files
+    //! under `tests/broken-configs/` for the CLI's tests; `broken_config_files_match` keeps
+    //! the two in step.
+
+    use super::*;
+
+    const ENV: &str = "[environment]\nname = \"production\"\n";
+
+    /// (file name, config text, line of the expected error, text the error must contain).
+    fn cases() -> Vec<(&'static str, String, usize, &'static str)> {
+        let web = |extra: &str| {
+            format!(
+                "{ENV}\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n{extra}"
+            )
+        };
+        let cmd = |body: &str| format!("{ENV}\n[components.frontend]\nkind = \"command\"\n{body}");
+        vec![
+            ("01-syntax-error", web("ready-timeout = 30s\n"), 7, "invalid TOML"),
+            (
+                "02-missing-environment",
+                "# deploys the shop\n\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n".into(),
+                3,
+                "[environment] is missing",
+            ),
+            (
+                "03-missing-name",
+                "[environment]\nstate = \"sqlite:state.db\"\n\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n".into(),
+                1,
+                "name is required",
+            ),
+            (
+                "04-unknown-table",
+                web("\n[notify]\nslack = \"#ops\"\n"),
+                8,
+                "unknown table `notify`",
+            ),
+            (
+                "05-unknown-key-typo",
+                web("restat = \"systemctl restart shop\"\n"),
+                7,
+                "did you mean `restart`?",
+            ),
+            (
+                "06-unknown-key-underscore",
+                web("ready_url = \"http://127.0.0.1:8080/health\"\n"),
+                7,
+                "did you mean `ready-url`?",
+            ),
+            (
+                "07-missing-kind",
+                format!("{ENV}\n[components.web]\nroot = \"/srv/shop\"\n"),
+                4,
+                "kind is required",
+            ),
+            (
+                "08-unknown-kind",
+                format!("{ENV}\n[components.web]\nkind = \"docker\"\nroot = \"/srv/shop\"\n"),
+                5,
+                "unknown kind \"docker\"; known kinds: release-dir, command",
+            ),
+            (
+                "09-kind-not-supported-yet",
+                format!("{ENV}\n[components.db]\nkind = \"postgres\"\n"),
+                5,
+                "not supported yet",
+            ),
+            (
+                "10-missing-root",
+                format!("{ENV}\n[components.web]\nkind = \"release-dir\"\nkeep = 5\n"),
+                4,
+                "root is required",
+            ),
+            (
+                "11-bad-duration",
+                web("ready-timeout = \"thirty\"\n"),
+                7,
+                "ready-timeout: `thirty` is not a duration",
+            ),
+            (
+                "12-duration-without-unit",
+                web("ready-timeout = 30\n"),
+                7,
+                "write ready-timeout = \"30s\"",
+            ),
+            ("13-keep-too-small", web("keep = 1\n"), 7, "at least 2 releases"),
+            (
+                "14-keep-not-a-number",
+                web("keep = \"five\"\n"),
+                7,
+                "keep must be a whole number, found a string",
+            ),
+            (
+                "15-two-readiness-checks",
+                web("ready-url = \"http://127.0.0.1:8080/health\"\nready-command = \"curl -f localhost\"\n"),
+                8,
+                "either ready-url or ready-command, not both",
+            ),
+            (
+                "16-ready-url-not-http",
+                web("ready-url = \"127.0.0.1:8080/health\"\n"),
+                7,
+                "not an http:// or https:// URL",
+            ),
+            (
+                "17-command-without-rollback",
+                cmd("deploy = \"vercel deploy --prod --meta release={release}\"\n"),
+                4,
+                "rollback is required",
+            ),
+            (
+                "18-rollback-without-release",
+                cmd("deploy = \"vercel deploy --meta release={release}\"\nrollback = \"vercel rollback\"\n"),
+                7,
+                "rollback must say which release to go back to",
+            ),
+            (
+                "19-bad-component-name",
+                format!("{ENV}\n[components.\"web app\"]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n"),
+                4,
+                "component name \"web app\"",
+            ),
+            (
+                "20-bad-state-url",
+                "[environment]\nname = \"production\"\nstate = \"postgress://rewind:hunter2@db.internal/rewind\"\n\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n".into(),
+                3,
+                "neither a PostgreSQL URL nor an SQLite file",
+            ),
+            (
+                "21-duplicate-key",
+                web("root = \"/srv/other\"\n"),
+                7,
+                "duplicate key `root`",
+            ),
+            (
+                "22-no-components",
+                ENV.into(),
+                1,
+                "no components",
+            ),
+            (
+                "23-lock-stale-too-short",
+                "[environment]\nname = \"production\"\nlock-stale-after = \"1s\"\n\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n".into(),
+                3,
+                "too short",
+            ),
+            (
+                "24-key-of-other-kind",
+                web("deploy = \"deploy.sh {release}\"\n"),
+                7,
+                "is a key of kind = \"command\" components",
+            ),
+            (
+                "25-bad-environment-name",
+                "[environment]\nname = \"prod east\"\n\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n".into(),
+                2,
+                "may only hold letters",
+            ),
+            (
+                "26-secret-env-not-a-list",
+                web("secret-env = \"SHOP_TOKEN\"\n"),
+                7,
+                "write secret-env = [\"SHOP_TOKEN\"]",
+            ),
+        ]
+    }
+
+    fn errors_of(text: &str) -> ConfigErrors {
+        match parse(text, &path()) {
+            Ok(c) => panic!("expected errors, parsed: {c:?}\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    fn path() -> PathBuf {
+        PathBuf::from("/etc/rewind/rewind.toml")
+    }
+
+    /// Is there an error at `line` whose printed form contains `needle`?
+    fn reported(errors: &ConfigErrors, line: usize, needle: &str) -> bool {
+        errors
+            .0
+            .iter()
+            .any(|e| e.line == line && e.to_string().contains(needle))
+    }
+
+    #[test]
+    fn broken_configs_are_reported_where_they_are_broken() {
+        for (name, text, line, needle) in cases() {
+            let errors = errors_of(&text);
+            assert!(
+                reported(&errors, line, needle),
+                "{name}: wanted line {line} to say {needle:?}, got:\n{errors}\n---\n{text}"
+            );
+            for e in &errors.0 {
+                assert!(e.hint.is_some(), "{name}: no hint in {e}");
+                assert!(e.column >= 1 && e.line >= 1);
+            }
+        }
+    }
+
+    fn file_text(line: usize, needle: &str, text: &str) -> String {
+        // The comment is line 1, so everything below it moves down one line.
+        format!("# expect: {}: {needle}\n{text}", line + 1)
+    }
+
+    fn files_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/broken-configs")
+    }
+
+    /// Every file under tests/broken-configs/ says what it expects in its first line.
+    #[test]
+    fn broken_config_files_report_what_they_expect() {
+        let mut seen = 0;
+        for entry in std::fs::read_dir(files_dir()).expect("tests/broken-configs") {
+            let file = entry.unwrap().path();
+            if file.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_else(|| panic!("{}: no `# expect: LINE: text` line", file.display()));
+            let (line, needle) = expect.split_once(": ").unwrap();
+            let line: usize = line.parse().unwrap();
+            let errors = match parse(&text, &file) {
+                Ok(_) => panic!("{} parsed without errors", file.display()),
+                Err(e) => e,
+            };
+            let printed = errors.to_string();
+            assert!(
+                printed.contains(&format!("{}:{line}:", file.display()))
+                    && reported(&errors, line, needle),
+                "{}: wanted line {line} to say {needle:?}, got:\n{printed}",
+                file.display()
+            );
+            seen += 1;
+        }
+        assert!(seen >= 15, "only {seen} broken configs");
+    }
+
+    /// The files are the table above, so the CLI tests and these agree. Run with
+    /// `REWIND_WRITE_BROKEN_CONFIGS=1` to write them after changing the table.
+    #[test]
+    fn broken_config_files_match() {
+        let write = std::env::var_os("REWIND_WRITE_BROKEN_CONFIGS").is_some();
+        for (name, text, line, needle) in cases() {
+            let file = files_dir().join(format!("{name}.toml"));
+            let want = file_text(line, needle, &text);
+            if write {
+                std::fs::create_dir_all(files_dir()).unwrap();
+                std::fs::write(&file, &want).unwrap();
+            }
+            let have = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert_eq!(have, want, "{} differs from the table", file.display());
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = format!(
+            "{ENV}\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n\
+             ready-timeout = \"thirty\"\nrestat = \"systemctl restart shop\"\nkeep = 1\n"
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.0.len(), 3, "{errors}");
+        assert!(reported(&errors, 7, "not a duration"), "{errors}");
+        assert!(reported(&errors, 8, "did you mean `restart`?"), "{errors}");
+        assert!(reported(&errors, 9, "keep = 1"), "{errors}");
+        // One after another, in file order.
+        let printed = errors.to_string();
+        let lines: Vec<_> = printed.lines().filter(|l| l.starts_with('/')).collect();
+        assert_eq!(lines.len(), 3, "{printed}");
+        assert!(
+            lines[0].starts_with("/etc/rewind/rewind.toml:7:17: ready-timeout:"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn problems_across_tables_and_components_all_count() {
+        let text = "[environment]\nname = \"\"\n\n[components.web]\nkind = \"release-dir\"\n\n\
+                    [components.api]\nkind = \"command\"\ndeploy = \"x {release}\"\n";
+        let errors = errors_of(text);
+        assert!(reported(&errors, 2, "name is empty"), "{errors}");
+        assert!(reported(&errors, 4, "root is required"), "{errors}");
+        assert!(reported(&errors, 7, "rollback is required"), "{errors}");
+    }
+
+    #[test]
+    fn syntax_errors_do_not_hide_other_problems() {
+        let text = format!(
+            "{ENV}\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n\
+             ready-timeout = 30s\nrestat = \"x\"\n"
+        );
+        let errors = errors_of(&text);
+        assert!(reported(&errors, 7, "invalid TOML"), "{errors}");
+        assert!(
+            reported(&errors, 7, "write ready-timeout = \"30s\""),
+            "{errors}"
+        );
+        assert!(reported(&errors, 8, "did you mean `restart`?"), "{errors}");
+    }
+
+    #[test]
+    fn passwords_never_appear_in_messages() {
+        for state in [
+            "postgress://u:secret@h/db",
+            "postgres:/u:secret@h/db",
+            "postgres//u:secret@h/db",
+            "u:secret@h/db",
+            "mysql://u:secret@h/db",
+            "postgres://u:secret@/db",
+            "postgres://u:secret@ h/db",
+        ] {
+            let text = format!(
+                "[environment]\nname = \"p\"\nstate = {state:?}\n\n[components.web]\n\
+                 kind = \"release-dir\"\nroot = \"/srv\"\n"
+            );
+            let errors = errors_of(&text);
+            let printed = errors.to_string();
+            assert!(reported(&errors, 3, "state"), "{state}: {printed}");
+            assert!(!printed.contains("secret"), "{state}: {printed}");
+        }
+        // A syntax error on the line does not echo it either.
+        let text = "[environment]\nname = \"p\"\nstate = postgres://u:secret@h/db\n";
+        let printed = errors_of(text).to_string();
+        assert!(!printed.contains("secret"), "{printed}");
+    }
+
+    #[test]
+    fn state_locations() {
+        let cases = [
+            (
+                "postgres://rewind:pw@db/rewind",
+                StateLocation::Postgres("postgres://rewind:pw@db/rewind".into()),
+            ),
+            (
+                "postgresql://db/rewind",
+                StateLocation::Postgres("postgresql://db/rewind".into()),
+            ),
+            (
+                "sqlite:state.db",
+                StateLocation::Sqlite("/etc/rewind/state.db".into()),
+            ),
+            (
+                "sqlite://./data/rewind.sqlite",
+                StateLocation::Sqlite("/etc/rewind/data/rewind.sqlite".into()),
+            ),
+            (
+                "sqlite:///var/lib/rewind/x",
+                StateLocation::Sqlite("/var/lib/rewind/x".into()),
+            ),
+            (
+                "/var/lib/rewind/state.sqlite3",
+                StateLocation::Sqlite("/var/lib/rewind/state.sqlite3".into()),
+            ),
+            (
+                "data/state.db",
+                StateLocation::Sqlite("/etc/rewind/data/state.db".into()),
+            ),
+        ];
+        for (state, want) in cases {
+            let text = format!(
+                "[environment]\nname = \"p\"\nstate = {state:?}\n\n[components.web]\n\
+                 kind = \"release-dir\"\nroot = \"shop\"\n"
+            );
+            let config = parse(&text, &path()).unwrap_or_else(|e| panic!("{state}: {e}"));
+            assert_eq!(config.environment.state, Some(want), "{state}");
+        }
+        // Debug of the whole config hides the password.
+        let text = "[environment]\nname = \"p\"\nstate = \"postgres://u:hunter2@db/r\"\n\n\
+                    [components.web]\nkind = \"release-dir\"\nroot = \"shop\"\n";
+        let config = parse(text, &path()).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn relative_paths_resolve_beside_the_file_and_order_is_kept() {
+        let text = "[environment]\nname = \"staging.eu\"\nlock-stale-after = \"1m\"\n\n\
+                    [components.zeta]\nkind = \"command\"\ndeploy = \"d {release}\"\n\
+                    rollback = \"r {release}\"\nworkdir = \"./front\"\nready-command = \"true\"\n\
+                    secret-env = [\"A_KEY\", \"B\"]\ncommand-timeout = \"2m\"\n\n\
+                    [components.alpha]\nkind = \"release-dir\"\nroot = \"releases/../shop\"\nkeep = 2\n";
+        let config = parse(text, &path()).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<_> = config.components.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha"]);
+        assert_eq!(config.environment.lock_stale_after, Duration::from_secs(60));
+        let ComponentConfig::Command(z) = &config.components[0].1 else {
+            panic!()
+        };
+        assert_eq!(z.workdir, PathBuf::from("/etc/rewind/front"));
+        assert_eq!(z.ready, Some(Readiness::Command("true".into())));
+        assert_eq!(z.secret_env, ["A_KEY", "B"]);
+        assert_eq!(z.command_timeout, Duration::from_secs(120));
+        let ComponentConfig::ReleaseDir(a) = &config.components[1].1 else {
+            panic!()
+        };
+        assert_eq!(a.root, PathBuf::from("/etc/rewind/releases/../shop"));
+        assert_eq!(a.keep, 2);
+        assert_eq!(a.ready, None);
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        let text = format!(
+            "{ENV}\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/ü\"\n# ünïcödé\nrestart = 5\n"
+        );
+        let errors = errors_of(&text);
+        assert_eq!((errors.0[0].line, errors.0[0].column), (8, 11), "{errors}");
+        let text = "[environment]\nname = \"p\"\n\n[components.\"wéb\"]\nkind = \"release-dir\"\nroot = \"/srv\"\nsecret-env = [\"Ü\", \"BAD NAME\"]\n";
+        let errors = errors_of(text);
+        assert!(
+            errors.0.iter().any(|e| (e.line, e.column) == (7, 15)),
+            "{errors}"
+        );
+        assert!(
+            errors.0.iter().any(|e| (e.line, e.column) == (7, 20)),
+            "{errors}"
+        );
+        assert!(
+            errors.0.iter().any(|e| e.line == 4 && e.column == 13),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("restat", RELEASE_DIR_KEYS), Some("restart"));
+        assert_eq!(suggest("ready_url", RELEASE_DIR_KEYS), Some("ready-url"));
+        assert_eq!(suggest("readyUrl", RELEASE_DIR_KEYS), Some("ready-url"));
+        assert_eq!(
+            suggest("READY_TIMEOUT", RELEASE_DIR_KEYS),
+            Some("ready-timeout")
+        );
+        assert_eq!(suggest("colour", RELEASE_DIR_KEYS), None);
+        assert_eq!(suggest("release_dir", KINDS), Some("release-dir"));
+        assert_eq!(suggest("environmnet", TOP_KEYS), Some("environment"));
+        assert_eq!(suggest("component", TOP_KEYS), Some("components"));
     }
 }
