@@ -199,9 +199,12 @@ struct Pending {
     span: Span,
     message: String,
     hint: Option<String>,
-    /// A required key that is absent. After a syntax error the parser's recovery may have
-    /// dropped the key, so these are only reported for files that are valid TOML.
-    missing: bool,
+    /// A required key or table that is absent: `Some(true)` for the file as a whole. After a
+    /// syntax error the parser's recovery may have dropped it, so such problems are only
+    /// reported for tables (or files) without syntax errors.
+    missing: Option<bool>,
+    /// A TOML syntax error; `Some(true)` for a duplicate key.
+    syntax: Option<bool>,
 }
 
 /// What a parse collects: the file and every problem found so far.
@@ -230,16 +233,30 @@ impl<'a> Cx<'a> {
             span,
             message: message.into(),
             hint,
-            missing: false,
+            missing: None,
+            syntax: None,
         });
     }
 
+    /// A required key is absent from the table whose header is at `span`.
     fn missing(&mut self, span: Span, message: impl Into<String>, hint: Option<String>) {
         self.pending.push(Pending {
             span,
             message: message.into(),
             hint,
-            missing: true,
+            missing: Some(false),
+            syntax: None,
+        });
+    }
+
+    /// Something the file as a whole lacks.
+    fn missing_in_file(&mut self, span: Span, message: impl Into<String>, hint: Option<String>) {
+        self.pending.push(Pending {
+            span,
+            message: message.into(),
+            hint,
+            missing: Some(true),
+            syntax: None,
         });
     }
 
@@ -247,21 +264,29 @@ impl<'a> Cx<'a> {
         let span = e.span().unwrap_or(0..0);
         let mut message = e.message().trim().to_string();
         let mut hint = None;
-        if message.starts_with("duplicate key") {
-            let key = self.source(&span).trim().trim_matches(['[', ']']).trim();
+        let line = self.line_col(span.start).0;
+        let duplicate = message.starts_with("duplicate key");
+        if duplicate && self.is_header(line) {
+            let header = self.line_text(line);
+            let header = header.split('#').next().unwrap_or(header).trim();
+            message = format!("duplicate table `{header}`");
+            hint = Some("each table may appear only once; merge the two".into());
+        } else if duplicate {
+            let key = self.source(&span).trim();
             if !key.is_empty() {
                 message = format!("duplicate key `{key}`");
             }
-            hint = Some("each key and table may appear only once; remove one of them".into());
+            hint = Some("each key may appear only once in a table; remove one of them".into());
         } else if let Some(h) = self.unquoted_value_hint(&span) {
             hint = Some(h);
         }
-        self.syntax_lines.push(self.line_col(span.start).0);
+        self.syntax_lines.push(line);
         self.pending.push(Pending {
             span,
             message: format!("invalid TOML: {message}"),
             hint,
-            missing: false,
+            missing: None,
+            syntax: Some(duplicate),
         });
     }
 
@@ -269,7 +294,7 @@ impl<'a> Cx<'a> {
     /// value written without quotes.
     fn unquoted_value_hint(&self, span: &Span) -> Option<String> {
         let (line, _) = self.line_col(span.start);
-        let text = self.text.lines().nth(line - 1)?;
+        let text = self.line_text(line);
         let (key, value) = text.split_once('=')?;
         let (key, value) = (key.trim(), value.trim());
         let value = value.split(" #").next().unwrap_or(value).trim();
@@ -284,6 +309,21 @@ impl<'a> Cx<'a> {
             "text values need quotes: write {key} = \"{}\"",
             redact_url_passwords(value)
         ))
+    }
+
+    /// The text of a 1-based line.
+    fn line_text(&self, line: usize) -> &'a str {
+        self.text.lines().nth(line.saturating_sub(1)).unwrap_or("")
+    }
+
+    /// Does the line open a table (`[components.web]`)?
+    fn is_header(&self, line: usize) -> bool {
+        self.line_text(line).trim_start().starts_with('[')
+    }
+
+    /// The line of the table header that a line belongs to (0: before any header).
+    fn section_of(&self, line: usize) -> usize {
+        (1..=line).rev().find(|&l| self.is_header(l)).unwrap_or(0)
     }
 
     fn source(&self, span: &Span) -> &'a str {
@@ -311,15 +351,30 @@ impl<'a> Cx<'a> {
 
     fn finish(&self) -> Option<ConfigErrors> {
         let any_syntax = !self.syntax_lines.is_empty();
+        let syntax_sections: Vec<usize> = self
+            .syntax_lines
+            .iter()
+            .map(|&l| self.section_of(l))
+            .collect();
         let mut errors: Vec<ConfigError> = self
             .pending
             .iter()
             .filter_map(|p| {
                 let (line, column) = self.line_col(p.span.start);
-                let invalid_toml = p.message.starts_with("invalid TOML");
-                // After a syntax error the recovered document may lack values or keys; only
-                // report what cannot be an echo of the syntax error.
-                if any_syntax && !invalid_toml && (p.missing || self.syntax_lines.contains(&line)) {
+                let section = self.section_of(line);
+                let echo = match (p.syntax, p.missing) {
+                    // The keys of a duplicated table are all duplicates too: one error is
+                    // enough.
+                    (Some(true), _) => section != line && self.syntax_lines.contains(&section),
+                    (Some(false), _) => false,
+                    // After a syntax error the recovered document may lack values or keys;
+                    // only report what cannot be an echo of the syntax error.
+                    (None, _) if self.syntax_lines.contains(&line) => true,
+                    (None, Some(true)) => any_syntax,
+                    (None, Some(false)) => syntax_sections.contains(&section),
+                    (None, None) => false,
+                };
+                if echo {
                     return None;
                 }
                 Some(ConfigError {
@@ -369,7 +424,7 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
     }
     if environment.is_none() {
         env_span = first;
-        cx.missing(
+        cx.missing_in_file(
             env_span.clone(),
             "[environment] is missing",
             Some("start the file with [environment] and name = \"production\" under it".into()),
@@ -378,7 +433,7 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
     let components = match components_entry {
         Some((key, value)) => read_components(cx, key, value),
         None => {
-            cx.missing(
+            cx.missing_in_file(
                 env_span,
                 "no components: nothing to deploy or roll back",
                 Some(MINIMAL_COMPONENT.into()),
@@ -544,7 +599,7 @@ fn read_components(
     let mut entries: Vec<_> = table.iter().collect();
     entries.sort_by_key(|(k, _)| k.span().start);
     if entries.is_empty() {
-        cx.missing(
+        cx.missing_in_file(
             key.span(),
             "no components: nothing to deploy or roll back",
             Some(MINIMAL_COMPONENT.into()),
@@ -870,7 +925,11 @@ impl<'t, 'i> Fields<'t, 'i> {
                 cx.missing(
                     self.header.clone(),
                     format!("{}: {key} is required", self.what),
-                    Some(format!("add {key} = \"{}\"", example(key))),
+                    Some(if key == "kind" {
+                        "add kind = \"release-dir\" or kind = \"command\"".to_string()
+                    } else {
+                        format!("add {key} = \"{}\"", example(key))
+                    }),
                 );
             }
             return None;
@@ -889,8 +948,9 @@ impl<'t, 'i> Fields<'t, 'i> {
             DeValue::String(s) => Some((s.to_string(), span)),
             other => {
                 let raw = cx.source(&span).trim().to_string();
+                // `name = 2024` means "2024"; `restart = true` does not mean "true".
                 let suggestion = match other {
-                    DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) => raw,
+                    DeValue::Integer(_) | DeValue::Float(_) if key == "name" => raw,
                     _ => example(key).to_string(),
                 };
                 cx.error(
@@ -1349,6 +1409,12 @@ mod broken {
                 7,
                 "write secret-env = [\"SHOP_TOKEN\"]",
             ),
+            (
+                "27-duplicate-table",
+                web("\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n"),
+                8,
+                "duplicate table `[components.web]`",
+            ),
         ]
     }
 
@@ -1490,6 +1556,24 @@ mod broken {
             "{errors}"
         );
         assert!(reported(&errors, 8, "did you mean `restart`?"), "{errors}");
+    }
+
+    #[test]
+    fn a_syntax_error_hides_only_what_it_may_have_caused() {
+        // Twice the same table: one error, not one per key.
+        let web = "[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n";
+        let errors = errors_of(&format!("{ENV}{web}{web}"));
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        // A broken value in one component does not hide a missing key in another; it does
+        // hide the "missing" that its own recovery would cause.
+        let text = format!(
+            "{ENV}\n[components.web]\nkind = \"release-dir\"\nroot = /srv/shop\n\n\
+             [components.api]\nkind = \"command\"\nrollback = \"r {{release}}\"\n"
+        );
+        let errors = errors_of(&text);
+        assert!(reported(&errors, 6, "invalid TOML"), "{errors}");
+        assert!(reported(&errors, 8, "deploy is required"), "{errors}");
+        assert!(!reported(&errors, 4, "root is required"), "{errors}");
     }
 
     #[test]
