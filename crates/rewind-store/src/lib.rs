@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use rewind_core::{
-    AuditEntry, JournalEntry, JournalEvent, LedgerEffect, LockHolder, NewAudit, NewRelease,
-    NewRun, Release, RestorePoint, Run, RunStatus,
+    AuditEntry, JournalEntry, JournalEvent, LedgerEffect, LockHolder, NewAudit, NewRelease, NewRun,
+    Release, RestorePoint, Run, RunStatus,
 };
 
+mod common;
 mod postgres;
 mod sqlite;
 
@@ -44,19 +45,33 @@ pub enum StoreError {
     },
     #[error("state store holds data this version cannot read ({what}): {detail}")]
     Corrupt { what: String, detail: String },
-    #[error("release `{release}` is already recorded in environment `{environment}` (state {state})")]
+    #[error(
+        "release `{release}` is already recorded in environment `{environment}` (state {state})"
+    )]
     ReleaseExists {
         environment: String,
         release: String,
         state: String,
     },
     #[error("release `{release}` is not recorded in environment `{environment}`")]
-    NoSuchRelease { environment: String, release: String },
+    NoSuchRelease {
+        environment: String,
+        release: String,
+    },
     #[error("run `{0}` is not recorded")]
     NoSuchRun(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Opens the store a configuration names: an SQLite file or a PostgreSQL database.
+pub async fn open(location: &rewind_core::config::StateLocation) -> Result<Box<dyn Store>> {
+    use rewind_core::config::StateLocation;
+    Ok(match location {
+        StateLocation::Sqlite(path) => Box::new(SqliteStore::open(path).await?),
+        StateLocation::Postgres(url) => Box::new(PostgresStore::connect(url).await?),
+    })
+}
 
 /// Outcome of trying to take an environment's lock.
 #[derive(Debug, Clone, PartialEq, Eq)]

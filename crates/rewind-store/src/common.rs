@@ -1,0 +1,853 @@
+//! What the two backends share: the SQL text (SQLite and PostgreSQL agree on all of it,
+//! `$n` placeholders included), row decoding helpers, embedded migrations, and one macro
+//! that writes the `Store` implementation for a backend.
+//!
+//! A backend provides a struct with `pool: sqlx::Pool<DB>` and `location: String`, plus two
+//! inherent methods the macro calls:
+//! - `begin_write(&self, doing) -> Result<Transaction<'static, DB>>`: a transaction that may
+//!   write (SQLite: `BEGIN IMMEDIATE`, so it never has to upgrade a read lock);
+//! - `lock_env(tx, env)`: serialises writers of one environment's audit chain and release
+//!   sequence for the rest of the transaction (PostgreSQL: an advisory transaction lock;
+//!   SQLite: nothing, `BEGIN IMMEDIATE` already serialises every writer).
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType};
+
+use crate::StoreError;
+
+/// Maps a driver error to `StoreError::Query`, naming what was being done.
+pub(crate) fn query_err(doing: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+    move |source| StoreError::Query {
+        doing: doing.to_string(),
+        source,
+    }
+}
+
+pub(crate) fn corrupt(what: &str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what: what.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Parses a stored enum text (`ReleaseState`, `RunStatus` …).
+pub(crate) fn parse_enum<T: FromStr>(what: &str, text: &str) -> Result<T, StoreError>
+where
+    T::Err: ToString,
+{
+    text.parse().map_err(|e: T::Err| corrupt(what, e))
+}
+
+/// Parses a stored JSON text.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    text: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| corrupt(what, e))
+}
+
+/// Serialises a value for a JSON text column.
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(
+    what: &str,
+    value: &T,
+) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| corrupt(what, e))
+}
+
+/// Migrations compiled into the binary, so an installed `rewind` needs no files beside it.
+/// To add one, add the file and a line here; a migration never changes once released.
+#[derive(Debug)]
+pub(crate) struct Embedded(pub &'static [(i64, &'static str, &'static str)]);
+
+pub(crate) const SQLITE_MIGRATIONS: Embedded = Embedded(&[(
+    1,
+    "initial",
+    include_str!("../migrations/sqlite/0001_initial.sql"),
+)]);
+
+pub(crate) const POSTGRES_MIGRATIONS: Embedded = Embedded(&[(
+    1,
+    "initial",
+    include_str!("../migrations/postgres/0001_initial.sql"),
+)]);
+
+type Resolved = Result<Vec<Migration>, BoxDynError>;
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(self) -> Pin<Box<dyn Future<Output = Resolved> + Send + 'static>> {
+        let migrations = self
+            .0
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(sql),
+                    false,
+                )
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(migrations)))
+    }
+}
+
+// ---- SQL shared by both backends --------------------------------------------------------
+
+pub(crate) const ENSURE_ENV: &str =
+    "INSERT INTO environments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
+pub(crate) const CURRENT_RELEASE: &str = "SELECT current_release FROM environments WHERE name = $1";
+pub(crate) const SET_CURRENT: &str = "INSERT INTO environments (name, current_release) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET current_release = excluded.current_release";
+
+pub(crate) const DEPLOYED: &str =
+    "SELECT component, version FROM deployed WHERE env = $1 ORDER BY component";
+pub(crate) const SET_DEPLOYED: &str = "INSERT INTO deployed (env, component, version, updated_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (env, component) \
+     DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at";
+
+const RELEASE_COLS: &str =
+    "env, name, seq, state, components, created_at, updated_at, actor, run_id";
+pub(crate) fn release_one() -> String {
+    format!("SELECT {RELEASE_COLS} FROM releases WHERE env = $1 AND name = $2")
+}
+pub(crate) fn release_all() -> String {
+    format!("SELECT {RELEASE_COLS} FROM releases WHERE env = $1 ORDER BY seq")
+}
+pub(crate) const RELEASE_STATE: &str = "SELECT state FROM releases WHERE env = $1 AND name = $2";
+pub(crate) const NEXT_RELEASE_SEQ: &str =
+    "SELECT COALESCE(MAX(seq), 0) + 1 FROM releases WHERE env = $1";
+pub(crate) const INSERT_RELEASE: &str = "INSERT INTO releases \
+     (env, name, seq, state, components, created_at, updated_at, actor, run_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+pub(crate) const SET_RELEASE_STATE: &str =
+    "UPDATE releases SET state = $1, updated_at = $2 WHERE env = $3 AND name = $4";
+
+const RUN_COLS: &str = "id, env, kind, \"release\", from_release, status, actor, steps, \
+     components, created_at, updated_at, error";
+pub(crate) fn run_by_id() -> String {
+    format!("SELECT {RUN_COLS} FROM runs WHERE id = $1")
+}
+pub(crate) fn run_unfinished() -> String {
+    format!(
+        "SELECT {RUN_COLS} FROM runs WHERE env = $1 AND status IN ('running', 'interrupted') \
+         ORDER BY created_at DESC, id DESC LIMIT 1"
+    )
+}
+pub(crate) fn runs_recent() -> String {
+    format!("SELECT {RUN_COLS} FROM runs WHERE env = $1 ORDER BY created_at DESC, id DESC LIMIT $2")
+}
+pub(crate) const RUN_ENV: &str = "SELECT env FROM runs WHERE id = $1";
+pub(crate) const INSERT_RUN: &str = "INSERT INTO runs (id, env, kind, \"release\", from_release, \
+     status, actor, steps, components, created_at, updated_at, error) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL)";
+pub(crate) const FINISH_RUN: &str =
+    "UPDATE runs SET status = $1, error = $2, updated_at = $3 WHERE id = $4";
+pub(crate) const TOUCH_RUN: &str = "UPDATE runs SET updated_at = $1 WHERE id = $2";
+
+pub(crate) const NEXT_JOURNAL_SEQ: &str =
+    "SELECT COALESCE(MAX(seq), 0) + 1 FROM journal WHERE run_id = $1";
+pub(crate) const INSERT_JOURNAL: &str = "INSERT INTO journal \
+     (run_id, seq, step, step_id, event, at, message) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub(crate) const JOURNAL: &str = "SELECT run_id, seq, step, step_id, event, at, message \
+     FROM journal WHERE run_id = $1 ORDER BY seq";
+
+pub(crate) const INSERT_RESTORE_POINT: &str = "INSERT INTO restore_points \
+     (env, run_id, component, kind, version, data, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub(crate) const RESTORE_POINTS: &str = "SELECT id, env, run_id, component, kind, version, data, \
+     created_at FROM restore_points WHERE env = $1 AND ($2 IS NULL OR run_id = $2) \
+     ORDER BY id DESC";
+
+/// Inserts the lock, or re-takes it for the run that already holds it (a resumed run).
+pub(crate) const TRY_LOCK: &str = "INSERT INTO locks \
+     (env, run_id, pid, host, actor, since, heartbeat) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (env) DO UPDATE SET pid = excluded.pid, host = excluded.host, \
+     actor = excluded.actor, since = excluded.since, heartbeat = excluded.heartbeat \
+     WHERE locks.run_id = excluded.run_id";
+pub(crate) const TAKE_OVER_LOCK: &str = "UPDATE locks SET run_id = $1, pid = $2, host = $3, \
+     actor = $4, since = $5, heartbeat = $6 WHERE env = $7 AND run_id = $8 AND heartbeat = $9";
+pub(crate) const HEARTBEAT: &str = "UPDATE locks SET heartbeat = $1 WHERE env = $2 AND run_id = $3";
+pub(crate) const UNLOCK: &str = "DELETE FROM locks WHERE env = $1 AND run_id = $2";
+pub(crate) const LOCK_HOLDER: &str =
+    "SELECT env, run_id, pid, host, actor, since, heartbeat FROM locks WHERE env = $1";
+
+pub(crate) const AUDIT_LAST: &str =
+    "SELECT hash, seq FROM audit WHERE env = $1 ORDER BY seq DESC LIMIT 1";
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit \
+     (env, seq, at, actor, action, \"release\", run_id, details, prev_hash, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+pub(crate) const AUDIT_ENTRIES: &str = "SELECT env, seq, at, actor, action, \"release\", run_id, \
+     details, prev_hash, hash FROM audit WHERE env = $1 ORDER BY seq";
+
+/// Writes `impl Store for $store` over the database `$db`. See the module comment for
+/// what the backend must provide.
+macro_rules! impl_store {
+    ($store:ty, $db:ty) => {
+        type DbRow = <$db as sqlx::Database>::Row;
+        type Tx = sqlx::Transaction<'static, $db>;
+
+        /// Reads one column, reporting a type mismatch as corrupt data.
+        fn col<'r, T>(row: &'r DbRow, name: &str) -> $crate::Result<T>
+        where
+            T: sqlx::Decode<'r, $db> + sqlx::Type<$db>,
+        {
+            use sqlx::Row as _;
+            row.try_get::<T, _>(name)
+                .map_err(|e| $crate::common::corrupt(&format!("column {name}"), e))
+        }
+
+        fn release_from_row(row: &DbRow) -> $crate::Result<rewind_core::Release> {
+            Ok(rewind_core::Release {
+                environment: col(row, "env")?,
+                name: col(row, "name")?,
+                state: $crate::common::parse_enum("release state", &col::<String>(row, "state")?)?,
+                seq: col(row, "seq")?,
+                components: $crate::common::parse_json(
+                    "release components",
+                    &col::<String>(row, "components")?,
+                )?,
+                created_at: col(row, "created_at")?,
+                updated_at: col(row, "updated_at")?,
+                actor: col(row, "actor")?,
+                run_id: col(row, "run_id")?,
+            })
+        }
+
+        fn run_from_row(row: &DbRow) -> $crate::Result<rewind_core::Run> {
+            Ok(rewind_core::Run {
+                id: col(row, "id")?,
+                environment: col(row, "env")?,
+                kind: $crate::common::parse_enum("run kind", &col::<String>(row, "kind")?)?,
+                release: col(row, "release")?,
+                from_release: col(row, "from_release")?,
+                status: $crate::common::parse_enum("run status", &col::<String>(row, "status")?)?,
+                actor: col(row, "actor")?,
+                steps: $crate::common::parse_json("run steps", &col::<String>(row, "steps")?)?,
+                components: $crate::common::parse_json(
+                    "run components",
+                    &col::<String>(row, "components")?,
+                )?,
+                created_at: col(row, "created_at")?,
+                updated_at: col(row, "updated_at")?,
+                error: col(row, "error")?,
+            })
+        }
+
+        fn journal_from_row(row: &DbRow) -> $crate::Result<rewind_core::JournalEntry> {
+            Ok(rewind_core::JournalEntry {
+                run_id: col(row, "run_id")?,
+                seq: col(row, "seq")?,
+                step: col(row, "step")?,
+                step_id: col(row, "step_id")?,
+                event: $crate::common::parse_enum("journal event", &col::<String>(row, "event")?)?,
+                at: col(row, "at")?,
+                message: col(row, "message")?,
+            })
+        }
+
+        fn restore_point_from_row(row: &DbRow) -> $crate::Result<rewind_core::RestorePoint> {
+            Ok(rewind_core::RestorePoint {
+                id: col(row, "id")?,
+                environment: col(row, "env")?,
+                run_id: col(row, "run_id")?,
+                component: col(row, "component")?,
+                kind: col(row, "kind")?,
+                version: col(row, "version")?,
+                data: $crate::common::parse_json(
+                    "restore point data",
+                    &col::<String>(row, "data")?,
+                )?,
+                created_at: col(row, "created_at")?,
+            })
+        }
+
+        fn lock_from_row(row: &DbRow) -> $crate::Result<rewind_core::LockHolder> {
+            let pid: i64 = col(row, "pid")?;
+            Ok(rewind_core::LockHolder {
+                environment: col(row, "env")?,
+                run_id: col(row, "run_id")?,
+                pid: u32::try_from(pid).map_err(|e| $crate::common::corrupt("lock pid", e))?,
+                host: col(row, "host")?,
+                actor: col(row, "actor")?,
+                since: col(row, "since")?,
+                heartbeat: col(row, "heartbeat")?,
+            })
+        }
+
+        fn audit_from_row(row: &DbRow) -> $crate::Result<rewind_core::AuditEntry> {
+            Ok(rewind_core::AuditEntry {
+                environment: col(row, "env")?,
+                seq: col(row, "seq")?,
+                at: col(row, "at")?,
+                actor: col(row, "actor")?,
+                action: col(row, "action")?,
+                release: col(row, "release")?,
+                run_id: col(row, "run_id")?,
+                details: $crate::common::parse_json(
+                    "audit details",
+                    &col::<String>(row, "details")?,
+                )?,
+                prev_hash: col(row, "prev_hash")?,
+                hash: col(row, "hash")?,
+            })
+        }
+
+        impl $store {
+            /// The environment a run belongs to, or `NoSuchRun`.
+            async fn run_env(tx: &mut Tx, run_id: &str) -> $crate::Result<String> {
+                let env: Option<String> = sqlx::query_scalar($crate::common::RUN_ENV)
+                    .bind(run_id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err($crate::common::query_err("looking up a run"))?;
+                env.ok_or_else(|| $crate::StoreError::NoSuchRun(run_id.to_string()))
+            }
+
+            /// Appends one audit entry inside `tx`: the only place an entry is chained.
+            async fn append_audit_tx(
+                tx: &mut Tx,
+                env: &str,
+                entry: rewind_core::NewAudit,
+            ) -> $crate::Result<rewind_core::AuditEntry> {
+                use sqlx::Row as _;
+                const DOING: &str = "appending to the audit chain";
+                Self::lock_env(tx, env).await?;
+                let last = sqlx::query($crate::common::AUDIT_LAST)
+                    .bind(env)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                let prev: Option<(String, i64)> = match last {
+                    Some(row) => Some((
+                        row.try_get(0).map_err($crate::common::query_err(DOING))?,
+                        row.try_get(1).map_err($crate::common::query_err(DOING))?,
+                    )),
+                    None => None,
+                };
+                let e = rewind_core::audit::chain(
+                    env,
+                    prev.as_ref().map(|(h, s)| (h.as_str(), *s)),
+                    rewind_core::now_rfc3339(),
+                    entry,
+                );
+                sqlx::query($crate::common::INSERT_AUDIT)
+                    .bind(&e.environment)
+                    .bind(e.seq)
+                    .bind(&e.at)
+                    .bind(&e.actor)
+                    .bind(&e.action)
+                    .bind(&e.release)
+                    .bind(&e.run_id)
+                    .bind($crate::common::to_json("audit details", &e.details)?)
+                    .bind(&e.prev_hash)
+                    .bind(&e.hash)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                Ok(e)
+            }
+
+            /// Applies ledger effects inside `tx`.
+            async fn apply_effects_tx(
+                tx: &mut Tx,
+                env: &str,
+                run_id: &str,
+                effects: &[rewind_core::LedgerEffect],
+            ) -> $crate::Result<()> {
+                use rewind_core::LedgerEffect;
+                const DOING: &str = "applying ledger effects";
+                for effect in effects {
+                    let now = rewind_core::now_rfc3339();
+                    match effect {
+                        LedgerEffect::ReleaseState { release, state } => {
+                            let done = sqlx::query($crate::common::SET_RELEASE_STATE)
+                                .bind(state.as_str())
+                                .bind(&now)
+                                .bind(env)
+                                .bind(release)
+                                .execute(&mut **tx)
+                                .await
+                                .map_err($crate::common::query_err(DOING))?;
+                            if done.rows_affected() == 0 {
+                                return Err($crate::StoreError::NoSuchRelease {
+                                    environment: env.to_string(),
+                                    release: release.clone(),
+                                });
+                            }
+                        }
+                        LedgerEffect::Deployed { component, version } => {
+                            sqlx::query($crate::common::ENSURE_ENV)
+                                .bind(env)
+                                .execute(&mut **tx)
+                                .await
+                                .map_err($crate::common::query_err(DOING))?;
+                            sqlx::query($crate::common::SET_DEPLOYED)
+                                .bind(env)
+                                .bind(component)
+                                .bind(version)
+                                .bind(&now)
+                                .execute(&mut **tx)
+                                .await
+                                .map_err($crate::common::query_err(DOING))?;
+                        }
+                        LedgerEffect::Current { release } => {
+                            sqlx::query($crate::common::SET_CURRENT)
+                                .bind(env)
+                                .bind(release)
+                                .execute(&mut **tx)
+                                .await
+                                .map_err($crate::common::query_err(DOING))?;
+                        }
+                        LedgerEffect::RestorePoint {
+                            component,
+                            kind,
+                            version,
+                            data,
+                        } => {
+                            sqlx::query($crate::common::INSERT_RESTORE_POINT)
+                                .bind(env)
+                                .bind(run_id)
+                                .bind(component)
+                                .bind(kind)
+                                .bind(version)
+                                .bind($crate::common::to_json("restore point data", data)?)
+                                .bind(&now)
+                                .execute(&mut **tx)
+                                .await
+                                .map_err($crate::common::query_err(DOING))?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+
+            /// Appends a journal line inside `tx` and touches the run's `updated_at`.
+            async fn journal_line_tx(
+                tx: &mut Tx,
+                run_id: &str,
+                step: Option<(i64, &str)>,
+                event: rewind_core::JournalEvent,
+                message: &str,
+            ) -> $crate::Result<()> {
+                const DOING: &str = "appending to the journal";
+                let seq: i64 = sqlx::query_scalar($crate::common::NEXT_JOURNAL_SEQ)
+                    .bind(run_id)
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                let now = rewind_core::now_rfc3339();
+                sqlx::query($crate::common::INSERT_JOURNAL)
+                    .bind(run_id)
+                    .bind(seq)
+                    .bind(step.map(|s| s.0))
+                    .bind(step.map(|s| s.1))
+                    .bind(event.as_str())
+                    .bind(&now)
+                    .bind(message)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                sqlx::query($crate::common::TOUCH_RUN)
+                    .bind(&now)
+                    .bind(run_id)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                Ok(())
+            }
+
+            async fn commit(tx: Tx, doing: &str) -> $crate::Result<()> {
+                tx.commit().await.map_err($crate::common::query_err(doing))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::Store for $store {
+            fn location(&self) -> String {
+                self.location.clone()
+            }
+
+            async fn current_release(&self, env: &str) -> $crate::Result<Option<String>> {
+                let v: Option<Option<String>> = sqlx::query_scalar($crate::common::CURRENT_RELEASE)
+                    .bind(env)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading the current release"))?;
+                Ok(v.flatten())
+            }
+
+            async fn deployed(
+                &self,
+                env: &str,
+            ) -> $crate::Result<std::collections::BTreeMap<String, String>> {
+                let rows: Vec<(String, String)> = sqlx::query_as($crate::common::DEPLOYED)
+                    .bind(env)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading deployed versions"))?;
+                Ok(rows.into_iter().collect())
+            }
+
+            async fn release(
+                &self,
+                env: &str,
+                name: &str,
+            ) -> $crate::Result<Option<rewind_core::Release>> {
+                let row = sqlx::query(sqlx::AssertSqlSafe($crate::common::release_one()))
+                    .bind(env)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading a release"))?;
+                row.as_ref().map(release_from_row).transpose()
+            }
+
+            async fn releases(&self, env: &str) -> $crate::Result<Vec<rewind_core::Release>> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe($crate::common::release_all()))
+                    .bind(env)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading releases"))?;
+                rows.iter().map(release_from_row).collect()
+            }
+
+            async fn create_run(
+                &self,
+                run: &rewind_core::NewRun,
+                release: Option<&rewind_core::NewRelease>,
+                audit: rewind_core::NewAudit,
+            ) -> $crate::Result<rewind_core::Run> {
+                const DOING: &str = "recording a new run";
+                let env = run.environment.as_str();
+                let now = rewind_core::now_rfc3339();
+                let mut tx = self.begin_write(DOING).await?;
+                Self::lock_env(&mut tx, env).await?;
+                sqlx::query($crate::common::ENSURE_ENV)
+                    .bind(env)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                if let Some(rel) = release {
+                    let existing: Option<String> =
+                        sqlx::query_scalar($crate::common::RELEASE_STATE)
+                            .bind(env)
+                            .bind(&rel.name)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err($crate::common::query_err(DOING))?;
+                    if let Some(state) = existing {
+                        // Dropping `tx` rolls back the environment row too.
+                        return Err($crate::StoreError::ReleaseExists {
+                            environment: env.to_string(),
+                            release: rel.name.clone(),
+                            state,
+                        });
+                    }
+                    let seq: i64 = sqlx::query_scalar($crate::common::NEXT_RELEASE_SEQ)
+                        .bind(env)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err($crate::common::query_err(DOING))?;
+                    sqlx::query($crate::common::INSERT_RELEASE)
+                        .bind(env)
+                        .bind(&rel.name)
+                        .bind(seq)
+                        .bind(rewind_core::ReleaseState::Deploying.as_str())
+                        .bind($crate::common::to_json(
+                            "release components",
+                            &rel.components,
+                        )?)
+                        .bind(&now)
+                        .bind(&now)
+                        .bind(&run.actor)
+                        .bind(&run.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::common::query_err(DOING))?;
+                }
+                sqlx::query($crate::common::INSERT_RUN)
+                    .bind(&run.id)
+                    .bind(env)
+                    .bind(run.kind.as_str())
+                    .bind(&run.release)
+                    .bind(&run.from_release)
+                    .bind(rewind_core::RunStatus::Running.as_str())
+                    .bind(&run.actor)
+                    .bind($crate::common::to_json("run steps", &run.steps)?)
+                    .bind($crate::common::to_json("run components", &run.components)?)
+                    .bind(&now)
+                    .bind(&now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                let mut audit = audit;
+                audit.run_id.get_or_insert_with(|| run.id.clone());
+                Self::append_audit_tx(&mut tx, env, audit).await?;
+                Self::commit(tx, DOING).await?;
+                Ok(rewind_core::Run {
+                    id: run.id.clone(),
+                    environment: run.environment.clone(),
+                    kind: run.kind,
+                    release: run.release.clone(),
+                    from_release: run.from_release.clone(),
+                    status: rewind_core::RunStatus::Running,
+                    actor: run.actor.clone(),
+                    steps: run.steps.clone(),
+                    components: run.components.clone(),
+                    created_at: now.clone(),
+                    updated_at: now,
+                    error: None,
+                })
+            }
+
+            async fn run(&self, id: &str) -> $crate::Result<Option<rewind_core::Run>> {
+                let row = sqlx::query(sqlx::AssertSqlSafe($crate::common::run_by_id()))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading a run"))?;
+                row.as_ref().map(run_from_row).transpose()
+            }
+
+            async fn unfinished_run(&self, env: &str) -> $crate::Result<Option<rewind_core::Run>> {
+                let row = sqlx::query(sqlx::AssertSqlSafe($crate::common::run_unfinished()))
+                    .bind(env)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("looking for an unfinished run"))?;
+                row.as_ref().map(run_from_row).transpose()
+            }
+
+            async fn runs(&self, env: &str, limit: i64) -> $crate::Result<Vec<rewind_core::Run>> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe($crate::common::runs_recent()))
+                    .bind(env)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading runs"))?;
+                rows.iter().map(run_from_row).collect()
+            }
+
+            async fn finish_run(
+                &self,
+                run_id: &str,
+                status: rewind_core::RunStatus,
+                error: Option<&str>,
+                effects: &[rewind_core::LedgerEffect],
+                audit: rewind_core::NewAudit,
+            ) -> $crate::Result<()> {
+                const DOING: &str = "finishing a run";
+                let mut tx = self.begin_write(DOING).await?;
+                let env = Self::run_env(&mut tx, run_id).await?;
+                Self::lock_env(&mut tx, &env).await?;
+                sqlx::query($crate::common::FINISH_RUN)
+                    .bind(status.as_str())
+                    .bind(error)
+                    .bind(rewind_core::now_rfc3339())
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                Self::apply_effects_tx(&mut tx, &env, run_id, effects).await?;
+                let mut audit = audit;
+                audit.run_id.get_or_insert_with(|| run_id.to_string());
+                Self::append_audit_tx(&mut tx, &env, audit).await?;
+                Self::commit(tx, DOING).await
+            }
+
+            async fn journal_append(
+                &self,
+                run_id: &str,
+                step: Option<(i64, &str)>,
+                event: rewind_core::JournalEvent,
+                message: &str,
+            ) -> $crate::Result<()> {
+                const DOING: &str = "appending to the journal";
+                let mut tx = self.begin_write(DOING).await?;
+                Self::run_env(&mut tx, run_id).await?;
+                Self::journal_line_tx(&mut tx, run_id, step, event, message).await?;
+                Self::commit(tx, DOING).await
+            }
+
+            async fn journal_finish(
+                &self,
+                run_id: &str,
+                step: (i64, &str),
+                event: rewind_core::JournalEvent,
+                message: &str,
+                effects: &[rewind_core::LedgerEffect],
+                audit: rewind_core::NewAudit,
+            ) -> $crate::Result<()> {
+                use rewind_core::JournalEvent;
+                const DOING: &str = "finishing a step";
+                let mut tx = self.begin_write(DOING).await?;
+                let env = Self::run_env(&mut tx, run_id).await?;
+                Self::lock_env(&mut tx, &env).await?;
+                Self::journal_line_tx(&mut tx, run_id, Some(step), event, message).await?;
+                if matches!(event, JournalEvent::Done | JournalEvent::Skipped) {
+                    Self::apply_effects_tx(&mut tx, &env, run_id, effects).await?;
+                }
+                let mut audit = audit;
+                audit.run_id.get_or_insert_with(|| run_id.to_string());
+                Self::append_audit_tx(&mut tx, &env, audit).await?;
+                Self::commit(tx, DOING).await
+            }
+
+            async fn journal(
+                &self,
+                run_id: &str,
+            ) -> $crate::Result<Vec<rewind_core::JournalEntry>> {
+                let rows = sqlx::query($crate::common::JOURNAL)
+                    .bind(run_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading the journal"))?;
+                rows.iter().map(journal_from_row).collect()
+            }
+
+            async fn restore_points(
+                &self,
+                env: &str,
+                run_id: Option<&str>,
+            ) -> $crate::Result<Vec<rewind_core::RestorePoint>> {
+                let rows = sqlx::query($crate::common::RESTORE_POINTS)
+                    .bind(env)
+                    .bind(run_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading restore points"))?;
+                rows.iter().map(restore_point_from_row).collect()
+            }
+
+            async fn try_lock(
+                &self,
+                holder: &rewind_core::LockHolder,
+            ) -> $crate::Result<$crate::LockAttempt> {
+                const DOING: &str = "taking the lock";
+                // The row can vanish between a refused insert and the read of who holds
+                // it (its holder unlocked); then simply try again.
+                loop {
+                    let mut tx = self.begin_write(DOING).await?;
+                    let done = sqlx::query($crate::common::TRY_LOCK)
+                        .bind(&holder.environment)
+                        .bind(&holder.run_id)
+                        .bind(i64::from(holder.pid))
+                        .bind(&holder.host)
+                        .bind(&holder.actor)
+                        .bind(&holder.since)
+                        .bind(&holder.heartbeat)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::common::query_err(DOING))?;
+                    if done.rows_affected() > 0 {
+                        Self::commit(tx, DOING).await?;
+                        return Ok($crate::LockAttempt::Acquired);
+                    }
+                    let row = sqlx::query($crate::common::LOCK_HOLDER)
+                        .bind(&holder.environment)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err($crate::common::query_err(DOING))?;
+                    Self::commit(tx, DOING).await?;
+                    if let Some(row) = row {
+                        return Ok($crate::LockAttempt::Held(lock_from_row(&row)?));
+                    }
+                }
+            }
+
+            async fn take_over_lock(
+                &self,
+                holder: &rewind_core::LockHolder,
+                stale: &rewind_core::LockHolder,
+            ) -> $crate::Result<bool> {
+                const DOING: &str = "taking over a stale lock";
+                let mut tx = self.begin_write(DOING).await?;
+                let done = sqlx::query($crate::common::TAKE_OVER_LOCK)
+                    .bind(&holder.run_id)
+                    .bind(i64::from(holder.pid))
+                    .bind(&holder.host)
+                    .bind(&holder.actor)
+                    .bind(&holder.since)
+                    .bind(&holder.heartbeat)
+                    .bind(&stale.environment)
+                    .bind(&stale.run_id)
+                    .bind(&stale.heartbeat)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                Self::commit(tx, DOING).await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn heartbeat(&self, env: &str, run_id: &str) -> $crate::Result<bool> {
+                const DOING: &str = "refreshing the lock's heartbeat";
+                let mut tx = self.begin_write(DOING).await?;
+                let done = sqlx::query($crate::common::HEARTBEAT)
+                    .bind(rewind_core::now_rfc3339())
+                    .bind(env)
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                Self::commit(tx, DOING).await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn unlock(&self, env: &str, run_id: &str) -> $crate::Result<()> {
+                const DOING: &str = "releasing the lock";
+                let mut tx = self.begin_write(DOING).await?;
+                sqlx::query($crate::common::UNLOCK)
+                    .bind(env)
+                    .bind(run_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                Self::commit(tx, DOING).await
+            }
+
+            async fn lock_holder(
+                &self,
+                env: &str,
+            ) -> $crate::Result<Option<rewind_core::LockHolder>> {
+                let row = sqlx::query($crate::common::LOCK_HOLDER)
+                    .bind(env)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading the lock"))?;
+                row.as_ref().map(lock_from_row).transpose()
+            }
+
+            async fn audit_append(
+                &self,
+                env: &str,
+                entry: rewind_core::NewAudit,
+            ) -> $crate::Result<rewind_core::AuditEntry> {
+                const DOING: &str = "appending to the audit chain";
+                let mut tx = self.begin_write(DOING).await?;
+                let e = Self::append_audit_tx(&mut tx, env, entry).await?;
+                Self::commit(tx, DOING).await?;
+                Ok(e)
+            }
+
+            async fn audit_entries(
+                &self,
+                env: &str,
+            ) -> $crate::Result<Vec<rewind_core::AuditEntry>> {
+                let rows = sqlx::query($crate::common::AUDIT_ENTRIES)
+                    .bind(env)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading the audit chain"))?;
+                rows.iter().map(audit_from_row).collect()
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;

@@ -1,0 +1,93 @@
+//! The SQLite backend: one file, `.rewind/state.db` by default. Several `rewind` processes may
+//! use it at once, so the file runs in WAL mode (readers never wait for the writer), waits up
+//! to `BUSY_TIMEOUT` for a busy database, and every transaction that writes starts with
+//! `BEGIN IMMEDIATE`: a deferred transaction that reads first and then wants to write can be
+//! refused with "database is locked" no matter how long it waits.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use crate::common::{self, impl_store};
+use crate::{Result, StoreError};
+
+/// How long a statement waits for another process's write transaction to finish.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The state store in an SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    location: String,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory if missing) and migrates the database at `path`.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let location = path.display().to_string();
+        let open_err = |source| StoreError::Open {
+            location: location.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        // Make sure this is a database at all before migrating it.
+        sqlx::query("SELECT count(*) FROM sqlite_master")
+            .execute(&pool)
+            .await
+            .map_err(open_err)?;
+
+        let migrator = Migrator::new(common::SQLITE_MIGRATIONS)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                location: location.clone(),
+                source,
+            })?;
+        // Two processes opening a brand-new file at once can both try the first migration;
+        // the loser fails and, on a second look, finds it applied.
+        let mut attempt = 0;
+        loop {
+            match migrator.run(&pool).await {
+                Ok(()) => break,
+                Err(_) if attempt < 3 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(source) => return Err(StoreError::Migrate { location, source }),
+            }
+        }
+        Ok(SqliteStore { pool, location })
+    }
+
+    async fn begin_write(&self, doing: &str) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(common::query_err(doing))
+    }
+
+    /// Nothing to do: `BEGIN IMMEDIATE` already made this the only writer.
+    async fn lock_env(
+        _tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        _env: &str,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl_store!(SqliteStore, sqlx::Sqlite);
