@@ -8,7 +8,7 @@ use rewind_core::config::CommandConfig;
 use rewind_core::{Action, CommandHook};
 use serde_json::json;
 
-use crate::{proc, ready, Component, ComponentError, Ctx, Outcome, Result, Snapshot};
+use crate::{Component, ComponentError, Ctx, Outcome, Result, Snapshot, proc, ready};
 
 pub struct CommandComponent {
     name: String,
@@ -33,7 +33,13 @@ impl CommandComponent {
         r
     }
 
-    async fn run(&self, cx: &Ctx, what: &str, template: &str, release: &str) -> Result<proc::CommandOutput> {
+    async fn run(
+        &self,
+        cx: &Ctx,
+        what: &str,
+        template: &str,
+        release: &str,
+    ) -> Result<proc::CommandOutput> {
         let redactor = self.redactor(cx);
         let cmd = proc::fill(template, release, &self.name);
         let env = [
@@ -41,7 +47,15 @@ impl CommandComponent {
             ("REWIND_COMPONENT", self.name.as_str()),
             ("REWIND_RELEASE", release),
         ];
-        let out = proc::run_shell(&self.name, &cmd, Some(&self.cfg.workdir), &env, self.cfg.command_timeout, &redactor).await?;
+        let out = proc::run_shell(
+            &self.name,
+            &cmd,
+            Some(&self.cfg.workdir),
+            &env,
+            self.cfg.command_timeout,
+            &redactor,
+        )
+        .await?;
         proc::expect_success(&self.name, what, &redactor.redact(&cmd), &out)?;
         Ok(out)
     }
@@ -71,11 +85,17 @@ impl Component for CommandComponent {
     }
 
     async fn restore_point(&self, cx: &Ctx) -> Result<Snapshot> {
-        let version = self.read_current(cx).await?;
+        // A `current` command that fails (nothing deployed yet, platform unreachable) does
+        // not stop the deploy: the restore point records that the version was unknown, and why.
+        let (version, error) = match self.read_current(cx).await {
+            Ok(v) => (v, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         Ok(Snapshot {
             version: version.clone(),
             data: json!({
                 "current": version,
+                "current_error": error,
                 "rollback": self.redactor(cx).redact(&self.cfg.rollback),
             }),
         })
@@ -88,15 +108,29 @@ impl Component for CommandComponent {
     async fn apply(&self, cx: &Ctx, action: &Action) -> Result<Outcome> {
         match action {
             Action::RunCommand { hook, release, .. } => {
-                if self.read_current(cx).await?.as_deref() == Some(release.as_str()) {
-                    return Ok(Outcome::Skipped(format!("`current` already reports {release}")));
+                // The postcondition: a `current` that already reports the target. A failing
+                // `current` proves nothing, so the command runs.
+                if self.read_current(cx).await.ok().flatten().as_deref() == Some(release.as_str()) {
+                    return Ok(Outcome::Skipped(format!(
+                        "`current` already reports {release}"
+                    )));
                 }
                 let (what, template) = match hook {
                     CommandHook::Deploy => ("deploy command", &self.cfg.deploy),
                     CommandHook::Rollback => ("rollback command", &self.cfg.rollback),
                 };
                 let out = self.run(cx, what, template, release).await?;
-                crate::crash::point("mid", &format!("{}.{}", self.name, match hook { CommandHook::Deploy => "deploy", CommandHook::Rollback => "rollback" }));
+                crate::crash::point(
+                    "mid",
+                    &format!(
+                        "{}.{}",
+                        self.name,
+                        match hook {
+                            CommandHook::Deploy => "deploy",
+                            CommandHook::Rollback => "rollback",
+                        }
+                    ),
+                );
                 if self.cfg.current.is_some() {
                     let now = self.read_current(cx).await?;
                     if now.as_deref() != Some(release.as_str()) {
@@ -109,12 +143,22 @@ impl Component for CommandComponent {
                         ));
                     }
                 }
-                Ok(Outcome::Done(if out.output.is_empty() { format!("{what} exited 0") } else { out.output }))
+                Ok(Outcome::Done(if out.output.is_empty() {
+                    format!("{what} exited 0")
+                } else {
+                    out.output
+                }))
             }
             Action::WaitReady { .. } => match &self.cfg.ready {
-                Some(r) => ready::wait_ready(&self.name, r, self.cfg.ready_timeout, Some(&self.cfg.workdir), &self.redactor(cx))
-                    .await
-                    .map(Outcome::Done),
+                Some(r) => ready::wait_ready(
+                    &self.name,
+                    r,
+                    self.cfg.ready_timeout,
+                    Some(&self.cfg.workdir),
+                    &self.redactor(cx),
+                )
+                .await
+                .map(Outcome::Done),
                 None => Ok(Outcome::Skipped("no readiness check configured".into())),
             },
             other => Err(ComponentError::Unsupported {

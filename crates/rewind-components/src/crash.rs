@@ -16,7 +16,9 @@ pub fn point(phase: &str, step_id: &str) {
         let pid = std::process::id().to_string();
         // `kill -9` delivers a real SIGKILL; waiting here keeps the process from going on
         // while the signal is in flight.
-        let _ = std::process::Command::new("kill").args(["-9", &pid]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
         loop {
             std::thread::sleep(std::time::Duration::from_secs(1));
         }

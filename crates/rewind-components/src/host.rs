@@ -22,11 +22,13 @@ pub fn username() -> String {
         return u;
     }
     // No login variables (cron, containers): look the uid up.
-    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
-    });
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        });
     if let Some(uid) = uid {
         if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
             for line in passwd.lines() {
@@ -78,6 +80,9 @@ mod tests {
     #[test]
     fn actor_has_user_and_host() {
         let a = actor();
-        assert!(a.contains('@') && !a.starts_with('@') && !a.ends_with('@'), "{a}");
+        assert!(
+            a.contains('@') && !a.starts_with('@') && !a.ends_with('@'),
+            "{a}"
+        );
     }
 }

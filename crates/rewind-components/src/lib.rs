@@ -3,9 +3,9 @@
 //! action checks its postcondition first, so carrying it out again after a crash is safe.
 
 use async_trait::async_trait;
+use rewind_core::Action;
 use rewind_core::config::ComponentConfig;
 use rewind_core::redact::Redactor;
-use rewind_core::Action;
 
 pub mod command;
 pub mod crash;

@@ -23,7 +23,9 @@ pub async fn wait_ready(
         .no_proxy()
         .timeout(Duration::from_secs(5).min(timeout.max(Duration::from_millis(200))))
         .build()
-        .map_err(|e| ComponentError::failed(component, format!("cannot build an HTTP client: {e}")))?;
+        .map_err(|e| {
+            ComponentError::failed(component, format!("cannot build an HTTP client: {e}"))
+        })?;
     let mut attempts = 0u32;
     let mut last;
     loop {
@@ -31,18 +33,34 @@ pub async fn wait_ready(
         let result = match ready {
             Readiness::Url(url) => match client.get(url).send().await {
                 Ok(resp) if resp.status().is_success() => Ok(()),
-                Ok(resp) => Err(format!("GET {} answered {}", redactor.redact(url), resp.status())),
-                Err(e) => Err(format!("GET {}: {}", redactor.redact(url), redactor.redact(&error_chain(&e)))),
+                Ok(resp) => Err(format!(
+                    "GET {} answered {}",
+                    redactor.redact(url),
+                    resp.status()
+                )),
+                Err(e) => Err(format!(
+                    "GET {}: {}",
+                    redactor.redact(url),
+                    redactor.redact(&error_chain(&e))
+                )),
             },
             Readiness::Command(cmd) => {
-                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(100));
                 match crate::proc::run_shell(component, cmd, dir, &[], left, redactor).await {
                     Ok(out) if out.success() => Ok(()),
                     Ok(out) => Err(format!(
                         "`{}` exited {}{}",
                         redactor.redact(cmd),
-                        out.status.map(|c| c.to_string()).unwrap_or_else(|| "by a signal".into()),
-                        if out.output.is_empty() { String::new() } else { format!(": {}", out.output.lines().last().unwrap_or("")) }
+                        out.status
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "by a signal".into()),
+                        if out.output.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", out.output.lines().last().unwrap_or(""))
+                        }
                     )),
                     Err(e) => Err(e.to_string()),
                 }

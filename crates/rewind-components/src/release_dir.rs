@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use rewind_core::config::ReleaseDirConfig;
 use rewind_core::Action;
+use rewind_core::config::ReleaseDirConfig;
 use serde_json::json;
 
-use crate::{crash, proc, ready, Component, ComponentError, Ctx, Outcome, Result, Snapshot};
+use crate::{Component, ComponentError, Ctx, Outcome, Result, Snapshot, crash, proc, ready};
 
 pub struct ReleaseDir {
     name: String,
@@ -59,10 +59,9 @@ impl ReleaseDir {
             }
             Ok(_) => {}
         }
-        let target = std::fs::read_link(&link).map_err(|e| self.io(format!("reading {}", link.display()), e))?;
-        Ok(target
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string()))
+        let target = std::fs::read_link(&link)
+            .map_err(|e| self.io(format!("reading {}", link.display()), e))?;
+        Ok(target.file_name().map(|n| n.to_string_lossy().to_string()))
     }
 
     fn env_vars<'a>(&'a self, cx: &'a Ctx, release: &'a str) -> Vec<(&'a str, String)> {
@@ -71,7 +70,10 @@ impl ReleaseDir {
             ("REWIND_COMPONENT", self.name.clone()),
             ("REWIND_RELEASE", release.to_string()),
             ("REWIND_ROOT", self.cfg.root.display().to_string()),
-            ("REWIND_RELEASE_PATH", self.release_path(release).display().to_string()),
+            (
+                "REWIND_RELEASE_PATH",
+                self.release_path(release).display().to_string(),
+            ),
         ]
     }
 
@@ -79,13 +81,21 @@ impl ReleaseDir {
     /// releases, temporary symlinks.
     fn sweep_leftovers(&self) -> Result<()> {
         for dir in [self.releases_dir(), self.cfg.root.clone()] {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
                 if name.starts_with(".rewind-") {
                     let path = entry.path();
-                    let ft = entry.file_type().map_err(|e| self.io(format!("reading {}", path.display()), e))?;
-                    let res = if ft.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                    let ft = entry
+                        .file_type()
+                        .map_err(|e| self.io(format!("reading {}", path.display()), e))?;
+                    let res = if ft.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
                     res.map_err(|e| self.io(format!("removing leftover {}", path.display()), e))?;
                 }
             }
@@ -96,7 +106,10 @@ impl ReleaseDir {
     async fn stage(&self, cx: &Ctx, release: &str, artifact: Option<&str>) -> Result<Outcome> {
         let dest = self.release_path(release);
         if dest.is_dir() {
-            return Ok(Outcome::Skipped(format!("{} is already on disk", dest.display())));
+            return Ok(Outcome::Skipped(format!(
+                "{} is already on disk",
+                dest.display()
+            )));
         }
         let Some(artifact) = artifact else {
             return Err(ComponentError::failed(
@@ -115,18 +128,40 @@ impl ReleaseDir {
         let staging = self
             .releases_dir()
             .join(format!(".rewind-staging-{release}-{}", std::process::id()));
-        std::fs::create_dir(&staging).map_err(|e| self.io(format!("creating {}", staging.display()), e))?;
+        std::fs::create_dir(&staging)
+            .map_err(|e| self.io(format!("creating {}", staging.display()), e))?;
         let (prog, args): (&str, Vec<String>) = if src.is_dir() {
-            ("cp", vec!["-a".into(), format!("{}/.", src.display()), staging.display().to_string()])
+            (
+                "cp",
+                vec![
+                    "-a".into(),
+                    format!("{}/.", src.display()),
+                    staging.display().to_string(),
+                ],
+            )
         } else if is_tarball(src) {
-            ("tar", vec!["-xzf".into(), src.display().to_string(), "-C".into(), staging.display().to_string()])
+            (
+                "tar",
+                vec![
+                    "-xzf".into(),
+                    src.display().to_string(),
+                    "-C".into(),
+                    staging.display().to_string(),
+                ],
+            )
         } else if src.exists() {
             return Err(ComponentError::failed(
                 &self.name,
-                format!("artifact {} is neither a directory nor a .tar.gz/.tgz file", src.display()),
+                format!(
+                    "artifact {} is neither a directory nor a .tar.gz/.tgz file",
+                    src.display()
+                ),
             ));
         } else {
-            return Err(ComponentError::failed(&self.name, format!("artifact {} does not exist", src.display())));
+            return Err(ComponentError::failed(
+                &self.name,
+                format!("artifact {} does not exist", src.display()),
+            ));
         };
         let out = tokio::process::Command::new(prog)
             .args(&args)
@@ -141,35 +176,61 @@ impl ReleaseDir {
                     "copying {} into {} failed: {}",
                     src.display(),
                     dest.display(),
-                    cx.redactor.redact(String::from_utf8_lossy(&out.stderr).trim())
+                    cx.redactor
+                        .redact(String::from_utf8_lossy(&out.stderr).trim())
                 ),
             ));
         }
         crash::point("mid", &format!("{}.stage", self.name));
-        std::fs::rename(&staging, &dest)
-            .map_err(|e| self.io(format!("moving {} to {}", staging.display(), dest.display()), e))?;
+        std::fs::rename(&staging, &dest).map_err(|e| {
+            self.io(
+                format!("moving {} to {}", staging.display(), dest.display()),
+                e,
+            )
+        })?;
         sync_dir(&self.releases_dir());
-        Ok(Outcome::Done(format!("copied {} into {}", src.display(), dest.display())))
+        Ok(Outcome::Done(format!(
+            "copied {} into {}",
+            src.display(),
+            dest.display()
+        )))
     }
 
     fn switch(&self, release: &str) -> Result<Outcome> {
         let target = self.release_path(release);
         if self.current_release()?.as_deref() == Some(release) {
-            return Ok(Outcome::Skipped(format!("current already points at releases/{release}")));
+            return Ok(Outcome::Skipped(format!(
+                "current already points at releases/{release}"
+            )));
         }
         if !target.is_dir() {
             return Err(ComponentError::failed(
                 &self.name,
-                format!("{} does not exist; cannot point current at it", target.display()),
+                format!(
+                    "{} does not exist; cannot point current at it",
+                    target.display()
+                ),
             ));
         }
         self.sweep_leftovers()?;
-        let tmp = self.cfg.root.join(format!(".rewind-current-{}", std::process::id()));
+        let tmp = self
+            .cfg
+            .root
+            .join(format!(".rewind-current-{}", std::process::id()));
         let rel = Path::new("releases").join(release);
-        std::os::unix::fs::symlink(&rel, &tmp).map_err(|e| self.io(format!("creating symlink {}", tmp.display()), e))?;
+        std::os::unix::fs::symlink(&rel, &tmp)
+            .map_err(|e| self.io(format!("creating symlink {}", tmp.display()), e))?;
         crash::point("mid", &format!("{}.switch", self.name));
-        std::fs::rename(&tmp, self.current_link())
-            .map_err(|e| self.io(format!("renaming {} over {}", tmp.display(), self.current_link().display()), e))?;
+        std::fs::rename(&tmp, self.current_link()).map_err(|e| {
+            self.io(
+                format!(
+                    "renaming {} over {}",
+                    tmp.display(),
+                    self.current_link().display()
+                ),
+                e,
+            )
+        })?;
         sync_dir(&self.cfg.root);
         Ok(Outcome::Done(format!("current -> {}", rel.display())))
     }
@@ -182,7 +243,15 @@ impl ReleaseDir {
         let vars = self.env_vars(cx, &release);
         let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let shown = cx.redactor.redact(cmd);
-        let out = proc::run_shell(&self.name, cmd, Some(&self.cfg.root), &env, self.cfg.command_timeout, &cx.redactor).await?;
+        let out = proc::run_shell(
+            &self.name,
+            cmd,
+            Some(&self.cfg.root),
+            &env,
+            self.cfg.command_timeout,
+            &cx.redactor,
+        )
+        .await?;
         crash::point("mid", &format!("{}.restart", self.name));
         proc::expect_success(&self.name, "restart command", &shown, &out)?;
         Ok(Outcome::Done(if out.output.is_empty() {
@@ -197,10 +266,16 @@ impl ReleaseDir {
         let current = self.current_release()?;
         // Only releases the ledger knows are counted and removed, oldest first: a directory
         // somebody put there by hand is left alone.
-        let on_disk: Vec<&String> = known.iter().filter(|r| self.release_path(r).is_dir()).collect();
+        let on_disk: Vec<&String> = known
+            .iter()
+            .filter(|r| self.release_path(r).is_dir())
+            .collect();
         let keep = self.cfg.keep as usize;
         if on_disk.len() <= keep {
-            return Ok(Outcome::Skipped(format!("{} releases on disk, keep {keep}", on_disk.len())));
+            return Ok(Outcome::Skipped(format!(
+                "{} releases on disk, keep {keep}",
+                on_disk.len()
+            )));
         }
         let mut excess = on_disk.len() - keep;
         let mut removed = Vec::new();
@@ -213,14 +288,20 @@ impl ReleaseDir {
             }
             let path = self.release_path(r);
             // Rename first so a crash mid-delete never leaves half a release under its name.
-            let doomed = self.releases_dir().join(format!(".rewind-deleting-{r}-{}", std::process::id()));
-            std::fs::rename(&path, &doomed).map_err(|e| self.io(format!("moving {} aside", path.display()), e))?;
-            std::fs::remove_dir_all(&doomed).map_err(|e| self.io(format!("removing {}", doomed.display()), e))?;
+            let doomed = self
+                .releases_dir()
+                .join(format!(".rewind-deleting-{r}-{}", std::process::id()));
+            std::fs::rename(&path, &doomed)
+                .map_err(|e| self.io(format!("moving {} aside", path.display()), e))?;
+            std::fs::remove_dir_all(&doomed)
+                .map_err(|e| self.io(format!("removing {}", doomed.display()), e))?;
             removed.push(r.clone());
             excess -= 1;
         }
         if removed.is_empty() {
-            Ok(Outcome::Skipped("nothing to remove (the rest are protected)".into()))
+            Ok(Outcome::Skipped(
+                "nothing to remove (the rest are protected)".into(),
+            ))
         } else {
             Ok(Outcome::Done(format!("removed {}", removed.join(", "))))
         }
@@ -293,7 +374,9 @@ impl Component for ReleaseDir {
                     ))
                 }
             }
-            Action::Stage { release, artifact, .. } => {
+            Action::Stage {
+                release, artifact, ..
+            } => {
                 if self.release_path(release).is_dir() {
                     return Ok(());
                 }
@@ -306,11 +389,16 @@ impl Component for ReleaseDir {
                             self.name
                         ),
                     )),
-                    Some(a) if !Path::new(a).exists() => Err(ComponentError::failed(&self.name, format!("artifact {a} does not exist"))),
-                    Some(a) if !Path::new(a).is_dir() && !is_tarball(Path::new(a)) => Err(ComponentError::failed(
+                    Some(a) if !Path::new(a).exists() => Err(ComponentError::failed(
                         &self.name,
-                        format!("artifact {a} is neither a directory nor a .tar.gz/.tgz file"),
+                        format!("artifact {a} does not exist"),
                     )),
+                    Some(a) if !Path::new(a).is_dir() && !is_tarball(Path::new(a)) => {
+                        Err(ComponentError::failed(
+                            &self.name,
+                            format!("artifact {a} is neither a directory nor a .tar.gz/.tgz file"),
+                        ))
+                    }
                     Some(_) => Ok(()),
                 }
             }
@@ -320,13 +408,21 @@ impl Component for ReleaseDir {
 
     async fn apply(&self, cx: &Ctx, action: &Action) -> Result<Outcome> {
         match action {
-            Action::Stage { release, artifact, .. } => self.stage(cx, release, artifact.as_deref()).await,
+            Action::Stage {
+                release, artifact, ..
+            } => self.stage(cx, release, artifact.as_deref()).await,
             Action::Switch { release, .. } => self.switch(release),
             Action::Restart { .. } => self.restart(cx).await,
             Action::WaitReady { .. } => match &self.cfg.ready {
-                Some(r) => ready::wait_ready(&self.name, r, self.cfg.ready_timeout, Some(&self.cfg.root), &cx.redactor)
-                    .await
-                    .map(Outcome::Done),
+                Some(r) => ready::wait_ready(
+                    &self.name,
+                    r,
+                    self.cfg.ready_timeout,
+                    Some(&self.cfg.root),
+                    &cx.redactor,
+                )
+                .await
+                .map(Outcome::Done),
                 None => Ok(Outcome::Skipped("no readiness check configured".into())),
             },
             Action::Prune { protect, known, .. } => self.prune(protect, known),
@@ -338,4 +434,3 @@ impl Component for ReleaseDir {
         }
     }
 }
-

@@ -114,15 +114,21 @@ pub fn chain(
 /// Why a chain does not hold, naming the first entry that breaks it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainBreak {
-    #[error("entry #{seq}: expected position {expected} in the chain (an entry was removed or inserted)")]
+    #[error(
+        "entry #{seq}: expected position {expected} in the chain (an entry was removed or inserted)"
+    )]
     Sequence { seq: i64, expected: i64 },
-    #[error("entry #{seq}: prev_hash {found} does not match the hash of the entry before it ({expected})")]
+    #[error(
+        "entry #{seq}: prev_hash {found} does not match the hash of the entry before it ({expected})"
+    )]
     Link {
         seq: i64,
         found: String,
         expected: String,
     },
-    #[error("entry #{seq}: stored hash {stored} does not match its contents (computed {computed}); the entry was changed after it was written")]
+    #[error(
+        "entry #{seq}: stored hash {stored} does not match its contents (computed {computed}); the entry was changed after it was written"
+    )]
     Content {
         seq: i64,
         stored: String,
@@ -205,7 +211,10 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
         let v = serde_json::json!({"b": {"z": 1, "a": 2}, "a": [ {"y": 1, "x": 2} ]});
-        assert_eq!(canonical_json(&v), r#"{"a":[{"x":2,"y":1}],"b":{"a":2,"z":1}}"#);
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":[{"x":2,"y":1}],"b":{"a":2,"z":1}}"#
+        );
     }
 
     #[test]
@@ -223,7 +232,10 @@ mod tests {
             ("release", Box::new(|e| e.release = None)),
             ("run_id", Box::new(|e| e.run_id = Some("r".into()))),
             ("details", Box::new(|e| e.details = serde_json::json!({}))),
-            ("environment", Box::new(|e| e.environment = "staging".into())),
+            (
+                "environment",
+                Box::new(|e| e.environment = "staging".into()),
+            ),
         ];
         for (field, edit) in &edits {
             for idx in 0..base.len() {

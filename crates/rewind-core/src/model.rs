@@ -145,7 +145,10 @@ pub struct NewRelease {
 #[serde(tag = "effect", rename_all = "kebab-case")]
 pub enum LedgerEffect {
     /// Set a release's state.
-    ReleaseState { release: String, state: ReleaseState },
+    ReleaseState {
+        release: String,
+        state: ReleaseState,
+    },
     /// Record that a component now runs `version` (a release name).
     Deployed { component: String, version: String },
     /// Record the environment's current release.

@@ -13,12 +13,17 @@ use crate::model::{Action, CommandHook, LedgerEffect, Release, ReleaseState, Ste
 pub enum PlanError {
     #[error("nothing has been deployed to `{0}` yet, so there is nothing to roll back")]
     NothingDeployed(String),
-    #[error("no known-good release before `{current}`; name one with --to RELEASE (see `rewind history`)")]
+    #[error(
+        "no known-good release before `{current}`; name one with --to RELEASE (see `rewind history`)"
+    )]
     NoKnownGood { current: String },
     #[error("release `{0}` is not in the ledger; see `rewind history` for the recorded releases")]
     UnknownRelease(String),
     #[error("release `{release}` is marked {state}; rolling back to it needs --force")]
-    FaultyTarget { release: String, state: ReleaseState },
+    FaultyTarget {
+        release: String,
+        state: ReleaseState,
+    },
     #[error("component `{0}` is not in the config; known components: {1}")]
     UnknownComponent(String, String),
     #[error("release `{release}` does not record a version for component `{component}`")]
@@ -59,7 +64,13 @@ impl Ledger {
     }
 }
 
-fn component_steps_to(name: &str, cfg: &ComponentConfig, release: &str, hook: CommandHook, artifact: Option<&str>) -> Vec<Step> {
+fn component_steps_to(
+    name: &str,
+    cfg: &ComponentConfig,
+    release: &str,
+    hook: CommandHook,
+    artifact: Option<&str>,
+) -> Vec<Step> {
     let mut steps = Vec::new();
     match cfg {
         ComponentConfig::ReleaseDir(rd) => {
@@ -67,8 +78,14 @@ fn component_steps_to(name: &str, cfg: &ComponentConfig, release: &str, hook: Co
                 steps.push(Step {
                     id: format!("{name}.stage"),
                     title: match artifact {
-                        Some(a) => format!("{name}: copy {a} into {}/releases/{release}", rd.root.display()),
-                        None => format!("{name}: use {}/releases/{release} (already on disk)", rd.root.display()),
+                        Some(a) => format!(
+                            "{name}: copy {a} into {}/releases/{release}",
+                            rd.root.display()
+                        ),
+                        None => format!(
+                            "{name}: use {}/releases/{release} (already on disk)",
+                            rd.root.display()
+                        ),
                     },
                     action: Action::Stage {
                         component: name.into(),
@@ -80,7 +97,10 @@ fn component_steps_to(name: &str, cfg: &ComponentConfig, release: &str, hook: Co
             }
             steps.push(Step {
                 id: format!("{name}.switch"),
-                title: format!("{name}: point {}/current at releases/{release}", rd.root.display()),
+                title: format!(
+                    "{name}: point {}/current at releases/{release}",
+                    rd.root.display()
+                ),
                 action: Action::Switch {
                     component: name.into(),
                     release: release.into(),
@@ -91,7 +111,9 @@ fn component_steps_to(name: &str, cfg: &ComponentConfig, release: &str, hook: Co
                 steps.push(Step {
                     id: format!("{name}.restart"),
                     title: format!("{name}: restart ({restart})"),
-                    action: Action::Restart { component: name.into() },
+                    action: Action::Restart {
+                        component: name.into(),
+                    },
                     effects: vec![],
                 });
             }
@@ -106,7 +128,10 @@ fn component_steps_to(name: &str, cfg: &ComponentConfig, release: &str, hook: Co
             };
             steps.push(Step {
                 id: format!("{name}.{word}"),
-                title: format!("{name}: {word} {release} ({})", cmd.replace("{release}", release)),
+                title: format!(
+                    "{name}: {word} {release} ({})",
+                    cmd.replace("{release}", release)
+                ),
                 action: Action::RunCommand {
                     component: name.into(),
                     hook,
@@ -135,8 +160,13 @@ fn ready_step(name: &str, ready: &crate::config::Readiness, timeout: std::time::
     };
     Step {
         id: format!("{name}.ready"),
-        title: format!("{name}: wait until {what} (at most {})", crate::units::format_duration(timeout)),
-        action: Action::WaitReady { component: name.into() },
+        title: format!(
+            "{name}: wait until {what} (at most {})",
+            crate::units::format_duration(timeout)
+        ),
+        action: Action::WaitReady {
+            component: name.into(),
+        },
         effects: vec![],
     }
 }
@@ -145,7 +175,9 @@ fn restore_point_step(name: &str) -> Step {
     Step {
         id: format!("{name}.restore-point"),
         title: format!("{name}: record a restore point (what runs now)"),
-        action: Action::RestorePoint { component: name.into() },
+        action: Action::RestorePoint {
+            component: name.into(),
+        },
         effects: vec![],
     }
 }
@@ -153,7 +185,12 @@ fn restore_point_step(name: &str) -> Step {
 /// The steps of deploying `release`: restore points of every component first, then each
 /// component in config order, then the ledger, then pruning old release directories.
 /// `artifacts` maps component name → artifact path given on the command line.
-pub fn deploy_plan(config: &Config, ledger: &Ledger, release: &str, artifacts: &BTreeMap<String, String>) -> Vec<Step> {
+pub fn deploy_plan(
+    config: &Config,
+    ledger: &Ledger,
+    release: &str,
+    artifacts: &BTreeMap<String, String>,
+) -> Vec<Step> {
     let mut steps: Vec<Step> = config
         .components
         .iter()
@@ -173,7 +210,9 @@ pub fn deploy_plan(config: &Config, ledger: &Ledger, release: &str, artifacts: &
         title: format!("ledger: {release} is current and good"),
         action: Action::Record,
         effects: vec![
-            LedgerEffect::Current { release: release.into() },
+            LedgerEffect::Current {
+                release: release.into(),
+            },
             LedgerEffect::ReleaseState {
                 release: release.into(),
                 state: ReleaseState::Good,
@@ -192,7 +231,12 @@ pub fn deploy_plan(config: &Config, ledger: &Ledger, release: &str, artifacts: &
         if let ComponentConfig::ReleaseDir(rd) = cfg {
             steps.push(Step {
                 id: format!("{name}.prune"),
-                title: format!("{name}: keep the newest {} releases in {}/releases (never {})", rd.keep, rd.root.display(), protect.join(", ")),
+                title: format!(
+                    "{name}: keep the newest {} releases in {}/releases (never {})",
+                    rd.keep,
+                    rd.root.display(),
+                    protect.join(", ")
+                ),
                 action: Action::Prune {
                     component: name.into(),
                     protect: protect.clone(),
@@ -239,7 +283,11 @@ pub fn rollback_target(
             return Err(PlanError::UnknownComponent(c.clone(), known()));
         }
     }
-    let Some(current) = ledger.current.clone().or_else(|| ledger.releases.last().map(|r| r.name.clone())) else {
+    let Some(current) = ledger
+        .current
+        .clone()
+        .or_else(|| ledger.releases.last().map(|r| r.name.clone()))
+    else {
         return Err(PlanError::NothingDeployed(env.to_string()));
     };
     let target = match to {
@@ -247,7 +295,11 @@ pub fn rollback_target(
             let r = ledger
                 .release(t)
                 .ok_or_else(|| PlanError::UnknownRelease(t.to_string()))?;
-            if matches!(r.state, ReleaseState::Failed | ReleaseState::RolledBack | ReleaseState::Deploying) && !force {
+            if matches!(
+                r.state,
+                ReleaseState::Failed | ReleaseState::RolledBack | ReleaseState::Deploying
+            ) && !force
+            {
                 return Err(PlanError::FaultyTarget {
                     release: t.to_string(),
                     state: r.state,
@@ -257,7 +309,9 @@ pub fn rollback_target(
         }
         None => ledger
             .last_good_before(&current)
-            .ok_or_else(|| PlanError::NoKnownGood { current: current.clone() })?,
+            .ok_or_else(|| PlanError::NoKnownGood {
+                current: current.clone(),
+            })?,
     };
     // Every selected component is planned, even one the ledger says is already at the
     // target: a run killed half-way may have moved it without recording so, and each step
@@ -296,12 +350,22 @@ pub fn rollback_plan(config: &Config, target: &RollbackTarget) -> Vec<Step> {
         steps.push(restore_point_step(name));
     }
     for name in &target.components {
-        let cfg = config.component(name).expect("rollback_target checked the names");
-        steps.extend(component_steps_to(name, cfg, &target.to, CommandHook::Rollback, None));
+        let cfg = config
+            .component(name)
+            .expect("rollback_target checked the names");
+        steps.extend(component_steps_to(
+            name,
+            cfg,
+            &target.to,
+            CommandHook::Rollback,
+            None,
+        ));
     }
     let mut effects = Vec::new();
     if target.whole {
-        effects.push(LedgerEffect::Current { release: target.to.clone() });
+        effects.push(LedgerEffect::Current {
+            release: target.to.clone(),
+        });
         if target.from != target.to {
             effects.push(LedgerEffect::ReleaseState {
                 release: target.from.clone(),
@@ -312,9 +376,17 @@ pub fn rollback_plan(config: &Config, target: &RollbackTarget) -> Vec<Step> {
     steps.push(Step {
         id: "ledger.rolled-back".into(),
         title: if target.whole {
-            format!("ledger: {} is current again; {} is marked rolled-back", target.to, target.from)
+            format!(
+                "ledger: {} is current again; {} is marked rolled-back",
+                target.to, target.from
+            )
         } else {
-            format!("ledger: record {} at {} ({} stays current for the other components)", target.components.join(", "), target.to, target.from)
+            format!(
+                "ledger: record {} at {} ({} stays current for the other components)",
+                target.components.join(", "),
+                target.to,
+                target.from
+            )
         },
         action: Action::Record,
         effects,

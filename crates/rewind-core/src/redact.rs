@@ -111,8 +111,14 @@ mod tests {
             redact_url_passwords("connect postgres://rewind:s3cr3t@db:5432/x now"),
             "connect postgres://rewind:***@db:5432/x now"
         );
-        assert_eq!(redact_url_passwords("http://host:8080/health"), "http://host:8080/health");
-        assert_eq!(redact_url_passwords("a://u@h b://u:p@h"), "a://u@h b://u:***@h");
+        assert_eq!(
+            redact_url_passwords("http://host:8080/health"),
+            "http://host:8080/health"
+        );
+        assert_eq!(
+            redact_url_passwords("a://u@h b://u:p@h"),
+            "a://u@h b://u:***@h"
+        );
     }
 
     #[test]

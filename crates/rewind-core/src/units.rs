@@ -39,7 +39,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
             )));
         }
         let number: f64 = rest[..num_end].parse().map_err(|_| {
-            UnitError(format!("`{}` in `{text}` is not a number", &rest[..num_end]))
+            UnitError(format!(
+                "`{}` in `{text}` is not a number",
+                &rest[..num_end]
+            ))
         })?;
         rest = rest[num_end..].trim_start();
         let unit_end = rest
@@ -78,7 +81,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
 pub fn format_duration(d: Duration) -> String {
     let mut ms = d.as_millis() as u64;
     if ms == 0 {
-        return if d.is_zero() { "0s".into() } else { format!("{}us", d.as_micros()) };
+        return if d.is_zero() {
+            "0s".into()
+        } else {
+            format!("{}us", d.as_micros())
+        };
     }
     let mut out = String::new();
     for (unit, factor) in UNITS.iter().rev() {
@@ -125,9 +132,7 @@ pub fn parse_percent(text: &str) -> Result<Percent, UnitError> {
         ))
     })?;
     if !(0.0..=100.0).contains(&value) {
-        return Err(UnitError(format!(
-            "`{text}` is outside 0%–100%"
-        )));
+        return Err(UnitError(format!("`{text}` is outside 0%–100%")));
     }
     Ok(Percent(value / 100.0))
 }
@@ -166,7 +171,11 @@ mod tests {
             ("5min", 300_000),
         ];
         for (text, ms) in cases {
-            assert_eq!(parse_duration(text).unwrap(), Duration::from_millis(ms), "{text}");
+            assert_eq!(
+                parse_duration(text).unwrap(),
+                Duration::from_millis(ms),
+                "{text}"
+            );
         }
     }
 
@@ -174,7 +183,10 @@ mod tests {
     fn bad_durations_say_what_to_write() {
         for bad in ["30", "", "thirty", "5 parsecs", "1h5"] {
             let err = parse_duration(bad).unwrap_err().0;
-            assert!(err.contains("\"30s\"") || err.contains("unit") || err.contains("30s"), "{bad}: {err}");
+            assert!(
+                err.contains("\"30s\"") || err.contains("unit") || err.contains("30s"),
+                "{bad}: {err}"
+            );
         }
     }
 

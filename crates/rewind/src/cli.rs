@@ -15,7 +15,13 @@ use clap::{Args, Parser, Subcommand};
 )]
 pub struct Cli {
     /// The environment's config file.
-    #[arg(short, long, global = true, default_value = "rewind.toml", env = "REWIND_CONFIG")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "rewind.toml",
+        env = "REWIND_CONFIG"
+    )]
     pub config: PathBuf,
 
     /// Print results as JSON on stdout (messages still go to stderr).

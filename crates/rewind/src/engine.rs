@@ -72,19 +72,23 @@ impl LockGuard {
                             store
                                 .audit_append(
                                     env,
-                                    NewAudit::new(&me.actor, "lock.takeover").run(run_id).details(json!({
-                                        "previous_run": h.run_id,
-                                        "previous_pid": h.pid,
-                                        "previous_host": h.host,
-                                        "reason": why,
-                                    })),
+                                    NewAudit::new(&me.actor, "lock.takeover")
+                                        .run(run_id)
+                                        .details(json!({
+                                            "previous_run": h.run_id,
+                                            "previous_pid": h.pid,
+                                            "previous_host": h.host,
+                                            "reason": why,
+                                        })),
                                 )
                                 .await?;
                             return Ok(Self::start(store, env, run_id, stale_after));
                         }
                         continue;
                     }
-                    let age = age_secs(&h.heartbeat).map(|s| format!("{s:.0}s ago")).unwrap_or_else(|| "at an unreadable time".into());
+                    let age = age_secs(&h.heartbeat)
+                        .map(|s| format!("{s:.0}s ago"))
+                        .unwrap_or_else(|| "at an unreadable time".into());
                     return Err(blocked(format!(
                         "environment `{env}` is locked by run {} ({}, pid {} on {}, since {}; last heartbeat {age})",
                         h.run_id, h.actor, h.pid, h.host, h.since
@@ -93,13 +97,20 @@ impl LockGuard {
                 }
             }
         }
-        Err(blocked(format!("could not take the lock of `{env}`: it changed hands repeatedly")))
+        Err(blocked(format!(
+            "could not take the lock of `{env}`: it changed hands repeatedly"
+        )))
     }
 
     fn start(store: Arc<dyn Store>, env: &str, run_id: &str, stale_after: Duration) -> LockGuard {
         let lost = Arc::new(AtomicBool::new(false));
         let every = (stale_after / 5).clamp(Duration::from_millis(500), Duration::from_secs(5));
-        let (s, e, r, l) = (store.clone(), env.to_string(), run_id.to_string(), lost.clone());
+        let (s, e, r, l) = (
+            store.clone(),
+            env.to_string(),
+            run_id.to_string(),
+            lost.clone(),
+        );
         let heartbeat = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -136,7 +147,12 @@ impl LockGuard {
 
 fn age_secs(ts: &str) -> Option<f64> {
     let t = rewind_core::parse_ts(ts)?;
-    Some((jiff::Timestamp::now() - t).total(jiff::Unit::Second).ok()?.max(0.0))
+    Some(
+        (jiff::Timestamp::now() - t)
+            .total(jiff::Unit::Second)
+            .ok()?
+            .max(0.0),
+    )
 }
 
 /// Why a holder counts as dead, or `None` if it is alive.
@@ -183,7 +199,11 @@ pub struct Executor<'a> {
 impl Executor<'_> {
     /// Runs every step of `run` not yet finished. Does not close the run: the caller does,
     /// with the effects that fit the outcome.
-    pub async fn execute(&self, run: &Run, lock: &LockGuard) -> CliResult<(RunEnd, Vec<StepReport>)> {
+    pub async fn execute(
+        &self,
+        run: &Run,
+        lock: &LockGuard,
+    ) -> CliResult<(RunEnd, Vec<StepReport>)> {
         let journal = self.store.journal(&run.id).await?;
         let finished: BTreeSet<i64> = journal
             .iter()
@@ -214,13 +234,21 @@ impl Executor<'_> {
                 continue;
             }
             if self.interrupt.load(Ordering::SeqCst) || lock.lost() {
-                return Ok((RunEnd::Interrupted { next_step: step.id.clone() }, reports));
+                return Ok((
+                    RunEnd::Interrupted {
+                        next_step: step.id.clone(),
+                    },
+                    reports,
+                ));
             }
             let key = (i as i64, step.id.as_str());
             crash::point("before", &step.id);
-            self.store.journal_append(&run.id, Some(key), JournalEvent::Begin, &step.title).await?;
+            self.store
+                .journal_append(&run.id, Some(key), JournalEvent::Begin, &step.title)
+                .await?;
             crash::point("after-begin", &step.id);
-            self.printer.note(format!("[{}/{total}] {}", i + 1, step.title));
+            self.printer
+                .note(format!("[{}/{total}] {}", i + 1, step.title));
             let started = Instant::now();
             let mut effects = step.effects.clone();
             let result = match &step.action {
@@ -229,7 +257,9 @@ impl Executor<'_> {
                     Some(c) => c.restore_point(&cx).await.map(|snap| {
                         let summary = format!(
                             "{component} runs {}",
-                            snap.version.clone().unwrap_or_else(|| "an unknown version".into())
+                            snap.version
+                                .clone()
+                                .unwrap_or_else(|| "an unknown version".into())
                         );
                         effects.push(LedgerEffect::RestorePoint {
                             component: component.clone(),
@@ -262,11 +292,21 @@ impl Executor<'_> {
                         .run(&run.id)
                         .release(&run.release)
                         .details(json!({"step": step.id, "title": step.title, "seconds": round3(seconds)}));
-                    self.store.journal_finish(&run.id, key, event, &message, &effects, audit).await?;
+                    self.store
+                        .journal_finish(&run.id, key, event, &message, &effects, audit)
+                        .await?;
                     self.printer.note(format!(
                         "      {} ({seconds:.2}s){}",
-                        if event == JournalEvent::Done { self.printer.green("done") } else { "skipped".to_string() },
-                        if message.is_empty() || message.contains('\n') { String::new() } else { format!(": {message}") }
+                        if event == JournalEvent::Done {
+                            self.printer.green("done")
+                        } else {
+                            "skipped".to_string()
+                        },
+                        if message.is_empty() || message.contains('\n') {
+                            String::new()
+                        } else {
+                            format!(": {message}")
+                        }
                     ));
                     reports.push(StepReport {
                         index: i,
@@ -283,8 +323,13 @@ impl Executor<'_> {
                         .run(&run.id)
                         .release(&run.release)
                         .details(json!({"step": step.id, "title": step.title, "error": message}));
-                    self.store.journal_finish(&run.id, key, JournalEvent::Failed, &message, &[], audit).await?;
-                    self.printer.note(format!("      {} ({seconds:.2}s)", self.printer.red("failed")));
+                    self.store
+                        .journal_finish(&run.id, key, JournalEvent::Failed, &message, &[], audit)
+                        .await?;
+                    self.printer.note(format!(
+                        "      {} ({seconds:.2}s)",
+                        self.printer.red("failed")
+                    ));
                     reports.push(StepReport {
                         index: i,
                         id: step.id.clone(),
@@ -293,7 +338,13 @@ impl Executor<'_> {
                         message: message.clone(),
                         seconds: round3(seconds),
                     });
-                    return Ok((RunEnd::Failed { step: step.id.clone(), error: message }, reports));
+                    return Ok((
+                        RunEnd::Failed {
+                            step: step.id.clone(),
+                            error: message,
+                        },
+                        reports,
+                    ));
                 }
             }
         }
@@ -302,7 +353,10 @@ impl Executor<'_> {
 }
 
 fn missing(component: &str) -> rewind_components::ComponentError {
-    rewind_components::ComponentError::failed(component, "the run names a component it did not record; the state store was edited by hand")
+    rewind_components::ComponentError::failed(
+        component,
+        "the run names a component it did not record; the state store was edited by hand",
+    )
 }
 
 fn round3(x: f64) -> f64 {
@@ -318,7 +372,9 @@ pub fn install_interrupt(printer_quiet: bool) -> Arc<AtomicBool> {
         if tokio::signal::ctrl_c().await.is_ok() {
             f.store(true, Ordering::SeqCst);
             if !printer_quiet {
-                eprintln!("\ninterrupted: stopping after the current step (Ctrl-C again to stop now; `rewind resume` finishes the run)");
+                eprintln!(
+                    "\ninterrupted: stopping after the current step (Ctrl-C again to stop now; `rewind resume` finishes the run)"
+                );
             }
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("stopped; the run is unfinished: `rewind resume` finishes it");

@@ -14,7 +14,10 @@ mod output;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let printer = output::Printer::new(cli.json, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

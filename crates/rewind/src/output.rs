@@ -51,27 +51,47 @@ impl Printer {
     pub fn json_value(&self, value: &serde_json::Value) {
         if self.json {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", serde_json::to_string_pretty(value).unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            );
         }
     }
 
     pub fn bold(&self, s: &str) -> String {
-        if self.color { format!("\x1b[1m{s}\x1b[0m") } else { s.to_string() }
+        if self.color {
+            format!("\x1b[1m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
     }
 
     pub fn green(&self, s: &str) -> String {
-        if self.color { format!("\x1b[32m{s}\x1b[0m") } else { s.to_string() }
+        if self.color {
+            format!("\x1b[32m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
     }
 
     pub fn red(&self, s: &str) -> String {
-        if self.color { format!("\x1b[31m{s}\x1b[0m") } else { s.to_string() }
+        if self.color {
+            format!("\x1b[31m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
     }
 
     /// Prints an error: text with hints on stderr; in `--json` mode also a JSON object on
     /// stdout so scripts reading stdout see why.
     pub fn error(&self, err: &CliError) {
         let msg = format!("{:#}", err.error);
-        let prefix = if self.color { "\x1b[31merror:\x1b[0m" } else { "error:" };
+        let prefix = if self.color {
+            "\x1b[31merror:\x1b[0m"
+        } else {
+            "error:"
+        };
         eprintln!("{prefix} {msg}");
         for h in &err.hints {
             eprintln!("  hint: {h}");

@@ -52,7 +52,9 @@ pub async fn run(env: &Env, command: AuditCommand, printer: &Printer) -> CliResu
 }
 
 fn brief(details: &serde_json::Value) -> String {
-    let Some(map) = details.as_object() else { return String::new() };
+    let Some(map) = details.as_object() else {
+        return String::new();
+    };
     let mut parts = Vec::new();
     for (k, v) in map {
         let v = match v {
@@ -63,5 +65,9 @@ fn brief(details: &serde_json::Value) -> String {
         parts.push(format!("{k}={v}"));
     }
     let s = parts.join(" ");
-    if s.chars().count() > 70 { format!("{}…", s.chars().take(69).collect::<String>()) } else { s }
+    if s.chars().count() > 70 {
+        format!("{}…", s.chars().take(69).collect::<String>())
+    } else {
+        s
+    }
 }

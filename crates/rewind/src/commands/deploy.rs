@@ -21,7 +21,14 @@ pub async fn run(env: &Env, args: DeployArgs, printer: &Printer) -> CliResult<Ex
     validate_release_name(&args.release)?;
     let artifacts = parse_artifacts(env, &args.artifacts)?;
     let run_id = new_run_id();
-    let lock = LockGuard::acquire(env.store.clone(), &env.name, &run_id, env.config.environment.lock_stale_after, printer).await?;
+    let lock = LockGuard::acquire(
+        env.store.clone(),
+        &env.name,
+        &run_id,
+        env.config.environment.lock_stale_after,
+        printer,
+    )
+    .await?;
     let result = deploy_locked(env, &args.release, &artifacts, &run_id, &lock, printer).await;
     lock.release().await;
     result
@@ -31,24 +38,41 @@ fn parse_artifacts(env: &Env, raw: &[String]) -> CliResult<BTreeMap<String, Stri
     let mut out = BTreeMap::new();
     for a in raw {
         let Some((name, path)) = a.split_once('=') else {
-            return Err(usage(format!("--artifact `{a}` is not COMPONENT=PATH")).hint("e.g. --artifact web=./build/shop-1.2.0.tar.gz"));
+            return Err(usage(format!("--artifact `{a}` is not COMPONENT=PATH"))
+                .hint("e.g. --artifact web=./build/shop-1.2.0.tar.gz"));
         };
         match env.config.component(name) {
             None => {
-                let known: Vec<_> = env.config.components.iter().map(|(n, _)| n.as_str()).collect();
-                return Err(usage(format!("--artifact names component `{name}`, which is not in the config")).hint(format!("known components: {}", known.join(", "))));
+                let known: Vec<_> = env
+                    .config
+                    .components
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                return Err(usage(format!(
+                    "--artifact names component `{name}`, which is not in the config"
+                ))
+                .hint(format!("known components: {}", known.join(", "))));
             }
             Some(ComponentConfig::ReleaseDir(_)) => {}
             Some(other) => {
-                return Err(usage(format!("component `{name}` is of kind {}, which takes no artifact", other.kind()))
-                    .hint("its deploy command gets the release name as {release}"));
+                return Err(usage(format!(
+                    "component `{name}` is of kind {}, which takes no artifact",
+                    other.kind()
+                ))
+                .hint("its deploy command gets the release name as {release}"));
             }
         }
         let p = Path::new(path);
         if !p.exists() {
-            return Err(usage(format!("artifact for `{name}` does not exist: {path}")));
+            return Err(usage(format!(
+                "artifact for `{name}` does not exist: {path}"
+            )));
         }
-        if out.insert(name.to_string(), absolute(p).display().to_string()).is_some() {
+        if out
+            .insert(name.to_string(), absolute(p).display().to_string())
+            .is_some()
+        {
             return Err(usage(format!("--artifact given twice for `{name}`")));
         }
     }
@@ -98,12 +122,19 @@ async fn deploy_locked(
         name: release.to_string(),
         components,
     };
-    let audit = NewAudit::new(&actor, "deploy.start").release(release).run(run_id).details(json!({
-        "from": ledger.current,
-        "artifacts": artifacts,
-        "steps": new_run.steps.len(),
-    }));
-    let run = match env.store.create_run(&new_run, Some(&new_release), audit).await {
+    let audit = NewAudit::new(&actor, "deploy.start")
+        .release(release)
+        .run(run_id)
+        .details(json!({
+            "from": ledger.current,
+            "artifacts": artifacts,
+            "steps": new_run.steps.len(),
+        }));
+    let run = match env
+        .store
+        .create_run(&new_run, Some(&new_release), audit)
+        .await
+    {
         Ok(r) => r,
         Err(e @ StoreError::ReleaseExists { .. }) => return Err(CliError::new(Class::Usage, e)),
         Err(e) => return Err(e.into()),
@@ -127,8 +158,12 @@ pub async fn precheck(env: &Env, steps: &[rewind_core::Step]) -> CliResult<()> {
     let mut staged = std::collections::BTreeSet::new();
     let mut problems = Vec::new();
     for step in steps {
-        let Some(name) = step.action.component() else { continue };
-        let Some(cfg) = env.config.component(name) else { continue };
+        let Some(name) = step.action.component() else {
+            continue;
+        };
+        let Some(cfg) = env.config.component(name) else {
+            continue;
+        };
         if let Action::Switch { release, .. } = &step.action
             && staged.contains(&(name.to_string(), release.clone()))
         {
@@ -145,6 +180,9 @@ pub async fn precheck(env: &Env, steps: &[rewind_core::Step]) -> CliResult<()> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(usage(format!("cannot start; nothing was changed:\n  {}", problems.join("\n  "))))
+        Err(usage(format!(
+            "cannot start; nothing was changed:\n  {}",
+            problems.join("\n  ")
+        )))
     }
 }

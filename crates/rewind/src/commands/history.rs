@@ -14,18 +14,42 @@ pub async fn run(env: &Env, runs_limit: i64, printer: &Printer) -> CliResult<Exi
     let mut rel = super::table();
     rel.set_header(vec!["#", "release", "state", "recorded", "by", ""]);
     for r in ledger.releases.iter().rev() {
-        let mark = if ledger.current.as_deref() == Some(r.name.as_str()) { "← current" } else { "" };
-        rel.add_row(vec![r.seq.to_string(), r.name.clone(), r.state.to_string(), short_time(&r.created_at), r.actor.clone(), mark.to_string()]);
+        let mark = if ledger.current.as_deref() == Some(r.name.as_str()) {
+            "← current"
+        } else {
+            ""
+        };
+        rel.add_row(vec![
+            r.seq.to_string(),
+            r.name.clone(),
+            r.state.to_string(),
+            short_time(&r.created_at),
+            r.actor.clone(),
+            mark.to_string(),
+        ]);
     }
     let mut rt = super::table();
     rt.set_header(vec!["run", "kind", "release", "from", "status", "started"]);
     for r in &runs {
-        rt.add_row(vec![r.id.clone(), r.kind.to_string(), r.release.clone(), r.from_release.clone().unwrap_or_else(|| "-".into()), r.status.to_string(), short_time(&r.created_at)]);
+        rt.add_row(vec![
+            r.id.clone(),
+            r.kind.to_string(),
+            r.release.clone(),
+            r.from_release.clone().unwrap_or_else(|| "-".into()),
+            r.status.to_string(),
+            short_time(&r.created_at),
+        ]);
     }
     if ledger.releases.is_empty() {
-        printer.text(format!("no releases recorded in {} yet; `rewind deploy RELEASE` records the first", env.name));
+        printer.text(format!(
+            "no releases recorded in {} yet; `rewind deploy RELEASE` records the first",
+            env.name
+        ));
     } else {
-        printer.text(format!("releases of {} (newest first)\n{rel}\n\nruns (newest first)\n{rt}", env.name));
+        printer.text(format!(
+            "releases of {} (newest first)\n{rel}\n\nruns (newest first)\n{rt}",
+            env.name
+        ));
     }
     printer.json_value(&json!({
         "environment": env.name,

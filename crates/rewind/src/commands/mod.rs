@@ -28,11 +28,17 @@ pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
         Command::Check => check::run(&cli.config, printer),
         Command::Deploy(args) => deploy::run(&Env::load(&cli.config).await?, args, printer).await,
         Command::Status => status::run(&Env::load(&cli.config).await?, printer).await,
-        Command::History { runs } => history::run(&Env::load(&cli.config).await?, runs, printer).await,
+        Command::History { runs } => {
+            history::run(&Env::load(&cli.config).await?, runs, printer).await
+        }
         Command::Plan(args) => rollback::plan(&Env::load(&cli.config).await?, args, printer).await,
-        Command::Rollback(args) => rollback::rollback(&Env::load(&cli.config).await?, args, printer).await,
+        Command::Rollback(args) => {
+            rollback::rollback(&Env::load(&cli.config).await?, args, printer).await
+        }
         Command::Resume => rollback::resume(&Env::load(&cli.config).await?, printer).await,
-        Command::Audit { command } => audit::run(&Env::load(&cli.config).await?, command, printer).await,
+        Command::Audit { command } => {
+            audit::run(&Env::load(&cli.config).await?, command, printer).await
+        }
     }
 }
 
@@ -91,7 +97,10 @@ impl Env {
         }
         let store: Arc<dyn Store> = rewind_store::open(&location)
             .await
-            .map_err(|e| CliError::new(crate::error::Class::Failed, e).hint("check `state` in [environment] (or REWIND_STATE_URL)"))?
+            .map_err(|e| {
+                CliError::new(crate::error::Class::Failed, e)
+                    .hint("check `state` in [environment] (or REWIND_STATE_URL)")
+            })?
             .into();
         Ok(Env {
             name: config.environment.name.clone(),
@@ -119,7 +128,10 @@ pub fn state_location(config: &Config) -> StateLocation {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return StateLocation::Postgres(url);
         }
-        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(&url);
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(&url);
         return StateLocation::Sqlite(absolute(Path::new(path)));
     }
     config
@@ -153,8 +165,13 @@ fn url_password(url: &str) -> Option<String> {
 pub fn validate_release_name(name: &str) -> CliResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
     if ok {
         Ok(())
     } else {
@@ -165,7 +182,9 @@ pub fn validate_release_name(name: &str) -> CliResult<()> {
 
 /// Short form of a stored timestamp for tables: `2026-11-21 14:05:12`.
 pub fn short_time(ts: &str) -> String {
-    ts.get(..19).map(|s| s.replace('T', " ")).unwrap_or_else(|| ts.to_string())
+    ts.get(..19)
+        .map(|s| s.replace('T', " "))
+        .unwrap_or_else(|| ts.to_string())
 }
 
 pub fn table() -> comfy_table::Table {

@@ -17,7 +17,9 @@ use crate::output::Printer;
 
 fn plan_error(e: PlanError) -> CliError {
     match e {
-        PlanError::NothingDeployed(_) | PlanError::NoKnownGood { .. } => CliError::new(crate::error::Class::Failed, e),
+        PlanError::NothingDeployed(_) | PlanError::NoKnownGood { .. } => {
+            CliError::new(crate::error::Class::Failed, e)
+        }
         _ => CliError::new(crate::error::Class::Usage, e),
     }
 }
@@ -27,8 +29,15 @@ async fn make_plan(env: &Env, args: &TargetArgs) -> CliResult<(RollbackTarget, V
         super::validate_release_name(to)?;
     }
     let ledger = env.ledger().await?;
-    let target = plan::rollback_target(&env.config, &ledger, &env.name, args.to.as_deref(), &args.components, args.force)
-        .map_err(plan_error)?;
+    let target = plan::rollback_target(
+        &env.config,
+        &ledger,
+        &env.name,
+        args.to.as_deref(),
+        &args.components,
+        args.force,
+    )
+    .map_err(plan_error)?;
     let steps = plan::rollback_plan(&env.config, &target);
     Ok((target, steps))
 }
@@ -50,7 +59,12 @@ async fn steps_done(env: &Env, run: &Run) -> CliResult<usize> {
     let journal = env.store.journal(&run.id).await?;
     let mut done: Vec<i64> = journal
         .iter()
-        .filter(|e| matches!(e.event, rewind_core::JournalEvent::Done | rewind_core::JournalEvent::Skipped))
+        .filter(|e| {
+            matches!(
+                e.event,
+                rewind_core::JournalEvent::Done | rewind_core::JournalEvent::Skipped
+            )
+        })
         .filter_map(|e| e.step)
         .collect();
     done.sort();
@@ -80,7 +94,11 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         }
         if run.kind == RunKind::Rollback {
             for (i, s) in run.steps.iter().enumerate().skip(done) {
-                text.push_str(&format!("  {:>2}. {}\n", i + 1, env.redactor.redact(&s.title)));
+                text.push_str(&format!(
+                    "  {:>2}. {}\n",
+                    i + 1,
+                    env.redactor.redact(&s.title)
+                ));
             }
         }
         unfinished_json = json!({"id": run.id, "kind": run.kind, "release": run.release, "status": run.status, "steps_done": done, "steps": run.steps.len()});
@@ -101,14 +119,25 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         env.name,
         target.from,
         target.to,
-        if target.whole { String::new() } else { format!(" (only {})", target.components.join(", ")) }
+        if target.whole {
+            String::new()
+        } else {
+            format!(" (only {})", target.components.join(", "))
+        }
     ));
     for (i, s) in steps.iter().enumerate() {
-        text.push_str(&format!("  {:>2}. {}\n", i + 1, env.redactor.redact(&s.title)));
+        text.push_str(&format!(
+            "  {:>2}. {}\n",
+            i + 1,
+            env.redactor.redact(&s.title)
+        ));
     }
     text.push_str("nothing was changed; run `rewind rollback` to carry this out");
     if let Err(e) = super::deploy::precheck(env, &steps).await {
-        text.push_str(&format!("\nwarning: this plan cannot run as it stands: {:#}", e.error));
+        text.push_str(&format!(
+            "\nwarning: this plan cannot run as it stands: {:#}",
+            e.error
+        ));
     }
     printer.text(text);
     printer.json_value(&json!({
@@ -126,13 +155,26 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
 /// `rewind rollback`.
 pub async fn rollback(env: &Env, args: RollbackArgs, printer: &Printer) -> CliResult<ExitCode> {
     let run_id = new_run_id();
-    let lock = LockGuard::acquire(env.store.clone(), &env.name, &run_id, env.config.environment.lock_stale_after, printer).await?;
+    let lock = LockGuard::acquire(
+        env.store.clone(),
+        &env.name,
+        &run_id,
+        env.config.environment.lock_stale_after,
+        printer,
+    )
+    .await?;
     let result = rollback_locked(env, &args, &run_id, &lock, printer).await;
     lock.release().await;
     result
 }
 
-async fn rollback_locked(env: &Env, args: &RollbackArgs, run_id: &str, lock: &LockGuard, printer: &Printer) -> CliResult<ExitCode> {
+async fn rollback_locked(
+    env: &Env,
+    args: &RollbackArgs,
+    run_id: &str,
+    lock: &LockGuard,
+    printer: &Printer,
+) -> CliResult<ExitCode> {
     let actor = host::actor();
     if let Some(open) = env.store.unfinished_run(&env.name).await? {
         let done = steps_done(env, &open).await?;
@@ -140,7 +182,13 @@ async fn rollback_locked(env: &Env, args: &RollbackArgs, run_id: &str, lock: &Lo
             RunKind::Rollback => {
                 printer.note(format!("resuming: {}", describe_unfinished(&open, done)));
                 env.store
-                    .audit_append(&env.name, NewAudit::new(&actor, "run.resume").run(&open.id).release(&open.release).details(json!({"by": "rollback", "steps_done": done})))
+                    .audit_append(
+                        &env.name,
+                        NewAudit::new(&actor, "run.resume")
+                            .run(&open.id)
+                            .release(&open.release)
+                            .details(json!({"by": "rollback", "steps_done": done})),
+                    )
                     .await?;
                 let code = execute_and_close(env, &open, lock, printer, true).await?;
                 let wanted_other = args.target.to.as_deref().is_some_and(|t| t != open.release);
@@ -149,17 +197,28 @@ async fn rollback_locked(env: &Env, args: &RollbackArgs, run_id: &str, lock: &Lo
                 }
             }
             RunKind::Deploy => {
-                printer.warn(format!("abandoning the unfinished deploy: {}", describe_unfinished(&open, done)));
+                printer.warn(format!(
+                    "abandoning the unfinished deploy: {}",
+                    describe_unfinished(&open, done)
+                ));
                 env.store
                     .finish_run(
                         &open.id,
                         RunStatus::Abandoned,
                         Some("abandoned by rollback"),
                         &[
-                            LedgerEffect::ReleaseState { release: open.release.clone(), state: ReleaseState::Failed },
-                            LedgerEffect::Current { release: open.release.clone() },
+                            LedgerEffect::ReleaseState {
+                                release: open.release.clone(),
+                                state: ReleaseState::Failed,
+                            },
+                            LedgerEffect::Current {
+                                release: open.release.clone(),
+                            },
                         ],
-                        NewAudit::new(&actor, "run.abandon").run(&open.id).release(&open.release).details(json!({"by": run_id, "steps_done": done})),
+                        NewAudit::new(&actor, "run.abandon")
+                            .run(&open.id)
+                            .release(&open.release)
+                            .details(json!({"by": run_id, "steps_done": done})),
                     )
                     .await?;
             }
@@ -172,14 +231,26 @@ async fn rollback_locked(env: &Env, args: &RollbackArgs, run_id: &str, lock: &Lo
         env.name,
         target.from,
         target.to,
-        if target.whole { String::new() } else { format!(" (only {})", target.components.join(", ")) }
+        if target.whole {
+            String::new()
+        } else {
+            format!(" (only {})", target.components.join(", "))
+        }
     );
     for (i, s) in steps.iter().enumerate() {
-        shown.push_str(&format!("\n  {:>2}. {}", i + 1, env.redactor.redact(&s.title)));
+        shown.push_str(&format!(
+            "\n  {:>2}. {}",
+            i + 1,
+            env.redactor.redact(&s.title)
+        ));
     }
     if !args.yes {
         if !std::io::stdin().is_terminal() {
-            return Err(usage("rollback needs confirmation, and stdin is not a terminal").hint("pass --yes to roll back without a prompt; `rewind plan` shows the steps first"));
+            return Err(
+                usage("rollback needs confirmation, and stdin is not a terminal").hint(
+                    "pass --yes to roll back without a prompt; `rewind plan` shows the steps first",
+                ),
+            );
         }
         eprintln!("{shown}");
         eprint!("roll back now? [y/N] ");
@@ -208,12 +279,15 @@ async fn rollback_locked(env: &Env, args: &RollbackArgs, run_id: &str, lock: &Lo
             .cloned()
             .collect(),
     };
-    let audit = NewAudit::new(&actor, "rollback.start").release(&target.to).run(run_id).details(json!({
-        "from": target.from,
-        "to": target.to,
-        "components": target.components,
-        "whole": target.whole,
-    }));
+    let audit = NewAudit::new(&actor, "rollback.start")
+        .release(&target.to)
+        .run(run_id)
+        .details(json!({
+            "from": target.from,
+            "to": target.to,
+            "components": target.components,
+            "whole": target.whole,
+        }));
     let run = env.store.create_run(&new_run, None, audit).await?;
     execute_and_close(env, &run, lock, printer, false).await
 }
@@ -224,7 +298,10 @@ pub async fn resume(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         let last = env.store.runs(&env.name, 1).await?;
         let mut msg = "nothing to resume: no unfinished run".to_string();
         if let Some(r) = last.first() {
-            msg.push_str(&format!("; the last run, {} ({} {}), {}", r.id, r.kind, r.release, r.status));
+            msg.push_str(&format!(
+                "; the last run, {} ({} {}), {}",
+                r.id, r.kind, r.release, r.status
+            ));
             if let Some(e) = &r.error {
                 msg.push_str(&format!(": {}", e.lines().next().unwrap_or("")));
             }
@@ -233,10 +310,20 @@ pub async fn resume(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         printer.json_value(&json!({"resumed": null, "message": msg}));
         return Ok(ExitCode::SUCCESS);
     };
-    let lock = LockGuard::acquire(env.store.clone(), &env.name, &open.id, env.config.environment.lock_stale_after, printer).await?;
+    let lock = LockGuard::acquire(
+        env.store.clone(),
+        &env.name,
+        &open.id,
+        env.config.environment.lock_stale_after,
+        printer,
+    )
+    .await?;
     let done = steps_done(env, &open).await?;
     printer.note(format!("resuming: {}", describe_unfinished(&open, done)));
-    let audit = NewAudit::new(&host::actor(), "run.resume").run(&open.id).release(&open.release).details(json!({"by": "resume", "steps_done": done}));
+    let audit = NewAudit::new(&host::actor(), "run.resume")
+        .run(&open.id)
+        .release(&open.release)
+        .details(json!({"by": "resume", "steps_done": done}));
     let result = async {
         env.store.audit_append(&env.name, audit).await?;
         execute_and_close(env, &open, &lock, printer, true).await
@@ -248,7 +335,13 @@ pub async fn resume(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
 
 /// Runs a recorded run's remaining steps and closes it: succeeded, failed (a deploy's release
 /// is marked failed) or interrupted (resumable).
-pub async fn execute_and_close(env: &Env, run: &Run, lock: &LockGuard, printer: &Printer, resumed: bool) -> CliResult<ExitCode> {
+pub async fn execute_and_close(
+    env: &Env,
+    run: &Run,
+    lock: &LockGuard,
+    printer: &Printer,
+    resumed: bool,
+) -> CliResult<ExitCode> {
     let actor = host::actor();
     let interrupt = install_interrupt(printer.quiet);
     let exec = Executor {
@@ -290,21 +383,42 @@ pub async fn execute_and_close(env: &Env, run: &Run, lock: &LockGuard, printer: 
                     run.release
                 ),
             };
-            printer.text(format!("{} in {seconds:.2}s (run {})", printer.green(&what), run.id));
+            printer.text(format!(
+                "{} in {seconds:.2}s (run {})",
+                printer.green(&what),
+                run.id
+            ));
             Ok(ExitCode::SUCCESS)
         }
         RunEnd::Failed { step, error } => {
             let effects = match run.kind {
                 RunKind::Deploy => vec![
-                    LedgerEffect::ReleaseState { release: run.release.clone(), state: ReleaseState::Failed },
-                    LedgerEffect::Current { release: run.release.clone() },
+                    LedgerEffect::ReleaseState {
+                        release: run.release.clone(),
+                        state: ReleaseState::Failed,
+                    },
+                    LedgerEffect::Current {
+                        release: run.release.clone(),
+                    },
                 ],
                 RunKind::Rollback => vec![],
             };
             env.store
-                .finish_run(&run.id, RunStatus::Failed, Some(&error), &effects, NewAudit::new(&actor, "run.failed").run(&run.id).release(&run.release).details(json!({"step": step, "error": error})))
+                .finish_run(
+                    &run.id,
+                    RunStatus::Failed,
+                    Some(&error),
+                    &effects,
+                    NewAudit::new(&actor, "run.failed")
+                        .run(&run.id)
+                        .release(&run.release)
+                        .details(json!({"step": step, "error": error})),
+                )
                 .await?;
-            let mut err = failed(format!("{} of {} failed at step {step}:\n{error}", run.kind, run.release));
+            let mut err = failed(format!(
+                "{} of {} failed at step {step}:\n{error}",
+                run.kind, run.release
+            ));
             err = match run.kind {
                 RunKind::Deploy => err
                     .hint(format!("{} is marked failed; go back with `rewind rollback` (see `rewind plan`)", run.release)),
@@ -313,13 +427,29 @@ pub async fn execute_and_close(env: &Env, run: &Run, lock: &LockGuard, printer: 
             Err(err.detail(summary("failed", Some(&error), &reports)))
         }
         RunEnd::Interrupted { next_step } => {
-            let why = if lock.lost() { "the lock was taken over by another run" } else { "interrupted" };
+            let why = if lock.lost() {
+                "the lock was taken over by another run"
+            } else {
+                "interrupted"
+            };
             env.store
-                .finish_run(&run.id, RunStatus::Interrupted, Some(why), &[], NewAudit::new(&actor, "run.interrupted").run(&run.id).release(&run.release).details(json!({"next_step": next_step, "reason": why})))
+                .finish_run(
+                    &run.id,
+                    RunStatus::Interrupted,
+                    Some(why),
+                    &[],
+                    NewAudit::new(&actor, "run.interrupted")
+                        .run(&run.id)
+                        .release(&run.release)
+                        .details(json!({"next_step": next_step, "reason": why})),
+                )
                 .await?;
-            Err(failed(format!("{} of {} stopped before step {next_step} ({why}); nothing is half-done", run.kind, run.release))
-                .hint("`rewind resume` finishes it; `rewind plan` shows what is left")
-                .detail(summary("interrupted", Some(why), &reports)))
+            Err(failed(format!(
+                "{} of {} stopped before step {next_step} ({why}); nothing is half-done",
+                run.kind, run.release
+            ))
+            .hint("`rewind resume` finishes it; `rewind plan` shows what is left")
+            .detail(summary("interrupted", Some(why), &reports)))
         }
     }
 }

@@ -26,12 +26,37 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         let recorded = ledger.deployed.get(name).cloned();
         let live = rewind_components::build(name, cfg).current(&cx).await;
         let (live_text, live_json, note) = match &live {
-            Ok(Some(v)) => (v.clone(), json!(v), if recorded.as_deref() == Some(v.as_str()) { "" } else { "drift: differs from the ledger" }),
+            Ok(Some(v)) => (
+                v.clone(),
+                json!(v),
+                if recorded.as_deref() == Some(v.as_str()) {
+                    ""
+                } else {
+                    "drift: differs from the ledger"
+                },
+            ),
             Ok(None) => ("-".into(), serde_json::Value::Null, ""),
-            Err(e) => ("?".into(), serde_json::Value::Null, if e.to_string().is_empty() { "" } else { "cannot read" }),
+            Err(e) => (
+                "?".into(),
+                serde_json::Value::Null,
+                if e.to_string().is_empty() {
+                    ""
+                } else {
+                    "cannot read"
+                },
+            ),
         };
-        let err_text = live.as_ref().err().map(|e| env.redactor.redact(&e.to_string()));
-        table.add_row(vec![name.clone(), cfg.kind().to_string(), recorded.clone().unwrap_or_else(|| "-".into()), live_text, note.to_string()]);
+        let err_text = live
+            .as_ref()
+            .err()
+            .map(|e| env.redactor.redact(&e.to_string()));
+        table.add_row(vec![
+            name.clone(),
+            cfg.kind().to_string(),
+            recorded.clone().unwrap_or_else(|| "-".into()),
+            live_text,
+            note.to_string(),
+        ]);
         comps.push(json!({"name": name, "kind": cfg.kind(), "recorded": recorded, "live": live_json, "drift": note.starts_with("drift"), "error": err_text}));
     }
     let lock = env.store.lock_holder(&env.name).await?;
@@ -42,15 +67,24 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         "environment {}  (state {})\ncurrent release: {}\nlast known-good: {}\n\n{table}",
         printer.bold(&env.name),
         location.display_safe(),
-        current.map(|r| format!("{} ({})", r.name, r.state)).unwrap_or_else(|| "none yet".into()),
-        last_good.map(|r| r.name.clone()).unwrap_or_else(|| "none yet".into()),
+        current
+            .map(|r| format!("{} ({})", r.name, r.state))
+            .unwrap_or_else(|| "none yet".into()),
+        last_good
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| "none yet".into()),
     );
     if let Some(h) = &lock {
         let dead = dead_reason(h, env.config.environment.lock_stale_after);
         text.push_str(&format!(
             "\n\nlock: held by run {} ({}, pid {} on {}, since {}){}",
-            h.run_id, h.actor, h.pid, h.host, super::short_time(&h.since),
-            dead.map(|d| format!(" — holder looks dead ({d}); the next run takes it over")).unwrap_or_default()
+            h.run_id,
+            h.actor,
+            h.pid,
+            h.host,
+            super::short_time(&h.since),
+            dead.map(|d| format!(" — holder looks dead ({d}); the next run takes it over"))
+                .unwrap_or_default()
         ));
     }
     if let Some(r) = &unfinished {
