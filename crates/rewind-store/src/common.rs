@@ -851,3 +851,46 @@ macro_rules! impl_store {
 }
 
 pub(crate) use impl_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file under `migrations/<backend>/` is embedded, in order, under the version and
+    /// description `sqlx migrate` would give it.
+    #[test]
+    fn every_migration_file_is_embedded() {
+        for (dir, embedded) in [
+            ("sqlite", SQLITE_MIGRATIONS),
+            ("postgres", POSTGRES_MIGRATIONS),
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(dir);
+            let mut files: Vec<(i64, String, String)> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+                .map(|p| {
+                    let stem = p.file_stem().unwrap().to_str().unwrap().to_string();
+                    let (version, desc) = stem.split_once('_').unwrap();
+                    (
+                        version.parse().unwrap(),
+                        desc.replace('_', " "),
+                        std::fs::read_to_string(&p).unwrap(),
+                    )
+                })
+                .collect();
+            files.sort();
+            let listed: Vec<(i64, String, String)> = embedded
+                .0
+                .iter()
+                .map(|&(v, d, s)| (v, d.to_string(), s.to_string()))
+                .collect();
+            assert_eq!(
+                listed, files,
+                "migrations/{dir} and the embedded list differ"
+            );
+        }
+    }
+}

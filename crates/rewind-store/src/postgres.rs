@@ -2,10 +2,12 @@
 //! audit chain and release sequence are serialised with a transaction-scoped advisory lock,
 //! so two processes never chain onto the same entry.
 
+use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Connection as _;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use crate::common::{self, impl_store};
 use crate::{Result, StoreError};
@@ -22,15 +24,25 @@ impl PostgresStore {
     /// Connects to `url` and migrates the database. Errors never show the password.
     pub async fn connect(url: &str) -> Result<Self> {
         let location = rewind_core::redact::redact_url_passwords(url);
+        let open_err = |e| StoreError::Open {
+            location: location.clone(),
+            source: scrub(e, url),
+        };
+        let options = PgConnectOptions::from_str(url).map_err(open_err)?;
+        // One connection first, so a wrong address or password fails at once instead of
+        // after the pool's acquire timeout.
+        PgConnection::connect_with(&options)
+            .await
+            .map_err(open_err)?
+            .close()
+            .await
+            .map_err(open_err)?;
         let pool = PgPoolOptions::new()
             .max_connections(5)
             .acquire_timeout(Duration::from_secs(30))
-            .connect(url)
+            .connect_with(options)
             .await
-            .map_err(|e| StoreError::Open {
-                location: location.clone(),
-                source: scrub(e, url),
-            })?;
+            .map_err(open_err)?;
         let migrator = Migrator::new(common::POSTGRES_MIGRATIONS)
             .await
             .map_err(|source| StoreError::Migrate {
