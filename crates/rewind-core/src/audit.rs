@@ -127,6 +127,10 @@ pub enum ChainBreak {
         expected: String,
     },
     #[error(
+        "entry #{seq}: the chain should run to entry #{head}, but ends before it (entries were removed from its end, or the head record was changed)"
+    )]
+    Truncated { seq: i64, head: i64 },
+    #[error(
         "entry #{seq}: stored hash {stored} does not match its contents (computed {computed}); the entry was changed after it was written"
     )]
     Content {
@@ -141,6 +145,7 @@ impl ChainBreak {
         match self {
             ChainBreak::Sequence { seq, .. }
             | ChainBreak::Link { seq, .. }
+            | ChainBreak::Truncated { seq, .. }
             | ChainBreak::Content { seq, .. } => *seq,
         }
     }

@@ -182,6 +182,9 @@ pub(crate) const AUDIT_LAST: &str =
 pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit \
      (env, seq, at, actor, action, \"release\", run_id, details, prev_hash, hash) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+pub(crate) const UPSERT_AUDIT_HEAD: &str = "INSERT INTO audit_head (env, seq, hash) VALUES ($1, $2, $3) \
+     ON CONFLICT (env) DO UPDATE SET seq = excluded.seq, hash = excluded.hash";
+pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE env = $1";
 pub(crate) const AUDIT_ENTRIES: &str = "SELECT env, seq, at, actor, action, \"release\", run_id, \
      details, prev_hash, hash FROM audit WHERE env = $1 ORDER BY seq";
 
@@ -346,6 +349,15 @@ macro_rules! impl_store {
                     .bind(&e.run_id)
                     .bind($crate::common::to_json("audit details", &e.details)?)
                     .bind(&e.prev_hash)
+                    .bind(&e.hash)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                // The head is kept apart from the chain so that removing the newest
+                // entries (which the chain alone cannot show) is detected too.
+                sqlx::query($crate::common::UPSERT_AUDIT_HEAD)
+                    .bind(env)
+                    .bind(e.seq)
                     .bind(&e.hash)
                     .execute(&mut **tx)
                     .await
@@ -845,6 +857,23 @@ macro_rules! impl_store {
                     .await
                     .map_err($crate::common::query_err("reading the audit chain"))?;
                 rows.iter().map(audit_from_row).collect()
+            }
+
+            async fn audit_head(&self, env: &str) -> $crate::Result<Option<(i64, String)>> {
+                use sqlx::Row as _;
+                const DOING: &str = "reading the audit head";
+                let row = sqlx::query($crate::common::AUDIT_HEAD)
+                    .bind(env)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                match row {
+                    Some(r) => Ok(Some((
+                        r.try_get(0).map_err($crate::common::query_err(DOING))?,
+                        r.try_get(1).map_err($crate::common::query_err(DOING))?,
+                    ))),
+                    None => Ok(None),
+                }
             }
         }
     };

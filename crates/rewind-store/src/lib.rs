@@ -189,4 +189,8 @@ pub trait Store: Send + Sync {
 
     /// The whole chain, in order.
     async fn audit_entries(&self, env: &str) -> Result<Vec<AuditEntry>>;
+
+    /// The newest entry's position and hash, as recorded apart from the chain (so that
+    /// removing the newest entries is detected).
+    async fn audit_head(&self, env: &str) -> Result<Option<(i64, String)>>;
 }

@@ -55,6 +55,10 @@ pub enum Command {
         /// How many runs to show.
         #[arg(long, default_value_t = 20)]
         runs: i64,
+        /// Show one run whole: its steps and its journal (begin / done / failed, times,
+        /// output).
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
     },
     /// Show the exact steps a rollback would take; nothing is changed.
     Plan(TargetArgs),

@@ -282,6 +282,9 @@ impl Executor<'_> {
             let seconds = started.elapsed().as_secs_f64();
             match result {
                 Ok(outcome) => {
+                    // Steps without a kill point of their own inside the action are killed
+                    // "in the middle" here: acted, nothing recorded.
+                    crash::point("mid", &step.id);
                     crash::point("after-action", &step.id);
                     let (event, message) = match outcome {
                         Outcome::Done(m) => (JournalEvent::Done, m),

@@ -89,3 +89,11 @@ CREATE TABLE audit (
     hash      TEXT NOT NULL,
     PRIMARY KEY (env, seq)
 );
+
+-- The newest audit entry, kept apart from the chain: the chain alone cannot show that its
+-- newest entries were removed.
+CREATE TABLE audit_head (
+    env  TEXT PRIMARY KEY,
+    seq  INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);

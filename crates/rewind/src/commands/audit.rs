@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use rewind_core::audit::ChainBreak;
 use serde_json::json;
 
 use super::{Env, short_time};
@@ -32,7 +33,7 @@ pub async fn run(env: &Env, command: AuditCommand, printer: &Printer) -> CliResu
             printer.json_value(&json!({"environment": env.name, "entries": shown}));
             Ok(ExitCode::SUCCESS)
         }
-        AuditCommand::Verify => match rewind_core::audit::verify(&entries) {
+        AuditCommand::Verify => match verify_with_head(&entries, env.store.audit_head(&env.name).await?) {
             Ok(()) => {
                 let head = entries.last().map(|e| e.hash.clone());
                 printer.text(format!(
@@ -48,6 +49,24 @@ pub async fn run(env: &Env, command: AuditCommand, printer: &Printer) -> CliResu
                 .hint("entries from that one on cannot be trusted; compare with a backup of the state store")
                 .detail(json!({"ok": false, "first_bad_entry": b.seq(), "entries": entries.len(), "reason": b.to_string()}))),
         },
+    }
+}
+
+/// The chain must hold, and end where the separately recorded head says it ends.
+fn verify_with_head(
+    entries: &[rewind_core::AuditEntry],
+    head: Option<(i64, String)>,
+) -> Result<(), ChainBreak> {
+    rewind_core::audit::verify(entries)?;
+    let last = entries.last().map(|e| (e.seq, e.hash.clone()));
+    match (head, last) {
+        (None, None) => Ok(()),
+        (Some((seq, hash)), Some((lseq, lhash))) if seq == lseq && hash == lhash => Ok(()),
+        (Some((seq, _)), last) => Err(ChainBreak::Truncated {
+            seq: last.map(|(s, _)| s + 1).unwrap_or(1),
+            head: seq,
+        }),
+        (None, Some((lseq, _))) => Err(ChainBreak::Truncated { seq: lseq, head: 0 }),
     }
 }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::{Env, short_time};
-use crate::error::CliResult;
+use crate::error::{CliResult, usage};
 use crate::output::Printer;
 
 pub async fn run(env: &Env, runs_limit: i64, printer: &Printer) -> CliResult<ExitCode> {
@@ -60,6 +60,70 @@ pub async fn run(env: &Env, runs_limit: i64, printer: &Printer) -> CliResult<Exi
             "status": r.status, "actor": r.actor, "created_at": r.created_at,
             "updated_at": r.updated_at, "error": r.error,
         })).collect::<Vec<_>>(),
+    }));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `rewind history --run ID`: one run whole, with its journal.
+pub async fn run_detail(env: &Env, id: &str, printer: &Printer) -> CliResult<ExitCode> {
+    let Some(run) = env
+        .store
+        .run(id)
+        .await?
+        .filter(|r| r.environment == env.name)
+    else {
+        return Err(usage(format!("no run `{id}` in environment {}", env.name))
+            .hint("`rewind history` lists the runs"));
+    };
+    let journal = env.store.journal(&run.id).await?;
+    let mut text = format!(
+        "run {} — {} {} (from {}) by {}, {}{}\nstarted {}, last change {}\n\nsteps:\n",
+        run.id,
+        run.kind,
+        run.release,
+        run.from_release.as_deref().unwrap_or("-"),
+        run.actor,
+        run.status,
+        run.error
+            .as_deref()
+            .map(|e| format!(": {}", e.lines().next().unwrap_or("")))
+            .unwrap_or_default(),
+        short_time(&run.created_at),
+        short_time(&run.updated_at),
+    );
+    for (i, s) in run.steps.iter().enumerate() {
+        text.push_str(&format!(
+            "  {:>2}. {}\n",
+            i + 1,
+            env.redactor.redact(&s.title)
+        ));
+    }
+    text.push_str("\njournal:\n");
+    for e in &journal {
+        let step = e
+            .step
+            .map(|s| format!("{:>2}", s + 1))
+            .unwrap_or_else(|| " -".into());
+        let first = e.message.lines().next().unwrap_or("");
+        text.push_str(&format!(
+            "  {} step {step} {:<7} {}\n",
+            &e.at[11..e.at.len().min(23)],
+            e.event.as_str(),
+            first
+        ));
+        for more in e.message.lines().skip(1) {
+            text.push_str(&format!("  {:>30}{more}\n", ""));
+        }
+    }
+    printer.text(text.trim_end());
+    printer.json_value(&json!({
+        "run": {
+            "id": run.id, "environment": run.environment, "kind": run.kind, "release": run.release,
+            "from": run.from_release, "status": run.status, "actor": run.actor,
+            "created_at": run.created_at, "updated_at": run.updated_at, "error": run.error,
+            "steps": run.steps,
+        },
+        "journal": journal,
     }));
     Ok(ExitCode::SUCCESS)
 }

@@ -28,8 +28,12 @@ pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
         Command::Check => check::run(&cli.config, printer),
         Command::Deploy(args) => deploy::run(&Env::load(&cli.config).await?, args, printer).await,
         Command::Status => status::run(&Env::load(&cli.config).await?, printer).await,
-        Command::History { runs } => {
-            history::run(&Env::load(&cli.config).await?, runs, printer).await
+        Command::History { runs, run } => {
+            let env = Env::load(&cli.config).await?;
+            match run {
+                Some(id) => history::run_detail(&env, &id, printer).await,
+                None => history::run(&env, runs, printer).await,
+            }
         }
         Command::Plan(args) => rollback::plan(&Env::load(&cli.config).await?, args, printer).await,
         Command::Rollback(args) => {

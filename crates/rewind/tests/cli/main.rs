@@ -1,0 +1,11 @@
+//! End-to-end tests of the real `rewind` binary: real files, real processes, real SIGKILL.
+//! One test binary (link time on 2 cores), one module per concern.
+
+mod common;
+
+mod audit;
+mod config;
+mod crash;
+mod examples;
+mod lock;
+mod story;
