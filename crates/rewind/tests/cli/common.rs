@@ -57,6 +57,8 @@ pub struct Setup {
     pub restart: String,
     pub keep: u32,
     pub extra: String,
+    /// `state = "…"` in [environment]; the default SQLite file when `None`.
+    pub state: Option<String>,
 }
 
 impl Default for Setup {
@@ -65,6 +67,7 @@ impl Default for Setup {
             restart: "echo \"$REWIND_RELEASE\" >> restarts.log".into(),
             keep: 5,
             extra: String::new(),
+            state: None,
         }
     }
 }
@@ -84,6 +87,7 @@ impl Fixture {
         let config = format!(
             r#"[environment]
 name = "test"
+{state}
 
 [components.web]
 kind = "release-dir"
@@ -101,7 +105,11 @@ rollback = "echo rolling back to {{release}} && echo {{release}} > fe-version"
 {extra}"#,
             restart = setup.restart,
             keep = setup.keep,
-            extra = setup.extra
+            extra = setup.extra,
+            state = setup
+                .state
+                .map(|s| format!("state = \"{s}\""))
+                .unwrap_or_default(),
         );
         std::fs::write(f.path("rewind.toml"), config).unwrap();
         for v in ["v1", "v2", "v3", "v4", "v5", "v6"] {

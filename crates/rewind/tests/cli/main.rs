@@ -8,4 +8,5 @@ mod config;
 mod crash;
 mod examples;
 mod lock;
+mod pg;
 mod story;
