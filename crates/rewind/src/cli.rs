@@ -47,6 +47,9 @@ pub enum Command {
     /// Validate the config file without touching anything.
     Check,
     /// Record a release, take restore points, and deploy it component by component.
+    #[command(
+        after_help = "Examples:\n  rewind deploy v1.4.0 --artifact web=./dist/shop-1.4.0.tar.gz\n  rewind deploy 2026-11-21.2 --artifact web=build/ --artifact admin=admin/build/\n\nThe release is recorded as `deploying`, then `good` when every step is done, or `failed`.\nA release name is never reused; to go back to an older release use `rewind rollback --to`."
+    )]
     Deploy(DeployArgs),
     /// What is deployed now, the lock, and any unfinished run.
     Status,
@@ -61,10 +64,19 @@ pub enum Command {
         run: Option<String>,
     },
     /// Show the exact steps a rollback would take; nothing is changed.
+    #[command(
+        after_help = "Takes the same options as `rewind rollback`, and shows an unfinished run that a rollback\nwould resume first."
+    )]
     Plan(TargetArgs),
     /// Roll back to the last known-good release (or --to RELEASE).
+    #[command(
+        after_help = "Examples:\n  rewind rollback                      # asks, then goes to the last known-good release\n  rewind rollback --yes --to v1.2.0\n  rewind rollback --yes --component frontend\n\nAn unfinished rollback is resumed first; an unfinished deploy is abandoned (its release is\nmarked failed). Exit 3 when another run holds the lock."
+    )]
     Rollback(RollbackArgs),
     /// Finish an interrupted run (after a crash, kill -9 or Ctrl-C).
+    #[command(
+        after_help = "Steps already done are skipped; a step that was cut off is run again and checks its\npostcondition first, so resuming is always safe."
+    )]
     Resume,
     /// The hash-chained audit log.
     Audit {

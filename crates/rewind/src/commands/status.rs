@@ -15,6 +15,11 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
     let ledger = env.ledger().await?;
     let current = ledger.current.as_ref().and_then(|c| ledger.release(c));
     let last_good = ledger.last_good();
+    let target = ledger
+        .current
+        .as_deref()
+        .and_then(|c| ledger.last_good_before(c))
+        .map(|r| r.name.clone());
     let cx = Ctx {
         environment: env.name.clone(),
         redactor: env.redactor.clone(),
@@ -64,7 +69,7 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
     let location = super::state_location(&env.config);
 
     let mut text = format!(
-        "environment {}  (state {})\ncurrent release: {}\nlast known-good: {}\n\n{table}",
+        "environment {}  (state {})\ncurrent release: {}\nlast known-good: {}\nrollback target: {}\n\n{table}",
         printer.bold(&env.name),
         location.display_safe(),
         current
@@ -73,6 +78,10 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         last_good
             .map(|r| r.name.clone())
             .unwrap_or_else(|| "none yet".into()),
+        target
+            .clone()
+            .map(|t| format!("{t} (`rewind plan` shows the steps)"))
+            .unwrap_or_else(|| "none (no known-good release before the current one)".into()),
     );
     if let Some(h) = &lock {
         let dead = dead_reason(h, env.config.environment.lock_stale_after);
@@ -99,6 +108,7 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         "state": location.display_safe(),
         "current": current,
         "last_good": last_good.map(|r| &r.name),
+        "rollback_target": target,
         "components": comps,
         "lock": lock,
         "unfinished_run": unfinished.map(|r| json!({"id": r.id, "kind": r.kind, "release": r.release, "status": r.status})),
