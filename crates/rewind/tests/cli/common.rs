@@ -1,7 +1,7 @@
 //! The fixture: a temporary environment with a `release-dir` component (`web`) and a
 //! `command` component (`frontend`), artifacts v1…v4 on disk, and helpers to run the binary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
@@ -277,8 +277,4 @@ pub fn assert_run_complete(run: &Value, context: &str) {
 pub fn audit_ok(f: &Fixture) {
     let v = f.run(&["audit", "verify"]);
     assert_eq!(v.code, Some(0), "audit chain broken\n{}", v.all());
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }
