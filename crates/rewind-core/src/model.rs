@@ -71,6 +71,7 @@ string_enum!(
     /// `failed` or `rolled-back` for the audit trail.
     ReleaseState {
         Deploying => "deploying",
+        Watching => "watching",
         Good => "good",
         Failed => "failed",
         RolledBack => "rolled-back",

@@ -29,6 +29,8 @@ pub struct Config {
     /// Components in the order the file lists them (deploys apply them in this order,
     /// rollbacks in reverse).
     pub components: Vec<(String, ComponentConfig)>,
+    /// `[watch]`: the monitoring window after a deploy. Defaults apply when absent.
+    pub watch: WatchConfig,
 }
 
 impl Config {
@@ -161,4 +163,151 @@ pub struct CommandConfig {
     pub secret_env: Vec<String>,
     #[serde(with = "crate::units::serde_duration")]
     pub command_timeout: Duration,
+}
+
+/// Default monitoring window (seed 001: one hour after a deploy).
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
+/// Default false-alarm rate of every statistical trigger.
+pub const DEFAULT_ALPHA: f64 = 0.01;
+/// Default availability objective (seed 001: roll back below 99.9 %).
+pub const DEFAULT_AVAILABILITY: f64 = 0.999;
+/// Default 5xx share that triggers (seed 001: above 1 % of traffic).
+pub const DEFAULT_ERRORS_ABOVE: f64 = 0.01;
+/// Default latency regression against the baseline (seed 004: 30 %; seed 002 says 50 %).
+pub const DEFAULT_LATENCY_REGRESSION: f64 = 0.30;
+/// Default length of the pre-deploy baseline sample.
+pub const DEFAULT_BASELINE: Duration = Duration::from_secs(20);
+/// Default number of failures in a row that fires a hard trigger.
+pub const DEFAULT_CONSECUTIVE: u32 = 3;
+
+/// What to do when a trigger fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WatchPolicy {
+    /// Open an incident and roll back (the default).
+    Rollback,
+    /// Open an incident and tell people; change nothing.
+    AlertOnly,
+}
+
+/// Which latency quantile the latency trigger compares.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Quantile(pub f64);
+
+/// `[watch]`: the monitoring window, its signals and its triggers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WatchConfig {
+    #[serde(with = "crate::units::serde_duration")]
+    pub window: Duration,
+    pub policy: WatchPolicy,
+    /// False-alarm rate of each statistical trigger (fraction).
+    pub alpha: f64,
+    /// Pre-deploy sample of the same signals (zero: static objectives only).
+    #[serde(with = "crate::units::serde_duration")]
+    pub baseline: Duration,
+    /// Fire when availability (share of probe requests that succeed) is below this.
+    pub availability_below: f64,
+    /// Fire when the share of 5xx answers is above this.
+    pub errors_above: f64,
+    /// Fire when the latency quantile is worse than the baseline's by more than this.
+    pub latency_regression: f64,
+    /// The quantile compared (0.95 for p95, 0.5 for p50).
+    pub latency_quantile: Quantile,
+    /// A static latency objective, used when there is no baseline sample.
+    #[serde(default, with = "crate::units::serde_opt_duration")]
+    pub latency_objective: Option<Duration>,
+    /// Hard triggers (critical checks, database reachability) fire after this many
+    /// failures in a row.
+    pub consecutive_failures: u32,
+    pub probes: Vec<ProbeConfig>,
+    pub prometheus: Vec<PrometheusConfig>,
+    pub checks: Vec<CheckConfig>,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            window: DEFAULT_WINDOW,
+            policy: WatchPolicy::Rollback,
+            alpha: DEFAULT_ALPHA,
+            baseline: DEFAULT_BASELINE,
+            availability_below: DEFAULT_AVAILABILITY,
+            errors_above: DEFAULT_ERRORS_ABOVE,
+            latency_regression: DEFAULT_LATENCY_REGRESSION,
+            latency_quantile: Quantile(0.95),
+            latency_objective: None,
+            consecutive_failures: DEFAULT_CONSECUTIVE,
+            probes: Vec::new(),
+            prometheus: Vec::new(),
+            checks: Vec::new(),
+        }
+    }
+}
+
+impl WatchConfig {
+    /// Does the config say anything to watch?
+    pub fn has_signals(&self) -> bool {
+        !self.probes.is_empty() || !self.prometheus.is_empty() || !self.checks.is_empty()
+    }
+}
+
+/// `[[watch.probe]]`: the built-in HTTP prober.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeConfig {
+    pub name: String,
+    pub url: String,
+    /// HTTP method (default GET).
+    pub method: String,
+    /// Requests per second.
+    pub rate: f64,
+    #[serde(with = "crate::units::serde_duration")]
+    pub timeout: Duration,
+    /// The expected status; `None` accepts any 2xx or 3xx.
+    pub expect_status: Option<u16>,
+    /// A substring the body must contain.
+    pub expect_body: Option<String>,
+    /// A response header that names the release that answered (e.g. `x-release`).
+    pub release_header: Option<String>,
+    /// A critical functional check (seed 001: "users cannot complete checkout"): this many
+    /// failures in a row fire at once, besides the statistical triggers.
+    pub critical: bool,
+}
+
+/// `[[watch.prometheus]]`: PromQL instant queries through the HTTP API. `{release}` in a
+/// query is replaced by the release name (use it in a label selector).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrometheusConfig {
+    pub name: String,
+    /// Base URL of the server, e.g. `http://127.0.0.1:9090`.
+    pub url: String,
+    /// A query giving the cumulative count of failed requests (e.g. 5xx).
+    pub errors: String,
+    /// A query giving the cumulative count of all requests.
+    pub total: String,
+    /// A query giving the current latency quantile, in seconds (optional).
+    pub latency: Option<String>,
+    #[serde(with = "crate::units::serde_duration")]
+    pub interval: Duration,
+}
+
+/// What a command check stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// A named functional check (e.g. "checkout").
+    Functional,
+    /// "Database unreachable" (a `pg_isready` or a SQL query through a CLI).
+    Database,
+}
+
+/// `[[watch.check]]`: a command run every interval; exit 0 passes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckConfig {
+    pub name: String,
+    pub command: String,
+    pub kind: CheckKind,
+    #[serde(with = "crate::units::serde_duration")]
+    pub interval: Duration,
+    #[serde(with = "crate::units::serde_duration")]
+    pub timeout: Duration,
 }

@@ -445,6 +445,7 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
         path: cx.path.to_path_buf(),
         environment: environment??,
         components: components?,
+        watch: super::WatchConfig::default(),
     })
 }
 
