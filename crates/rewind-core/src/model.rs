@@ -363,3 +363,48 @@ pub struct AuditEntry {
     /// BLAKE3 of `prev_hash` and this entry's canonical JSON.
     pub hash: String,
 }
+
+string_enum!(
+    /// Where an incident stands.
+    IncidentStatus {
+        Open => "open",
+        RolledBack => "rolled-back",
+        Alerted => "alerted",
+        Escalated => "escalated",
+    }
+);
+
+/// An incident: opened by a trigger (or a person), with its evidence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: String,
+    pub environment: String,
+    pub release: String,
+    /// Which trigger fired (e.g. `errors`, `latency`, `not-ready`, `check`).
+    pub trigger: String,
+    /// The signal that fed it.
+    pub signal: Option<String>,
+    /// One line a person reads first.
+    pub summary: String,
+    /// Counts, rates, bounds, α, elapsed time …
+    pub evidence: serde_json::Value,
+    pub status: IncidentStatus,
+    /// The rollback run it started, if any.
+    pub rollback_run: Option<String>,
+    pub opened_at: String,
+    pub updated_at: String,
+}
+
+/// A monitoring window, recorded so that `rewind watch` can attach to it (or take it over
+/// from a watcher that died).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Watch {
+    pub environment: String,
+    pub release: String,
+    pub started_at: String,
+    pub window_secs: f64,
+    /// What the signals measured before the switch (per signal).
+    pub baseline: serde_json::Value,
+    /// `watching`, `passed`, `fired`, `stopped`.
+    pub status: String,
+}

@@ -190,6 +190,7 @@ pub fn deploy_plan(
     ledger: &Ledger,
     release: &str,
     artifacts: &BTreeMap<String, String>,
+    watch: bool,
 ) -> Vec<Step> {
     let mut steps: Vec<Step> = config
         .components
@@ -206,8 +207,12 @@ pub fn deploy_plan(
         ));
     }
     steps.push(Step {
-        id: "ledger.good".into(),
-        title: format!("ledger: {release} is current and good"),
+        id: if watch { "ledger.watching".into() } else { "ledger.good".into() },
+        title: if watch {
+            format!("ledger: {release} is current and watched for its monitoring window")
+        } else {
+            format!("ledger: {release} is current and good")
+        },
         action: Action::Record,
         effects: vec![
             LedgerEffect::Current {
@@ -215,7 +220,7 @@ pub fn deploy_plan(
             },
             LedgerEffect::ReleaseState {
                 release: release.into(),
-                state: ReleaseState::Good,
+                state: if watch { ReleaseState::Watching } else { ReleaseState::Good },
             },
         ],
     });

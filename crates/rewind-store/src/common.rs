@@ -64,17 +64,31 @@ pub(crate) fn to_json<T: serde::Serialize + ?Sized>(
 #[derive(Debug)]
 pub(crate) struct Embedded(pub &'static [(i64, &'static str, &'static str)]);
 
-pub(crate) const SQLITE_MIGRATIONS: Embedded = Embedded(&[(
-    1,
-    "initial",
-    include_str!("../migrations/sqlite/0001_initial.sql"),
-)]);
+pub(crate) const SQLITE_MIGRATIONS: Embedded = Embedded(&[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "watch incidents",
+        include_str!("../migrations/sqlite/0002_watch_incidents.sql"),
+    ),
+]);
 
-pub(crate) const POSTGRES_MIGRATIONS: Embedded = Embedded(&[(
-    1,
-    "initial",
-    include_str!("../migrations/postgres/0001_initial.sql"),
-)]);
+pub(crate) const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "watch incidents",
+        include_str!("../migrations/postgres/0002_watch_incidents.sql"),
+    ),
+]);
 
 type Resolved = Result<Vec<Migration>, BoxDynError>;
 
@@ -185,6 +199,24 @@ pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit \
 pub(crate) const UPSERT_AUDIT_HEAD: &str = "INSERT INTO audit_head (env, seq, hash) VALUES ($1, $2, $3) \
      ON CONFLICT (env) DO UPDATE SET seq = excluded.seq, hash = excluded.hash";
 pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE env = $1";
+pub(crate) const UPSERT_WATCH: &str = "INSERT INTO watches \
+     (env, \"release\", started_at, window_secs, baseline, status, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (env, \"release\") DO UPDATE SET started_at = excluded.started_at, \
+     window_secs = excluded.window_secs, baseline = excluded.baseline, status = excluded.status, \
+     updated_at = excluded.updated_at";
+pub(crate) const SET_WATCH_STATUS: &str =
+    "UPDATE watches SET status = $1, updated_at = $2 WHERE env = $3 AND \"release\" = $4";
+pub(crate) const ACTIVE_WATCH: &str = "SELECT env, \"release\", started_at, window_secs, baseline, status \
+     FROM watches WHERE env = $1 AND status = 'watching' ORDER BY started_at DESC LIMIT 1";
+pub(crate) const INSERT_INCIDENT: &str = "INSERT INTO incidents \
+     (id, env, \"release\", trigger_name, signal, summary, evidence, status, rollback_run, opened_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)";
+pub(crate) const UPDATE_INCIDENT: &str = "UPDATE incidents SET status = $1, \
+     rollback_run = COALESCE($2, rollback_run), updated_at = $3 WHERE id = $4";
+pub(crate) const INCIDENT_ENV: &str = "SELECT env FROM incidents WHERE id = $1";
+pub(crate) const INCIDENTS: &str = "SELECT id, env, \"release\", trigger_name, signal, summary, evidence, \
+     status, rollback_run, opened_at, updated_at FROM incidents WHERE env = $1 ORDER BY opened_at DESC, id DESC";
 pub(crate) const AUDIT_ENTRIES: &str = "SELECT env, seq, at, actor, action, \"release\", run_id, \
      details, prev_hash, hash FROM audit WHERE env = $1 ORDER BY seq";
 
@@ -219,6 +251,28 @@ macro_rules! impl_store {
                 updated_at: col(row, "updated_at")?,
                 actor: col(row, "actor")?,
                 run_id: col(row, "run_id")?,
+            })
+        }
+
+        fn incident_from_row(row: &DbRow) -> $crate::Result<rewind_core::Incident> {
+            Ok(rewind_core::Incident {
+                id: col(row, "id")?,
+                environment: col(row, "env")?,
+                release: col(row, "release")?,
+                trigger: col(row, "trigger_name")?,
+                signal: col(row, "signal")?,
+                summary: col(row, "summary")?,
+                evidence: $crate::common::parse_json(
+                    "incident evidence",
+                    &col::<String>(row, "evidence")?,
+                )?,
+                status: $crate::common::parse_enum(
+                    "incident status",
+                    &col::<String>(row, "status")?,
+                )?,
+                rollback_run: col(row, "rollback_run")?,
+                opened_at: col(row, "opened_at")?,
+                updated_at: col(row, "updated_at")?,
             })
         }
 
@@ -857,6 +911,170 @@ macro_rules! impl_store {
                     .await
                     .map_err($crate::common::query_err("reading the audit chain"))?;
                 rows.iter().map(audit_from_row).collect()
+            }
+
+            async fn record(
+                &self,
+                env: &str,
+                effects: &[rewind_core::LedgerEffect],
+                audit: rewind_core::NewAudit,
+            ) -> $crate::Result<()> {
+                const DOING: &str = "recording in the ledger";
+                let mut tx = self.begin_write(DOING).await?;
+                sqlx::query($crate::common::ENSURE_ENV)
+                    .bind(env)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                Self::lock_env(&mut tx, env).await?;
+                let run_id = audit.run_id.clone().unwrap_or_default();
+                Self::apply_effects_tx(&mut tx, env, &run_id, effects).await?;
+                Self::append_audit_tx(&mut tx, env, audit).await?;
+                Self::commit(tx, DOING).await
+            }
+
+            async fn begin_watch(
+                &self,
+                watch: &rewind_core::Watch,
+                effects: &[rewind_core::LedgerEffect],
+                audit: rewind_core::NewAudit,
+            ) -> $crate::Result<()> {
+                const DOING: &str = "recording a monitoring window";
+                let mut tx = self.begin_write(DOING).await?;
+                Self::lock_env(&mut tx, &watch.environment).await?;
+                sqlx::query($crate::common::UPSERT_WATCH)
+                    .bind(&watch.environment)
+                    .bind(&watch.release)
+                    .bind(&watch.started_at)
+                    .bind(watch.window_secs)
+                    .bind($crate::common::to_json("watch baseline", &watch.baseline)?)
+                    .bind(&watch.status)
+                    .bind(rewind_core::now_rfc3339())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                let run_id = audit.run_id.clone().unwrap_or_default();
+                Self::apply_effects_tx(&mut tx, &watch.environment, &run_id, effects).await?;
+                Self::append_audit_tx(&mut tx, &watch.environment, audit).await?;
+                Self::commit(tx, DOING).await
+            }
+
+            async fn end_watch(
+                &self,
+                env: &str,
+                release: &str,
+                status: &str,
+                effects: &[rewind_core::LedgerEffect],
+                audit: rewind_core::NewAudit,
+            ) -> $crate::Result<()> {
+                const DOING: &str = "closing a monitoring window";
+                let mut tx = self.begin_write(DOING).await?;
+                Self::lock_env(&mut tx, env).await?;
+                sqlx::query($crate::common::SET_WATCH_STATUS)
+                    .bind(status)
+                    .bind(rewind_core::now_rfc3339())
+                    .bind(env)
+                    .bind(release)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                let run_id = audit.run_id.clone().unwrap_or_default();
+                Self::apply_effects_tx(&mut tx, env, &run_id, effects).await?;
+                Self::append_audit_tx(&mut tx, env, audit).await?;
+                Self::commit(tx, DOING).await
+            }
+
+            async fn active_watch(&self, env: &str) -> $crate::Result<Option<rewind_core::Watch>> {
+                let row = sqlx::query($crate::common::ACTIVE_WATCH)
+                    .bind(env)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading the monitoring window"))?;
+                match row {
+                    Some(row) => Ok(Some(rewind_core::Watch {
+                        environment: col(&row, "env")?,
+                        release: col(&row, "release")?,
+                        started_at: col(&row, "started_at")?,
+                        window_secs: col(&row, "window_secs")?,
+                        baseline: $crate::common::parse_json(
+                            "watch baseline",
+                            &col::<String>(&row, "baseline")?,
+                        )?,
+                        status: col(&row, "status")?,
+                    })),
+                    None => Ok(None),
+                }
+            }
+
+            async fn open_incident(
+                &self,
+                incident: &rewind_core::Incident,
+                audit: rewind_core::NewAudit,
+            ) -> $crate::Result<()> {
+                const DOING: &str = "opening an incident";
+                let mut tx = self.begin_write(DOING).await?;
+                Self::lock_env(&mut tx, &incident.environment).await?;
+                sqlx::query($crate::common::INSERT_INCIDENT)
+                    .bind(&incident.id)
+                    .bind(&incident.environment)
+                    .bind(&incident.release)
+                    .bind(&incident.trigger)
+                    .bind(&incident.signal)
+                    .bind(&incident.summary)
+                    .bind($crate::common::to_json(
+                        "incident evidence",
+                        &incident.evidence,
+                    )?)
+                    .bind(incident.status.as_str())
+                    .bind(&incident.rollback_run)
+                    .bind(&incident.opened_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                Self::append_audit_tx(&mut tx, &incident.environment, audit).await?;
+                Self::commit(tx, DOING).await
+            }
+
+            async fn update_incident(
+                &self,
+                id: &str,
+                status: rewind_core::IncidentStatus,
+                rollback_run: Option<&str>,
+                audit: rewind_core::NewAudit,
+            ) -> $crate::Result<()> {
+                use sqlx::Row as _;
+                const DOING: &str = "updating an incident";
+                let mut tx = self.begin_write(DOING).await?;
+                let env: String = sqlx::query($crate::common::INCIDENT_ENV)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?
+                    .ok_or_else(|| {
+                        $crate::common::corrupt("incident", format!("no incident {id}"))
+                    })?
+                    .try_get(0)
+                    .map_err($crate::common::query_err(DOING))?;
+                Self::lock_env(&mut tx, &env).await?;
+                sqlx::query($crate::common::UPDATE_INCIDENT)
+                    .bind(status.as_str())
+                    .bind(rollback_run)
+                    .bind(rewind_core::now_rfc3339())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                Self::append_audit_tx(&mut tx, &env, audit).await?;
+                Self::commit(tx, DOING).await
+            }
+
+            async fn incidents(&self, env: &str) -> $crate::Result<Vec<rewind_core::Incident>> {
+                let rows = sqlx::query($crate::common::INCIDENTS)
+                    .bind(env)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading incidents"))?;
+                rows.iter().map(incident_from_row).collect()
             }
 
             async fn audit_head(&self, env: &str) -> $crate::Result<Option<(i64, String)>> {

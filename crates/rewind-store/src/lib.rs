@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use rewind_core::{
-    AuditEntry, JournalEntry, JournalEvent, LedgerEffect, LockHolder, NewAudit, NewRelease, NewRun,
-    Release, RestorePoint, Run, RunStatus,
+    AuditEntry, Incident, IncidentStatus, JournalEntry, JournalEvent, LedgerEffect, LockHolder,
+    NewAudit, NewRelease, NewRun, Release, RestorePoint, Run, RunStatus, Watch,
 };
 
 mod common;
@@ -189,6 +189,47 @@ pub trait Store: Send + Sync {
 
     /// The whole chain, in order.
     async fn audit_entries(&self, env: &str) -> Result<Vec<AuditEntry>>;
+
+    /// Applies ledger effects outside any run (e.g. a monitoring window that closes
+    /// cleanly marks its release good) and appends `audit`, in one transaction.
+    async fn record(&self, env: &str, effects: &[LedgerEffect], audit: NewAudit) -> Result<()>;
+
+    // ---- monitoring windows and incidents -------------------------------------------
+
+    /// Records a monitoring window (replacing an earlier one for the same release), applies
+    /// `effects` and appends `audit`, in one transaction.
+    async fn begin_watch(
+        &self,
+        watch: &Watch,
+        effects: &[LedgerEffect],
+        audit: NewAudit,
+    ) -> Result<()>;
+
+    /// Sets a window's status (`passed`, `fired`, `stopped`), applies `effects`, appends `audit`.
+    async fn end_watch(
+        &self,
+        env: &str,
+        release: &str,
+        status: &str,
+        effects: &[LedgerEffect],
+        audit: NewAudit,
+    ) -> Result<()>;
+
+    /// The window still being watched, if any.
+    async fn active_watch(&self, env: &str) -> Result<Option<Watch>>;
+
+    async fn open_incident(&self, incident: &Incident, audit: NewAudit) -> Result<()>;
+
+    async fn update_incident(
+        &self,
+        id: &str,
+        status: IncidentStatus,
+        rollback_run: Option<&str>,
+        audit: NewAudit,
+    ) -> Result<()>;
+
+    /// Newest first.
+    async fn incidents(&self, env: &str) -> Result<Vec<Incident>>;
 
     /// The newest entry's position and hash, as recorded apart from the chain (so that
     /// removing the newest entries is detected).

@@ -73,6 +73,26 @@ pub enum Command {
         after_help = "Examples:\n  rewind rollback                      # asks, then goes to the last known-good release\n  rewind rollback --yes --to v1.2.0\n  rewind rollback --yes --component frontend\n\nAn unfinished rollback is resumed first; an unfinished deploy is abandoned (its release is\nmarked failed). Exit 3 when another run holds the lock."
     )]
     Rollback(RollbackArgs),
+    /// Attach to the release being watched, for the rest of its monitoring window.
+    #[command(after_help = "A watcher that died (or a `deploy --watch` stopped with Ctrl-C) leaves the window open;\n`rewind watch` takes it over. On a trigger it opens an incident and rolls back (policy\n`rollback`), then verifies with the same signals. Exit 0 when the window closes cleanly.")]
+    Watch,
+    /// Run the whole story on this machine: a real demo service, a healthy v1, a faulty v2
+    /// deployed with --watch, detection, automatic rollback, verification, timeline.
+    Demo {
+        /// What is wrong with v2: errors (5xx), slow (latency), down (does not start),
+        /// checkout (a broken functional check).
+        #[arg(long, default_value = "errors", value_parser = ["errors", "slow", "down", "checkout"])]
+        fault: String,
+        /// Keep the demo's directory (config, state, releases) instead of deleting it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run the demo HTTP service (used by `rewind demo`; see examples/demo-service).
+    #[command(hide = true, name = "demo-service", disable_help_flag = true)]
+    DemoService {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Finish an interrupted run (after a crash, kill -9 or Ctrl-C).
     #[command(
         after_help = "Steps already done are skipped; a step that was cut off is run again and checks its\npostcondition first, so resuming is always safe."
@@ -93,6 +113,11 @@ pub struct DeployArgs {
     /// .tar.gz) for release-dir components. Repeat for several components.
     #[arg(long = "artifact", value_name = "COMPONENT=PATH")]
     pub artifacts: Vec<String>,
+    /// Then watch the new release through its monitoring window ([watch] in the config):
+    /// sample a baseline first, roll back on its own when a trigger fires (policy
+    /// `rollback`), mark the release good when the window closes cleanly.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,45 @@ use crate::output::Printer;
 pub async fn run(env: &Env, args: DeployArgs, printer: &Printer) -> CliResult<ExitCode> {
     validate_release_name(&args.release)?;
     let artifacts = parse_artifacts(env, &args.artifacts)?;
+    if args.watch {
+        super::watch::require_signals(env)?;
+        if env.store.release(&env.name, &args.release).await?.is_some() {
+            return deploy_and_release_lock(env, &args, &artifacts, printer).await;
+        }
+        let baseline = super::watch::baseline(env, printer).await?;
+        return match deploy_and_release_lock(env, &args, &artifacts, printer).await {
+            Ok(_) => super::watch::start_and_watch(env, &args.release, baseline, printer).await,
+            Err(e) => {
+                // The deploy failed. When it got as far as restarting the new version and
+                // that version did not come up, that is the "not ready" trigger.
+                let Some(step) = e.detail.as_ref().and_then(|d| d["failed_step"].as_str()).map(str::to_string) else {
+                    return Err(e);
+                };
+                let trigger = if step.ends_with(".ready") || step.ends_with(".restart") {
+                    "not-ready"
+                } else {
+                    "deploy-failed"
+                };
+                printer.error(&e);
+                let fired = crate::watch::Fired {
+                    trigger: trigger.into(),
+                    signal: step.clone(),
+                    summary: format!("{} failed at step {step}: {}", args.release, e.detail.as_ref().and_then(|d| d["error"].as_str()).unwrap_or("").lines().next().unwrap_or("")),
+                    evidence: e.detail.clone().unwrap_or_default(),
+                };
+                super::watch::on_trigger(env, &args.release, fired, Some(&baseline), printer).await
+            }
+        };
+    }
+    deploy_and_release_lock(env, &args, &artifacts, printer).await
+}
+
+async fn deploy_and_release_lock(
+    env: &Env,
+    args: &DeployArgs,
+    artifacts: &BTreeMap<String, String>,
+    printer: &Printer,
+) -> CliResult<ExitCode> {
     let run_id = new_run_id();
     let lock = LockGuard::acquire(
         env.store.clone(),
@@ -29,7 +68,7 @@ pub async fn run(env: &Env, args: DeployArgs, printer: &Printer) -> CliResult<Ex
         printer,
     )
     .await?;
-    let result = deploy_locked(env, &args.release, &artifacts, &run_id, &lock, printer).await;
+    let result = deploy_locked(env, &args.release, artifacts, args.watch, &run_id, &lock, printer).await;
     lock.release().await;
     result
 }
@@ -83,6 +122,7 @@ async fn deploy_locked(
     env: &Env,
     release: &str,
     artifacts: &BTreeMap<String, String>,
+    watch: bool,
     run_id: &str,
     lock: &LockGuard,
     printer: &Printer,
@@ -99,7 +139,7 @@ async fn deploy_locked(
             .hint(format!("releases are never redeployed under the same name; to go back to it run `rewind rollback --to {release}`, or deploy under a new name")));
     }
     let ledger = env.ledger().await?;
-    let steps = rewind_core::plan::deploy_plan(&env.config, &ledger, release, artifacts);
+    let steps = rewind_core::plan::deploy_plan(&env.config, &ledger, release, artifacts, watch);
     precheck(env, &steps).await?;
     let actor = host::actor();
     let new_run = NewRun {

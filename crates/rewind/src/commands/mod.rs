@@ -21,6 +21,8 @@ mod history;
 mod init;
 mod rollback;
 mod status;
+mod watch;
+mod demo;
 
 pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
     match cli.command {
@@ -39,6 +41,9 @@ pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
         Command::Rollback(args) => {
             rollback::rollback(&Env::load(&cli.config).await?, args, printer).await
         }
+        Command::Watch => watch::attach(&Env::load(&cli.config).await?, printer).await,
+        Command::Demo { fault, keep } => demo::run(&fault, keep, printer).await,
+        Command::DemoService { args } => Ok(demo_service::run(args.into_iter())),
         Command::Resume => rollback::resume(&Env::load(&cli.config).await?, printer).await,
         Command::Audit { command } => {
             audit::run(&Env::load(&cli.config).await?, command, printer).await

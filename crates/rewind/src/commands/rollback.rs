@@ -154,16 +154,26 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
 
 /// `rewind rollback`.
 pub async fn rollback(env: &Env, args: RollbackArgs, printer: &Printer) -> CliResult<ExitCode> {
-    let run_id = new_run_id();
+    rollback_with_id(env, &args, &new_run_id(), None, printer).await
+}
+
+/// A rollback under a chosen run id, on behalf of an incident when `incident` is given.
+pub async fn rollback_with_id(
+    env: &Env,
+    args: &RollbackArgs,
+    run_id: &str,
+    incident: Option<&str>,
+    printer: &Printer,
+) -> CliResult<ExitCode> {
     let lock = LockGuard::acquire(
         env.store.clone(),
         &env.name,
-        &run_id,
+        run_id,
         env.config.environment.lock_stale_after,
         printer,
     )
     .await?;
-    let result = rollback_locked(env, &args, &run_id, &lock, printer).await;
+    let result = rollback_locked(env, args, run_id, incident, &lock, printer).await;
     lock.release().await;
     result
 }
@@ -172,6 +182,7 @@ async fn rollback_locked(
     env: &Env,
     args: &RollbackArgs,
     run_id: &str,
+    incident: Option<&str>,
     lock: &LockGuard,
     printer: &Printer,
 ) -> CliResult<ExitCode> {
@@ -287,6 +298,7 @@ async fn rollback_locked(
             "to": target.to,
             "components": target.components,
             "whole": target.whole,
+            "incident": incident,
         }));
     let run = env.store.create_run(&new_run, None, audit).await?;
     execute_and_close(env, &run, lock, printer, false).await
@@ -356,7 +368,9 @@ pub async fn execute_and_close(
     let (end, reports) = exec.execute(run, lock).await?;
     let seconds = started.elapsed().as_secs_f64();
     let summary = |status: &str, error: Option<&str>, reports: &[StepReport]| {
+        let failed_step = reports.iter().find(|r| r.outcome == "failed").map(|r| r.id.clone());
         json!({
+            "failed_step": failed_step,
             "run": run.id,
             "kind": run.kind,
             "release": run.release,
