@@ -7,6 +7,7 @@ pub mod config;
 pub mod model;
 pub mod plan;
 pub mod redact;
+pub mod stats;
 pub mod units;
 
 pub use model::*;
