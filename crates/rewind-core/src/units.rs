@@ -120,6 +120,16 @@ impl fmt::Display for Percent {
 /// Parses `"99.9%"`, `"1%"`, `"0.5 %"`. The `%` sign is required, so that 1 and 1 % are never
 /// confused; values must lie in 0–100 %.
 pub fn parse_percent(text: &str) -> Result<Percent, UnitError> {
+    let p = parse_percent_above_100(text)?;
+    if p.0 > 1.0 {
+        return Err(UnitError(format!("`{text}` is outside 0%–100%")));
+    }
+    Ok(p)
+}
+
+/// Like [`parse_percent`], but values above 100 % are allowed too: a growth of `"150%"` is
+/// one and a half times as much again.
+pub fn parse_percent_above_100(text: &str) -> Result<Percent, UnitError> {
     let s = text.trim();
     let Some(num) = s.strip_suffix('%') else {
         return Err(UnitError(format!(
@@ -131,8 +141,10 @@ pub fn parse_percent(text: &str) -> Result<Percent, UnitError> {
             "`{text}` is not a percentage; write a number and a % sign, like \"99.9%\""
         ))
     })?;
-    if !(0.0..=100.0).contains(&value) {
-        return Err(UnitError(format!("`{text}` is outside 0%–100%")));
+    if !value.is_finite() || value < 0.0 {
+        return Err(UnitError(format!(
+            "`{text}` is not a percentage of 0% or more"
+        )));
     }
     Ok(Percent(value / 100.0))
 }
@@ -228,5 +240,8 @@ mod tests {
         assert!(parse_percent("99.9").is_err());
         assert!(parse_percent("150%").is_err());
         assert!(parse_percent("abc%").is_err());
+        assert!((parse_percent_above_100("150%").unwrap().fraction() - 1.5).abs() < 1e-12);
+        assert!(parse_percent_above_100("-5%").is_err());
+        assert!(parse_percent_above_100("inf%").is_err());
     }
 }

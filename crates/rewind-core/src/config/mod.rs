@@ -180,6 +180,15 @@ pub const DEFAULT_BASELINE: Duration = Duration::from_secs(20);
 /// Default number of failures in a row that fires a hard trigger.
 pub const DEFAULT_CONSECUTIVE: u32 = 3;
 
+/// Default request rate of a `[[watch.probe]]`, per second.
+pub const DEFAULT_PROBE_RATE: f64 = 10.0;
+/// Default time limit of one probe request.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default interval of a `[[watch.prometheus]]` query or a `[[watch.check]]` command.
+pub const DEFAULT_SIGNAL_INTERVAL: Duration = Duration::from_secs(10);
+/// Default time limit of one `[[watch.check]]` command.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What to do when a trigger fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

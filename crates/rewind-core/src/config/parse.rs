@@ -6,7 +6,7 @@
 //! reported in one pass instead of stopping at the first.
 
 use std::fmt;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,12 +14,15 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    CommandConfig, ComponentConfig, Config, DEFAULT_COMMAND_TIMEOUT, DEFAULT_KEEP,
-    DEFAULT_LOCK_STALE_AFTER, DEFAULT_READY_TIMEOUT, EnvironmentConfig, Readiness,
-    ReleaseDirConfig, StateLocation,
+    CheckConfig, CheckKind, CommandConfig, ComponentConfig, Config, DEFAULT_ALPHA,
+    DEFAULT_AVAILABILITY, DEFAULT_BASELINE, DEFAULT_CHECK_TIMEOUT, DEFAULT_COMMAND_TIMEOUT,
+    DEFAULT_CONSECUTIVE, DEFAULT_ERRORS_ABOVE, DEFAULT_KEEP, DEFAULT_LATENCY_REGRESSION,
+    DEFAULT_LOCK_STALE_AFTER, DEFAULT_PROBE_RATE, DEFAULT_PROBE_TIMEOUT, DEFAULT_READY_TIMEOUT,
+    DEFAULT_SIGNAL_INTERVAL, DEFAULT_WINDOW, EnvironmentConfig, ProbeConfig, PrometheusConfig,
+    Quantile, Readiness, ReleaseDirConfig, StateLocation, WatchConfig, WatchPolicy,
 };
 use crate::redact::redact_url_passwords;
-use crate::units::{format_duration, parse_duration};
+use crate::units::{Percent, format_duration, parse_duration, parse_percent_above_100};
 
 /// The commented example configuration that `rewind init` writes.
 pub const EXAMPLE: &str = r#"# rewind.toml: how to deploy and roll back one environment.
@@ -78,6 +81,62 @@ rollback = "vercel rollback {release}"
 # workdir = "frontend"
 # secret-env = ["VERCEL_TOKEN"]
 # command-timeout = "10m"
+
+# After a deploy rewind watches the new release for a while and, when a trigger fires,
+# rolls back by itself. It watches the signals listed below: HTTP probes it sends itself,
+# Prometheus queries and check commands. The settings shown are the defaults.
+[watch]
+# How long to watch after a deploy (at least "1s").
+# window = "1h"
+# What a trigger does: "rollback", or "alert-only" to open an incident and change nothing.
+# policy = "rollback"
+# How often each statistical trigger may fire on a healthy release (above 0%, at most 50%).
+# alpha = "1%"
+# How long to sample the same signals before the deploy, as the baseline to compare
+# against; "0s" takes no sample and uses only the fixed objectives.
+# baseline = "20s"
+# Fire when the share of probe requests that succeed falls below this.
+# availability-below = "99.9%"
+# Fire when the share of 5xx answers rises above this.
+# errors-above = "1%"
+# Fire when the latency quantile is this much worse than the baseline's ("p50", "p90",
+# "p95" or "p99").
+# latency-regression = "30%"
+# latency-quantile = "p95"
+# A fixed latency objective, used when there is no baseline (optional; none by default).
+# latency-objective = "300ms"
+# Critical probes and database checks fire after this many failures in a row.
+# consecutive-failures = 3
+
+# Signals: each kind of table may be repeated, and every name must be unique.
+# An HTTP probe that rewind sends itself, rate times a second:
+# [[watch.probe]]
+#   name = "checkout"
+#   url = "http://127.0.0.1:8080/checkout"
+#   method = "GET"                  # GET, HEAD, POST, PUT, DELETE, PATCH or OPTIONS
+#   rate = 10                       # requests per second, at most 1000
+#   timeout = "2s"
+#   expect-status = 200             # without it, any 2xx or 3xx answer passes
+#   expect-body = "order placed"    # text the answer must contain
+#   release-header = "x-release"    # the header that names the release that answered
+#   critical = true                 # fire after consecutive-failures failures in a row
+#
+# Prometheus queries through its HTTP API; {release} is replaced by the release name:
+# [[watch.prometheus]]
+#   name = "shop"
+#   url = "http://127.0.0.1:9090"
+#   errors = 'sum(http_requests_total{code=~"5..",release="{release}"})'
+#   total = 'sum(http_requests_total{release="{release}"})'
+#   interval = "10s"
+#
+# A command run every interval that passes when it exits 0 (kind "functional", the
+# default, or "database" for "the database is unreachable"):
+# [[watch.check]]
+#   name = "database"
+#   command = "pg_isready -h db.internal"
+#   kind = "database"
+#   interval = "10s"
+#   timeout = "10s"
 "#;
 
 /// One problem with a configuration file, at a 1-based line and column.
@@ -128,7 +187,7 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-const TOP_KEYS: &[&str] = &["environment", "components"];
+const TOP_KEYS: &[&str] = &["environment", "components", "watch"];
 const ENV_KEYS: &[&str] = &["name", "state", "lock-stale-after"];
 const RELEASE_DIR_KEYS: &[&str] = &[
     "kind",
@@ -153,6 +212,47 @@ const COMMAND_KEYS: &[&str] = &[
     "secret-env",
     "command-timeout",
 ];
+const WATCH_KEYS: &[&str] = &[
+    "window",
+    "policy",
+    "alpha",
+    "baseline",
+    "availability-below",
+    "errors-above",
+    "latency-regression",
+    "latency-quantile",
+    "latency-objective",
+    "consecutive-failures",
+    "probe",
+    "prometheus",
+    "check",
+];
+const PROBE_KEYS: &[&str] = &[
+    "name",
+    "url",
+    "method",
+    "rate",
+    "timeout",
+    "expect-status",
+    "expect-body",
+    "release-header",
+    "critical",
+];
+const PROMETHEUS_KEYS: &[&str] = &["name", "url", "errors", "total", "latency", "interval"];
+const CHECK_KEYS: &[&str] = &["name", "command", "kind", "interval", "timeout"];
+/// The tables of signals under `[watch]`, with their keys.
+const SIGNAL_TABLES: &[(&str, &[&str])] = &[
+    ("probe", PROBE_KEYS),
+    ("prometheus", PROMETHEUS_KEYS),
+    ("check", CHECK_KEYS),
+];
+const POLICIES: &[&str] = &["rollback", "alert-only"];
+const QUANTILES: &[&str] = &["p50", "p90", "p95", "p99"];
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+const CHECK_KINDS: &[&str] = &["functional", "database"];
+const MIN_WINDOW: Duration = Duration::from_secs(1);
+const MIN_SIGNAL_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_PROBE_RATE: f64 = 1000.0;
 const KINDS: &[&str] = &["release-dir", "command"];
 /// Kinds that are planned but not built yet: named so that the error can say so.
 const FUTURE_KINDS: &[&str] = &["sqlite", "postgres", "files", "git", "kubernetes"];
@@ -398,6 +498,7 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
     let mut environment = None;
     let mut env_span = 0..0;
     let mut components_entry = None;
+    let mut watch_entry = None;
     // Where to show problems of the file as a whole: its first key or table.
     let first = root
         .iter()
@@ -411,13 +512,22 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
                 environment = Some(read_environment(cx, key, value));
             }
             "components" => components_entry = Some((key, value)),
+            "watch" => watch_entry = Some((key, value)),
             _ => unknown_key(cx, key, value, "at the top level", TOP_KEYS, |k| {
                 if ENV_KEYS.contains(&k) {
                     Some(format!("`{k}` belongs under [environment]"))
                 } else if RELEASE_DIR_KEYS.contains(&k) || COMMAND_KEYS.contains(&k) {
                     Some(format!("`{k}` belongs in a [components.NAME] table"))
+                } else if SIGNAL_TABLES.iter().any(|(t, _)| *t == k) {
+                    Some(format!("write [[watch.{k}]]"))
+                } else if WATCH_KEYS.contains(&k) {
+                    Some(format!("`{k}` belongs under [watch]"))
                 } else {
-                    Some("a config file has only [environment] and [components.NAME] tables".into())
+                    Some(
+                        "a config file has only [environment], [components.NAME] and [watch] \
+                         tables"
+                            .into(),
+                    )
                 }
             }),
         }
@@ -441,11 +551,15 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
             Some(Vec::new())
         }
     };
+    let watch = match watch_entry {
+        Some((key, value)) => read_watch(cx, key, value),
+        None => Some(WatchConfig::default()),
+    };
     Some(Config {
         path: cx.path.to_path_buf(),
         environment: environment??,
         components: components?,
-        watch: super::WatchConfig::default(),
+        watch: watch?,
     })
 }
 
@@ -760,11 +874,7 @@ fn read_command(cx: &mut Cx<'_>, f: &mut Fields<'_, '_>) -> Option<CommandConfig
 }
 
 /// For an optional key: `Some(None)` when absent, `None` when present but invalid.
-fn bad_if_present(
-    f: &Fields<'_, '_>,
-    key: &str,
-    value: Option<(String, Span)>,
-) -> Option<Option<String>> {
+fn bad_if_present<T>(f: &Fields<'_, '_>, key: &str, value: Option<(T, Span)>) -> Option<Option<T>> {
     match value {
         Some((v, _)) => Some(Some(v)),
         None if f.has(key) => None,
@@ -778,28 +888,17 @@ fn read_readiness(cx: &mut Cx<'_>, f: &mut Fields<'_, '_>) -> Option<Option<Read
     let command = f.string(cx, "ready-command", false);
     let mut ok =
         !(f.has("ready-url") && url.is_none() || f.has("ready-command") && command.is_none());
-    if let Some((u, span)) = &url {
-        let lower = u.to_ascii_lowercase();
-        let rest = lower
-            .strip_prefix("http://")
-            .or_else(|| lower.strip_prefix("https://"));
-        if rest.is_none_or(|r| r.is_empty() || r.starts_with('/'))
-            || u.contains(char::is_whitespace)
-        {
-            let hint = if u.contains("://") || u.contains(char::is_whitespace) {
-                "write ready-url = \"http://127.0.0.1:8080/health\", or use ready-command for \
-                 any other check"
-                    .to_string()
-            } else {
-                format!("write ready-url = \"http://{u}\"")
-            };
-            cx.error(
-                span.clone(),
-                format!("ready-url: {u:?} is not an http:// or https:// URL"),
-                Some(hint),
-            );
-            ok = false;
-        }
+    if let Some((u, span)) = &url
+        && !check_http_url(
+            cx,
+            "ready-url",
+            u,
+            span,
+            "write ready-url = \"http://127.0.0.1:8080/health\", or use ready-command for any \
+             other check",
+        )
+    {
+        ok = false;
     }
     if let (Some((_, url_span)), Some((_, cmd_span))) = (&url, &command) {
         // Shown at whichever of the two comes second.
@@ -890,6 +989,393 @@ fn read_keep(cx: &mut Cx<'_>, f: &mut Fields<'_, '_>) -> Option<u32> {
     }
 }
 
+/// Is `u` an `http://` or `https://` URL with a host? Records the problem when it is not;
+/// `hint` is what to say when prefixing `http://` would not help.
+fn check_http_url(cx: &mut Cx<'_>, key: &str, u: &str, span: &Span, hint: &str) -> bool {
+    let lower = u.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"));
+    if rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+        && !u.contains(char::is_whitespace)
+    {
+        return true;
+    }
+    let hint = if u.contains("://") || u.contains(char::is_whitespace) {
+        hint.to_string()
+    } else {
+        format!("write {key} = \"http://{u}\"")
+    };
+    cx.error(
+        span.clone(),
+        format!(
+            "{key}: {} is not an http:// or https:// URL",
+            safe_state_text(u)
+        ),
+        Some(hint),
+    );
+    false
+}
+
+/// `[watch]`. Absent, the defaults apply (see [`WatchConfig::default`]).
+fn read_watch(
+    cx: &mut Cx<'_>,
+    key: &Spanned<toml::de::DeString<'_>>,
+    value: &Value<'_>,
+) -> Option<WatchConfig> {
+    let Some(table) = value.get_ref().as_table() else {
+        let hint = if value.get_ref().as_array().is_some() {
+            "write [watch] with single brackets: there is one watch table"
+        } else {
+            "write [watch] on its own line and its settings, like window = \"1h\", under it"
+        };
+        cx.error(
+            value.span(),
+            format!("watch must be a table, found {}", a_type(value.get_ref())),
+            Some(hint.into()),
+        );
+        return None;
+    };
+    let mut f = Fields::new(table, "[watch]", key.span());
+    let window = f.duration(cx, "window", DEFAULT_WINDOW);
+    let window = at_least(cx, "window", window, MIN_WINDOW, DEFAULT_WINDOW);
+    let policy = f.one_of(cx, "policy", POLICIES, "rollback");
+    let alpha = f.percent(cx, "alpha", DEFAULT_ALPHA, Upto::AtMost(0.5));
+    let baseline = f.duration_or_zero(cx, "baseline", DEFAULT_BASELINE);
+    let availability_below = f.percent(
+        cx,
+        "availability-below",
+        DEFAULT_AVAILABILITY,
+        Upto::Below(1.0),
+    );
+    let errors_above = f.percent(cx, "errors-above", DEFAULT_ERRORS_ABOVE, Upto::Below(1.0));
+    let latency_regression = f.percent(
+        cx,
+        "latency-regression",
+        DEFAULT_LATENCY_REGRESSION,
+        Upto::Any,
+    );
+    let latency_quantile = f.one_of(cx, "latency-quantile", QUANTILES, "p95");
+    let latency_objective =
+        f.optional_duration(cx, "latency-objective", Duration::from_millis(300));
+    let consecutive_failures = f.integer(
+        cx,
+        "consecutive-failures",
+        1..=i64::from(u32::MAX),
+        DEFAULT_CONSECUTIVE.into(),
+    );
+    let consecutive_failures = match consecutive_failures {
+        Some((n, _)) => u32::try_from(n).ok(),
+        None if f.has("consecutive-failures") => None,
+        None => Some(DEFAULT_CONSECUTIVE),
+    };
+    // Names are unique across the three kinds of signal: incidents and reports name them.
+    let mut names = Vec::new();
+    let probes = read_signals(cx, &f, "probe", &mut names, read_probe);
+    let prometheus = read_signals(cx, &f, "prometheus", &mut names, read_prometheus);
+    let checks = read_signals(cx, &f, "check", &mut names, read_check);
+    f.finish(cx, WATCH_KEYS, |k| {
+        let tables: Vec<String> = SIGNAL_TABLES
+            .iter()
+            .filter(|(_, keys)| keys.contains(&k))
+            .map(|(t, _)| format!("[[watch.{t}]]"))
+            .collect();
+        (!tables.is_empty()).then(|| {
+            format!(
+                "`{k}` belongs in a {} table, after its header",
+                tables.join(" or ")
+            )
+        })
+    });
+    Some(WatchConfig {
+        window: window?.0,
+        policy: match policy?.0 {
+            "alert-only" => WatchPolicy::AlertOnly,
+            _ => WatchPolicy::Rollback,
+        },
+        alpha: alpha?.0,
+        baseline: baseline?.0,
+        availability_below: availability_below?.0,
+        errors_above: errors_above?.0,
+        latency_regression: latency_regression?.0,
+        latency_quantile: quantile(latency_quantile?.0),
+        latency_objective: latency_objective?,
+        consecutive_failures: consecutive_failures?,
+        probes: probes?,
+        prometheus: prometheus?,
+        checks: checks?,
+    })
+}
+
+/// `"p95"` → 0.95.
+fn quantile(name: &str) -> Quantile {
+    let percent: f64 = name.trim_start_matches('p').parse().unwrap_or(95.0);
+    Quantile(percent / 100.0)
+}
+
+/// A duration that must be at least `min`; the problem is recorded when it is shorter.
+fn at_least(
+    cx: &mut Cx<'_>,
+    key: &str,
+    value: Option<(Duration, Span)>,
+    min: Duration,
+    default: Duration,
+) -> Option<(Duration, Span)> {
+    let (d, span) = value?;
+    if d >= min {
+        return Some((d, span));
+    }
+    cx.error(
+        span,
+        format!(
+            "{key} = \"{}\" is too short: it must be at least \"{}\"",
+            format_duration(d),
+            format_duration(min)
+        ),
+        Some(format!(
+            "write {key} = \"{}\" (the default) or at least \"{}\"",
+            format_duration(default),
+            format_duration(min)
+        )),
+    );
+    None
+}
+
+/// `[[watch.probe]]`, `[[watch.prometheus]]` or `[[watch.check]]` (`table`): a list of tables,
+/// each with a `name` unique among all of them (`names`, with where each was given), the
+/// rest read by `read_one`. Empty when absent.
+fn read_signals<T>(
+    cx: &mut Cx<'_>,
+    watch: &Fields<'_, '_>,
+    table: &'static str,
+    names: &mut Vec<(String, Span, &'static str)>,
+    read_one: impl Fn(&mut Cx<'_>, &mut Fields<'_, '_>, Option<String>) -> Option<T>,
+) -> Option<Vec<T>> {
+    let Some(value) = watch.get(table) else {
+        return Some(Vec::new());
+    };
+    let what = format!("[[watch.{table}]]");
+    let items = match value.get_ref() {
+        DeValue::Array(items) => items,
+        DeValue::Table(_) => {
+            cx.error(
+                value.span(),
+                format!(
+                    "[watch.{table}] is a single table, but {table} entries are a list: each \
+                     one starts with {what}"
+                ),
+                Some(format!("write {what}")),
+            );
+            return None;
+        }
+        other => {
+            cx.error(
+                value.span(),
+                format!(
+                    "watch.{table} must be a list of tables, found {}",
+                    a_type(other)
+                ),
+                Some(format!(
+                    "write {what} on its own line and its keys under it"
+                )),
+            );
+            return None;
+        }
+    };
+    let keys = SIGNAL_TABLES
+        .iter()
+        .find(|(t, _)| *t == table)
+        .map_or(&[][..], |(_, k)| k);
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items.iter() {
+        let Some(t) = item.get_ref().as_table() else {
+            cx.error(
+                item.span(),
+                format!(
+                    "watch.{table} must hold tables, found {}",
+                    a_type(item.get_ref())
+                ),
+                Some(format!(
+                    "write {what} on its own line and its keys under it"
+                )),
+            );
+            ok = false;
+            continue;
+        };
+        let mut f = Fields::new(t, &what, item.span());
+        let name = read_signal_name(cx, &mut f, table, names);
+        let signal = read_one(cx, &mut f, name);
+        f.finish(cx, keys, |k| signal_key_elsewhere(k, table));
+        match signal {
+            Some(s) => out.push(s),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// The `name` of a signal table: required, a plain word, not taken by another signal.
+fn read_signal_name(
+    cx: &mut Cx<'_>,
+    f: &mut Fields<'_, '_>,
+    table: &'static str,
+    names: &mut Vec<(String, Span, &'static str)>,
+) -> Option<String> {
+    let (name, span) = f.string(cx, "name", true)?;
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
+        cx.error(
+            span,
+            format!("name: {name:?} may only hold letters, digits, \"-\" and \"_\""),
+            Some(format!("write name = \"{}\"", sanitize_name(&name, false))),
+        );
+        return None;
+    }
+    if let Some((_, first, other)) = names.iter().find(|(n, _, _)| *n == name) {
+        let line = cx.line_col(first.start).0;
+        cx.error(
+            span,
+            format!("name {name:?} is taken: the [[watch.{other}]] at line {line} has it already"),
+            Some(
+                "probes, Prometheus queries and checks each need a name of their own; \
+                 rename one of the two"
+                    .into(),
+            ),
+        );
+        return None;
+    }
+    names.push((name.clone(), span, table));
+    Some(name)
+}
+
+/// Where a key that is not one of `table`'s belongs, if it belongs anywhere.
+fn signal_key_elsewhere(k: &str, table: &str) -> Option<String> {
+    if WATCH_KEYS.contains(&k) {
+        return Some(format!(
+            "`{k}` is a key of [watch]: write it under [watch], above the first [[watch.…]] table"
+        ));
+    }
+    SIGNAL_TABLES
+        .iter()
+        .find(|(t, keys)| *t != table && keys.contains(&k))
+        .map(|(t, _)| format!("`{k}` is a key of [[watch.{t}]] tables"))
+}
+
+fn read_probe(
+    cx: &mut Cx<'_>,
+    f: &mut Fields<'_, '_>,
+    name: Option<String>,
+) -> Option<ProbeConfig> {
+    let url = f.http_url(cx, "url", "http://127.0.0.1:8080/health");
+    let method = f.one_of(cx, "method", METHODS, "GET");
+    let rate = f.positive_number(cx, "rate", DEFAULT_PROBE_RATE, MAX_PROBE_RATE);
+    let timeout = f.duration(cx, "timeout", DEFAULT_PROBE_TIMEOUT);
+    let expect_status = f.integer(cx, "expect-status", 100..=599, 200);
+    let expect_body = f.string(cx, "expect-body", false);
+    let release_header = f.string(cx, "release-header", false);
+    let release_header = release_header.filter(|(h, span)| {
+        // An HTTP header name is a token (RFC 9110).
+        let token = h
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+        if !token {
+            cx.error(
+                span.clone(),
+                format!("release-header: {h:?} is not an HTTP header name"),
+                Some(
+                    "write release-header = \"x-release\", the name without a colon or value"
+                        .into(),
+                ),
+            );
+        }
+        token
+    });
+    let critical = f.bool(cx, "critical", false);
+    Some(ProbeConfig {
+        name: name?,
+        url: url?.0,
+        method: method?.0.to_string(),
+        rate: rate?.0,
+        timeout: timeout?.0,
+        expect_status: bad_if_present(f, "expect-status", expect_status)?.map(|s| s as u16),
+        expect_body: bad_if_present(f, "expect-body", expect_body)?,
+        release_header: bad_if_present(f, "release-header", release_header)?,
+        critical: critical?.0,
+    })
+}
+
+fn read_prometheus(
+    cx: &mut Cx<'_>,
+    f: &mut Fields<'_, '_>,
+    name: Option<String>,
+) -> Option<PrometheusConfig> {
+    let url = f.http_url(cx, "url", "http://127.0.0.1:9090");
+    let errors = f.string(cx, "errors", true);
+    let total = f.string(cx, "total", true);
+    let latency = f.string(cx, "latency", false);
+    let interval = f.duration(cx, "interval", DEFAULT_SIGNAL_INTERVAL);
+    let interval = at_least(
+        cx,
+        "interval",
+        interval,
+        MIN_SIGNAL_INTERVAL,
+        DEFAULT_SIGNAL_INTERVAL,
+    );
+    Some(PrometheusConfig {
+        name: name?,
+        url: url?.0,
+        errors: errors?.0,
+        total: total?.0,
+        latency: bad_if_present(f, "latency", latency)?,
+        interval: interval?.0,
+    })
+}
+
+fn read_check(
+    cx: &mut Cx<'_>,
+    f: &mut Fields<'_, '_>,
+    name: Option<String>,
+) -> Option<CheckConfig> {
+    let command = f.string(cx, "command", true);
+    let kind = f.one_of(cx, "kind", CHECK_KINDS, "functional");
+    let interval = f.duration(cx, "interval", DEFAULT_SIGNAL_INTERVAL);
+    let timeout = f.duration(cx, "timeout", DEFAULT_CHECK_TIMEOUT);
+    Some(CheckConfig {
+        name: name?,
+        command: command?.0,
+        kind: match kind?.0 {
+            "database" => CheckKind::Database,
+            _ => CheckKind::Functional,
+        },
+        interval: interval?.0,
+        timeout: timeout?.0,
+    })
+}
+
+/// Which percentages a key accepts besides being above 0 %.
+#[derive(Clone, Copy)]
+enum Upto {
+    /// Below this fraction.
+    Below(f64),
+    /// At most this fraction.
+    AtMost(f64),
+    /// Any size (a growth may be more than 100 %).
+    Any,
+}
+
+/// The value of a TOML integer or float as an `f64`, if finite.
+fn number_value(v: &DeValue<'_>) -> Option<f64> {
+    let n = match v {
+        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok()? as f64,
+        DeValue::Float(x) => x.as_str().parse().ok()?,
+        _ => return None,
+    };
+    n.is_finite().then_some(n)
+}
+
 /// Reads the keys of one table, reporting problems to the [`Cx`].
 struct Fields<'t, 'i> {
     table: &'t DeTable<'i>,
@@ -929,7 +1415,7 @@ impl<'t, 'i> Fields<'t, 'i> {
                     Some(if key == "kind" {
                         "add kind = \"release-dir\" or kind = \"command\"".to_string()
                     } else {
-                        format!("add {key} = \"{}\"", example(key))
+                        format!("add {key} = \"{}\"", self.example(key))
                     }),
                 );
             }
@@ -939,9 +1425,12 @@ impl<'t, 'i> Fields<'t, 'i> {
         match v.get_ref() {
             DeValue::String(s) if s.trim().is_empty() => {
                 let hint = if required {
-                    format!("write {key} = \"{}\"", example(key))
+                    format!("write {key} = \"{}\"", self.example(key))
                 } else {
-                    format!("write {key} = \"{}\", or remove the line", example(key))
+                    format!(
+                        "write {key} = \"{}\", or remove the line",
+                        self.example(key)
+                    )
                 };
                 cx.error(span, format!("{key} is empty"), Some(hint));
                 None
@@ -952,7 +1441,7 @@ impl<'t, 'i> Fields<'t, 'i> {
                 // `name = 2024` means "2024"; `restart = true` does not mean "true".
                 let suggestion = match other {
                     DeValue::Integer(_) | DeValue::Float(_) if key == "name" => raw,
-                    _ => example(key).to_string(),
+                    _ => self.example(key).to_string(),
                 };
                 cx.error(
                     span,
@@ -971,6 +1460,16 @@ impl<'t, 'i> Fields<'t, 'i> {
         key: &str,
         default: Duration,
     ) -> Option<(Duration, Span)> {
+        self.duration_with(cx, key, default, false)
+    }
+
+    fn duration_with(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        default: Duration,
+        allow_zero: bool,
+    ) -> Option<(Duration, Span)> {
         let Some(v) = self.get(key) else {
             return Some((default, self.header.clone()));
         };
@@ -978,7 +1477,7 @@ impl<'t, 'i> Fields<'t, 'i> {
         let default_text = format_duration(default);
         match v.get_ref() {
             DeValue::String(s) => match parse_duration(s) {
-                Ok(d) if d.is_zero() => {
+                Ok(d) if d.is_zero() && !allow_zero => {
                     cx.error(
                         span,
                         format!("{key} must be longer than zero"),
@@ -1019,6 +1518,289 @@ impl<'t, 'i> Fields<'t, 'i> {
                 None
             }
         }
+    }
+
+    /// A plausible value for a key of this table, for hints.
+    fn example(&self, key: &str) -> &'static str {
+        if key == "name" && self.what.starts_with("[[watch.") {
+            "checkout"
+        } else {
+            example(key)
+        }
+    }
+
+    /// A required `http://` or `https://` URL; `example_url` for hints.
+    fn http_url(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        example_url: &str,
+    ) -> Option<(String, Span)> {
+        let (u, span) = self.string(cx, key, true)?;
+        let hint = format!("write {key} = \"{example_url}\"");
+        check_http_url(cx, key, &u, &span, &hint).then_some((u, span))
+    }
+
+    /// One of the words in `known` (compared without regard to case, given as in `known`);
+    /// `default` when absent.
+    fn one_of(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        known: &[&'static str],
+        default: &'static str,
+    ) -> Option<(&'static str, Span)> {
+        let Some(v) = self.get(key) else {
+            return Some((default, self.header.clone()));
+        };
+        let span = v.span();
+        let list = known.join(", ");
+        let Some(s) = v.get_ref().as_str() else {
+            cx.error(
+                span,
+                format!("{key} must be one of {list}, found {}", a_type(v.get_ref())),
+                Some(format!("write {key} = \"{default}\"")),
+            );
+            return None;
+        };
+        if let Some(k) = known.iter().find(|k| k.eq_ignore_ascii_case(s.trim())) {
+            return Some((k, span));
+        }
+        let lower: Vec<String> = known.iter().map(|k| k.to_ascii_lowercase()).collect();
+        let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+        let close = suggest(s.trim(), &lower).and_then(|c| lower.iter().position(|l| *l == c));
+        let hint = match close {
+            Some(i) => format!("did you mean {key} = \"{}\"?", known[i]),
+            None if known.len() <= 3 => {
+                let each: Vec<String> = known.iter().map(|k| format!("{key} = \"{k}\"")).collect();
+                format!("write {}", each.join(" or "))
+            }
+            None => format!("write {key} = \"{default}\", or another of {list}"),
+        };
+        cx.error(
+            span,
+            format!("{key}: unknown value {s:?}; known values: {list}"),
+            Some(hint),
+        );
+        None
+    }
+
+    /// A percentage written as a string with a `%` sign, above 0 % and within `upto`;
+    /// `default` (a fraction) when absent. Returned as a fraction.
+    fn percent(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        default: f64,
+        upto: Upto,
+    ) -> Option<(f64, Span)> {
+        let Some(v) = self.get(key) else {
+            return Some((default, self.header.clone()));
+        };
+        let span = v.span();
+        let default_hint = format!("write {key} = \"{}\" (the default)", Percent(default));
+        match v.get_ref() {
+            DeValue::String(s) => match parse_percent_above_100(s) {
+                Ok(p) => {
+                    let x = p.fraction();
+                    let (within, bound) = match upto {
+                        Upto::Below(max) => (x < max, format!(" and below {}", Percent(max))),
+                        Upto::AtMost(max) => (x <= max, format!(" and at most {}", Percent(max))),
+                        Upto::Any => (true, String::new()),
+                    };
+                    if x > 0.0 && within {
+                        return Some((x, span));
+                    }
+                    cx.error(
+                        span,
+                        format!(
+                            "{key} = \"{}\" is out of range: it must be above 0%{bound}",
+                            s.trim()
+                        ),
+                        Some(default_hint),
+                    );
+                    None
+                }
+                Err(e) => {
+                    cx.error(span, format!("{key}: {e}"), Some(default_hint));
+                    None
+                }
+            },
+            DeValue::Integer(_) | DeValue::Float(_) => {
+                let raw = cx.source(&span).trim().to_string();
+                // 0.01 is a fraction, 1 or 99.9 a number of percent.
+                let hint = match number_value(v.get_ref()) {
+                    Some(n) if n > 0.0 => {
+                        let fraction = if n < 1.0 { n } else { n / 100.0 };
+                        format!("write {key} = \"{}\"", Percent(fraction))
+                    }
+                    _ => default_hint,
+                };
+                cx.error(
+                    span,
+                    format!(
+                        "{key} = {raw} is not a percentage; a percentage is a string with a % \
+                         sign, like \"1%\""
+                    ),
+                    Some(hint),
+                );
+                None
+            }
+            other => {
+                cx.error(
+                    span,
+                    format!(
+                        "{key} must be a percentage like \"1%\", found {}",
+                        a_type(other)
+                    ),
+                    Some(default_hint),
+                );
+                None
+            }
+        }
+    }
+
+    /// A whole number within `range`. `None` when absent or invalid (the problem is
+    /// recorded); `example` for hints.
+    fn integer(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        range: RangeInclusive<i64>,
+        example: i64,
+    ) -> Option<(i64, Span)> {
+        let v = self.get(key)?;
+        let span = v.span();
+        let raw = cx.source(&span).trim().to_string();
+        let unbounded = *range.end() >= i64::from(u32::MAX);
+        let within = if unbounded {
+            format!("at least {}", range.start())
+        } else {
+            format!("between {} and {}", range.start(), range.end())
+        };
+        let hint = format!("write {key} = {example}");
+        let (message, hint) = match v.get_ref() {
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) if range.contains(&n) => return Some((n, span)),
+                Ok(n) if n > *range.end() && unbounded => {
+                    (format!("{key} = {raw} is too large"), hint)
+                }
+                _ => (
+                    format!("{key} = {raw} is out of range: it must be {within}"),
+                    hint,
+                ),
+            },
+            DeValue::String(s) => {
+                let hint = match s.trim().parse::<i64>() {
+                    Ok(n) if range.contains(&n) => format!("write {key} = {n}, without quotes"),
+                    _ => hint,
+                };
+                (
+                    format!("{key} must be a whole number, found a string"),
+                    hint,
+                )
+            }
+            other => {
+                let hint = match number_value(other) {
+                    Some(n) if n.fract() == 0.0 && range.contains(&(n as i64)) => {
+                        format!("write {key} = {}", n as i64)
+                    }
+                    _ => hint,
+                };
+                (
+                    format!("{key} must be a whole number, found {}", a_type(other)),
+                    hint,
+                )
+            }
+        };
+        cx.error(span, message, Some(hint));
+        None
+    }
+
+    /// A number (whole or decimal) above 0 and at most `max`; `default` when absent.
+    fn positive_number(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        default: f64,
+        max: f64,
+    ) -> Option<(f64, Span)> {
+        let Some(v) = self.get(key) else {
+            return Some((default, self.header.clone()));
+        };
+        let span = v.span();
+        let raw = cx.source(&span).trim().to_string();
+        let hint = format!("write {key} = {default}");
+        let (message, hint) = match (v.get_ref(), number_value(v.get_ref())) {
+            (_, Some(n)) if n > 0.0 && n <= max => return Some((n, span)),
+            (DeValue::Integer(_) | DeValue::Float(_), _) => (
+                format!("{key} = {raw} is out of range: it must be above 0 and at most {max}"),
+                hint,
+            ),
+            (DeValue::String(s), _) => {
+                let hint = match s.trim().parse::<f64>() {
+                    Ok(n) if n > 0.0 && n <= max => format!("write {key} = {n}, without quotes"),
+                    _ => hint,
+                };
+                (format!("{key} must be a number, found a string"), hint)
+            }
+            (other, _) => (
+                format!("{key} must be a number, found {}", a_type(other)),
+                hint,
+            ),
+        };
+        cx.error(span, message, Some(hint));
+        None
+    }
+
+    /// `true` or `false`; `default` when absent.
+    fn bool(&mut self, cx: &mut Cx<'_>, key: &str, default: bool) -> Option<(bool, Span)> {
+        let Some(v) = self.get(key) else {
+            return Some((default, self.header.clone()));
+        };
+        let span = v.span();
+        if let DeValue::Boolean(b) = v.get_ref() {
+            return Some((*b, span));
+        }
+        let hint = match v.get_ref().as_str().map(|s| s.trim().to_ascii_lowercase()) {
+            Some(s) if ["true", "yes", "on"].contains(&s.as_str()) => {
+                format!("write {key} = true, without quotes")
+            }
+            Some(s) if ["false", "no", "off"].contains(&s.as_str()) => {
+                format!("write {key} = false, without quotes")
+            }
+            _ => format!("write {key} = true or {key} = false"),
+        };
+        cx.error(
+            span,
+            format!("{key} must be true or false, found {}", a_type(v.get_ref())),
+            Some(hint),
+        );
+        None
+    }
+
+    /// Like [`Fields::duration`], but `"0s"` is allowed: it switches something off.
+    fn duration_or_zero(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        default: Duration,
+    ) -> Option<(Duration, Span)> {
+        self.duration_with(cx, key, default, true)
+    }
+
+    /// An optional duration: `Some(None)` when absent, `None` when invalid; `example` for
+    /// hints.
+    fn optional_duration(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        example: Duration,
+    ) -> Option<Option<Duration>> {
+        if !self.has(key) {
+            return Some(None);
+        }
+        self.duration(cx, key, example).map(|(d, _)| Some(d))
     }
 
     /// A list of environment variable names; empty when absent.
@@ -1188,6 +1970,15 @@ fn example(key: &str) -> &'static str {
         "deploy" => "mycli deploy {release}",
         "rollback" => "mycli rollback {release}",
         "workdir" => "/srv/app",
+        "url" => "http://127.0.0.1:8080/health",
+        "command" => "pg_isready -h db.internal",
+        "errors" => "sum(http_requests_total{code=~'5..',release='{release}'})",
+        "total" => "sum(http_requests_total{release='{release}'})",
+        "latency" => {
+            "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{release='{release}'}[1m])))"
+        }
+        "expect-body" => "ok",
+        "release-header" => "x-release",
         _ => "…",
     }
 }
