@@ -56,7 +56,7 @@ pub async fn run(fault: &str, keep: bool, printer: &Printer) -> CliResult<ExitCo
     write(
         &dir.join("app/restart.sh"),
         &format!(
-            "#!/bin/sh\n# Restart the demo shop: stop the running one, start the release `current` points at.\nif [ -f shop.pid ]; then\n  old=$(cat shop.pid); kill \"$old\" 2>/dev/null\n  while kill -0 \"$old\" 2>/dev/null; do sleep 0.02; done\n  rm -f shop.pid\nfi\nnohup '{}' demo-service --port {port} --dir current --pidfile shop.pid >> shop.log 2>&1 &\n",
+            "#!/bin/sh\n# Restart the demo shop: stop the running one, start the release `current` points at.\nif [ -f shop.pid ]; then\n  old=$(cat shop.pid); kill \"$old\" 2>/dev/null\n  # Wait until it has exited (a zombie waiting to be reaped counts as exited).\n  while state=$(sed 's/.*) //' /proc/$old/stat 2>/dev/null | cut -d' ' -f1) && [ -n \"$state\" ] && [ \"$state\" != Z ]; do sleep 0.01; done\n  rm -f shop.pid\nfi\nnohup '{}' demo-service --port {port} --dir current --pidfile shop.pid >> shop.log 2>&1 &\n",
             demo.exe.display()
         ),
     )?;
