@@ -173,21 +173,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     match (cx.finish(), config) {
         (None, Some(config)) => Ok(config),
         (Some(errors), _) => Err(errors),
-        // Every path that returns no config has recorded why.
-        (None, None) => Err(ConfigErrors(vec![cx_error(
-            path,
-            "the configuration is incomplete",
-        )])),
-    }
-}
-
-fn cx_error(path: &Path, message: &str) -> ConfigError {
-    ConfigError {
-        path: path.to_path_buf(),
-        line: 1,
-        column: 1,
-        message: message.into(),
-        hint: None,
+        // Unreachable in practice: every path that returns no config records why, and only
+        // a syntax error (always reported) can hide other errors. Still, never return Ok.
+        (None, None) => Err(ConfigErrors(vec![ConfigError {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: "the configuration is incomplete".into(),
+            hint: None,
+        }])),
     }
 }
 
@@ -1241,6 +1235,32 @@ mod tests {
                 command_timeout: DEFAULT_COMMAND_TIMEOUT,
             }
         );
+    }
+
+    /// Every optional key the example shows commented out is valid when uncommented.
+    #[test]
+    fn example_commented_keys_are_valid() {
+        let lines: Vec<&str> = EXAMPLE.lines().collect();
+        let mut tried = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let Some(setting) = line.strip_prefix("# ") else {
+                continue;
+            };
+            let Some((key, _)) = setting.split_once(" = ") else {
+                continue;
+            };
+            if !key.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                continue;
+            }
+            let mut edited = lines.clone();
+            edited[i] = setting;
+            let text = edited.join("\n");
+            if let Err(e) = parse(&text, &path()) {
+                panic!("uncommenting `{setting}` breaks the example:\n{e}");
+            }
+            tried += 1;
+        }
+        assert!(tried >= 10, "only {tried} commented keys");
     }
 }
 
