@@ -1059,7 +1059,7 @@ fn read_watch(
         DEFAULT_LATENCY_REGRESSION,
         Upto::Any,
     );
-    let latency_quantile = f.one_of(cx, "latency-quantile", QUANTILES, "p95");
+    let latency_quantile = f.one_of_with(cx, "latency-quantile", QUANTILES, "p95", quantile_meant);
     let latency_objective =
         f.optional_duration(cx, "latency-objective", Duration::from_millis(300));
     let consecutive_failures = f.integer(
@@ -1109,6 +1109,18 @@ fn read_watch(
         prometheus: prometheus?,
         checks: checks?,
     })
+}
+
+/// The quantile meant by `"95%"`, `"0.95"`, `"95"` or `"95th"`, if it is one of [`QUANTILES`].
+fn quantile_meant(text: &str) -> Option<&'static str> {
+    let t = text.trim().trim_start_matches(['p', 'P']);
+    let t = t.trim_end_matches(['%', 't', 'h']).trim();
+    let n: f64 = t.parse().ok()?;
+    let percent = if n < 1.0 { n * 100.0 } else { n };
+    QUANTILES
+        .iter()
+        .find(|q| (quantile(q).0 * 100.0 - percent).abs() < 1e-9)
+        .copied()
 }
 
 /// `"p95"` → 0.95.
@@ -1554,6 +1566,19 @@ impl<'t, 'i> Fields<'t, 'i> {
         known: &[&'static str],
         default: &'static str,
     ) -> Option<(&'static str, Span)> {
+        self.one_of_with(cx, key, known, default, |_| None)
+    }
+
+    /// Like [`Fields::one_of`]; `meant` names the known word that a wrong one stands for,
+    /// when it can tell, for the hint.
+    fn one_of_with(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        known: &[&'static str],
+        default: &'static str,
+        meant: fn(&str) -> Option<&'static str>,
+    ) -> Option<(&'static str, Span)> {
         let Some(v) = self.get(key) else {
             return Some((default, self.header.clone()));
         };
@@ -1572,9 +1597,12 @@ impl<'t, 'i> Fields<'t, 'i> {
         }
         let lower: Vec<String> = known.iter().map(|k| k.to_ascii_lowercase()).collect();
         let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
-        let close = suggest(s.trim(), &lower).and_then(|c| lower.iter().position(|l| *l == c));
+        let close = meant(s).or_else(|| {
+            let c = suggest(s.trim(), &lower)?;
+            lower.iter().position(|l| *l == c).map(|i| known[i])
+        });
         let hint = match close {
-            Some(i) => format!("did you mean {key} = \"{}\"?", known[i]),
+            Some(k) => format!("did you mean {key} = \"{k}\"?"),
             None if known.len() <= 3 => {
                 let each: Vec<String> = known.iter().map(|k| format!("{key} = \"{k}\"")).collect();
                 format!("write {}", each.join(" or "))
@@ -2932,6 +2960,18 @@ command = "./login-works.sh"
     #[test]
     fn wrong_shapes_say_what_to_write() {
         let cases = [
+            (
+                "\n[watch]\nlatency-quantile = \"95%\"\n",
+                "did you mean latency-quantile = \"p95\"?",
+            ),
+            (
+                "\n[watch]\nlatency-quantile = \"0.9\"\n",
+                "did you mean latency-quantile = \"p90\"?",
+            ),
+            (
+                "\n[watch]\nlatency-quantile = \"99th\"\n",
+                "did you mean latency-quantile = \"p99\"?",
+            ),
             ("[[watch]]\nwindow = \"1h\"\n", "single brackets"),
             (
                 "\n[watch.check]\nname = \"db\"\ncommand = \"true\"\n",
