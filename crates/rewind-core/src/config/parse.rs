@@ -680,7 +680,7 @@ fn read_state(cx: &mut Cx<'_>, f: &mut Fields<'_, '_>) -> Option<Option<StateLoc
     }
 }
 
-/// The state text as it may be shown: a URL with a password is masked, and anything that
+/// A state or URL value as it may be shown: a URL with a password is masked, and anything that
 /// might still hold credentials (`user:pw@host` in a malformed URL) is not shown at all.
 fn safe_state_text(t: &str) -> String {
     let shown = redact_url_passwords(t);
