@@ -146,7 +146,11 @@ pub fn parse_percent_above_100(text: &str) -> Result<Percent, UnitError> {
             "`{text}` is not a percentage of 0% or more"
         )));
     }
-    Ok(Percent(value / 100.0))
+    // "99.9e-2" reads as the double closest to 0.999, which 99.9 / 100.0 is not.
+    let fraction = format!("{}e-2", num.trim())
+        .parse()
+        .unwrap_or(value / 100.0);
+    Ok(Percent(fraction))
 }
 
 /// Serde support for durations stored as their written form (`"30s"`).
@@ -236,6 +240,8 @@ mod tests {
     fn percentages() {
         assert!((parse_percent("99.9%").unwrap().fraction() - 0.999).abs() < 1e-12);
         assert!((parse_percent("1 %").unwrap().fraction() - 0.01).abs() < 1e-12);
+        assert_eq!(parse_percent("99.9%").unwrap().fraction(), 0.999);
+        assert_eq!(parse_percent("0.5%").unwrap().fraction(), 0.005);
         assert_eq!(parse_percent("99.9%").unwrap().to_string(), "99.9%");
         assert!(parse_percent("99.9").is_err());
         assert!(parse_percent("150%").is_err());

@@ -273,21 +273,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
     match (cx.finish(), config) {
         (None, Some(config)) => Ok(config),
         (Some(errors), _) => Err(errors),
-        // Every path that returns no config has recorded why.
-        (None, None) => Err(ConfigErrors(vec![cx_error(
-            path,
-            "the configuration is incomplete",
-        )])),
-    }
-}
-
-fn cx_error(path: &Path, message: &str) -> ConfigError {
-    ConfigError {
-        path: path.to_path_buf(),
-        line: 1,
-        column: 1,
-        message: message.into(),
-        hint: None,
+        // Unreachable in practice: every path that returns no config records why, and only
+        // a syntax error (always reported) can hide other errors. Still, never return Ok.
+        (None, None) => Err(ConfigErrors(vec![ConfigError {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: "the configuration is incomplete".into(),
+            hint: None,
+        }])),
     }
 }
 
@@ -680,7 +674,7 @@ fn read_state(cx: &mut Cx<'_>, f: &mut Fields<'_, '_>) -> Option<Option<StateLoc
     }
 }
 
-/// The state text as it may be shown: a URL with a password is masked, and anything that
+/// A state or URL value as it may be shown: a URL with a password is masked, and anything that
 /// might still hold credentials (`user:pw@host` in a malformed URL) is not shown at all.
 fn safe_state_text(t: &str) -> String {
     let shown = redact_url_passwords(t);
@@ -996,9 +990,13 @@ fn check_http_url(cx: &mut Cx<'_>, key: &str, u: &str, span: &Span, hint: &str) 
     let rest = lower
         .strip_prefix("http://")
         .or_else(|| lower.strip_prefix("https://"));
-    if rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
-        && !u.contains(char::is_whitespace)
-    {
+    // The host: after any `user:password@`, before any `:port`, path, query or fragment.
+    let host = rest.map(|r| {
+        let authority = r.split(['/', '?', '#']).next().unwrap_or("");
+        let host = authority.rsplit('@').next().unwrap_or("");
+        host.split(':').next().unwrap_or("")
+    });
+    if host.is_some_and(|h| !h.is_empty()) && !u.contains(char::is_whitespace) {
         return true;
     }
     let hint = if u.contains("://") || u.contains(char::is_whitespace) {
@@ -1055,7 +1053,7 @@ fn read_watch(
         DEFAULT_LATENCY_REGRESSION,
         Upto::Any,
     );
-    let latency_quantile = f.one_of(cx, "latency-quantile", QUANTILES, "p95");
+    let latency_quantile = f.one_of_with(cx, "latency-quantile", QUANTILES, "p95", quantile_meant);
     let latency_objective =
         f.optional_duration(cx, "latency-objective", Duration::from_millis(300));
     let consecutive_failures = f.integer(
@@ -1105,6 +1103,18 @@ fn read_watch(
         prometheus: prometheus?,
         checks: checks?,
     })
+}
+
+/// The quantile meant by `"95%"`, `"0.95"`, `"95"` or `"95th"`, if it is one of [`QUANTILES`].
+fn quantile_meant(text: &str) -> Option<&'static str> {
+    let t = text.trim().trim_start_matches(['p', 'P']);
+    let t = t.trim_end_matches(['%', 't', 'h']).trim();
+    let n: f64 = t.parse().ok()?;
+    let percent = if n < 1.0 { n * 100.0 } else { n };
+    QUANTILES
+        .iter()
+        .find(|q| (quantile(q).0 * 100.0 - percent).abs() < 1e-9)
+        .copied()
 }
 
 /// `"p95"` → 0.95.
@@ -1550,6 +1560,19 @@ impl<'t, 'i> Fields<'t, 'i> {
         known: &[&'static str],
         default: &'static str,
     ) -> Option<(&'static str, Span)> {
+        self.one_of_with(cx, key, known, default, |_| None)
+    }
+
+    /// Like [`Fields::one_of`]; `meant` names the known word that a wrong one stands for,
+    /// when it can tell, for the hint.
+    fn one_of_with(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &str,
+        known: &[&'static str],
+        default: &'static str,
+        meant: fn(&str) -> Option<&'static str>,
+    ) -> Option<(&'static str, Span)> {
         let Some(v) = self.get(key) else {
             return Some((default, self.header.clone()));
         };
@@ -1568,9 +1591,12 @@ impl<'t, 'i> Fields<'t, 'i> {
         }
         let lower: Vec<String> = known.iter().map(|k| k.to_ascii_lowercase()).collect();
         let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
-        let close = suggest(s.trim(), &lower).and_then(|c| lower.iter().position(|l| *l == c));
+        let close = meant(s).or_else(|| {
+            let c = suggest(s.trim(), &lower)?;
+            lower.iter().position(|l| *l == c).map(|i| known[i])
+        });
         let hint = match close {
-            Some(i) => format!("did you mean {key} = \"{}\"?", known[i]),
+            Some(k) => format!("did you mean {key} = \"{k}\"?"),
             None if known.len() <= 3 => {
                 let each: Vec<String> = known.iter().map(|k| format!("{key} = \"{k}\"")).collect();
                 format!("write {}", each.join(" or "))
@@ -2034,6 +2060,32 @@ mod tests {
             }
         );
     }
+
+    /// Every optional key the example shows commented out is valid when uncommented.
+    #[test]
+    fn example_commented_keys_are_valid() {
+        let lines: Vec<&str> = EXAMPLE.lines().collect();
+        let mut tried = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let Some(setting) = line.strip_prefix("# ") else {
+                continue;
+            };
+            let Some((key, _)) = setting.split_once(" = ") else {
+                continue;
+            };
+            if !key.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                continue;
+            }
+            let mut edited = lines.clone();
+            edited[i] = setting;
+            let text = edited.join("\n");
+            if let Err(e) = parse(&text, &path()) {
+                panic!("uncommenting `{setting}` breaks the example:\n{e}");
+            }
+            tried += 1;
+        }
+        assert!(tried >= 10, "only {tried} commented keys");
+    }
 }
 
 #[cfg(test)]
@@ -2054,6 +2106,14 @@ mod broken {
             )
         };
         let cmd = |body: &str| format!("{ENV}\n[components.frontend]\nkind = \"command\"\n{body}");
+        // [watch] is at line 8, its first key at line 9.
+        let watch = |body: &str| web(&format!("\n[watch]\n{body}"));
+        // [[watch.probe]] is at line 8, name at 9, url at 10, `extra` from line 11.
+        let probe = |extra: &str| {
+            web(&format!(
+                "\n[[watch.probe]]\nname = \"checkout\"\nurl = \"http://127.0.0.1:8080/checkout\"\n{extra}"
+            ))
+        };
         vec![
             ("01-syntax-error", web("ready-timeout = 30s\n"), 7, "invalid TOML"),
             (
@@ -2207,6 +2267,114 @@ mod broken {
                 8,
                 "duplicate table `[components.web]`",
             ),
+            (
+                "28-watch-alpha-not-a-percentage",
+                watch("alpha = 0.01\n"),
+                9,
+                "write alpha = \"1%\"",
+            ),
+            (
+                "29-watch-unknown-key",
+                watch("windw = \"2h\"\n"),
+                9,
+                "did you mean `window`?",
+            ),
+            (
+                "30-watch-bad-policy",
+                watch("policy = \"rollback-only\"\n"),
+                9,
+                "known values: rollback, alert-only",
+            ),
+            (
+                "31-watch-bad-quantile",
+                watch("latency-quantile = \"95%\"\n"),
+                9,
+                "known values: p50, p90, p95, p99",
+            ),
+            (
+                "32-watch-probe-single-table",
+                web("\n[watch.probe]\nname = \"checkout\"\nurl = \"http://127.0.0.1:8080/checkout\"\n"),
+                8,
+                "write [[watch.probe]]",
+            ),
+            (
+                "33-watch-probe-url-not-http",
+                web("\n[[watch.probe]]\nname = \"checkout\"\nurl = \"127.0.0.1:8080/checkout\"\n"),
+                10,
+                "not an http:// or https:// URL",
+            ),
+            (
+                "34-watch-duplicate-name",
+                probe("\n[[watch.check]]\nname = \"checkout\"\ncommand = \"./check-checkout.sh\"\n"),
+                13,
+                "name \"checkout\" is taken",
+            ),
+            (
+                "35-watch-prometheus-missing-query",
+                web("\n[[watch.prometheus]]\nname = \"shop\"\nurl = \"http://127.0.0.1:9090\"\nerrors = 'sum(http_requests_total{code=~\"5..\"})'\n"),
+                8,
+                "total is required",
+            ),
+            (
+                "36-watch-probe-rate-too-high",
+                probe("rate = 5000\n"),
+                11,
+                "at most 1000",
+            ),
+            (
+                "37-watch-availability-100",
+                watch("availability-below = \"100%\"\n"),
+                9,
+                "below 100%",
+            ),
+            (
+                "38-watch-check-bad-kind",
+                web("\n[[watch.check]]\nname = \"database\"\ncommand = \"pg_isready -h db\"\nkind = \"db\"\n"),
+                11,
+                "known values: functional, database",
+            ),
+            (
+                "39-watch-consecutive-zero",
+                watch("consecutive-failures = 0\n"),
+                9,
+                "at least 1",
+            ),
+            (
+                "40-watch-critical-quoted",
+                probe("critical = \"true\"\n"),
+                11,
+                "write critical = true, without quotes",
+            ),
+            (
+                "41-watch-key-in-probe",
+                probe("window = \"30m\"\n"),
+                11,
+                "is a key of [watch]",
+            ),
+            (
+                "42-watch-top-level-probe",
+                web("\n[probe]\nname = \"checkout\"\nurl = \"http://127.0.0.1:8080/checkout\"\n"),
+                8,
+                "write [[watch.probe]]",
+            ),
+            (
+                "43-watch-three-problems",
+                watch("window = 30\npolicy = \"rollbak\"\nalpha = 0.01\n"),
+                9,
+                "write window = \"30s\"",
+            ),
+            (
+                "44-watch-prometheus-url-not-http",
+                web("\n[[watch.prometheus]]\nname = \"shop\"\nurl = \"htp://admin:hunter2@prom.internal:9090\"\nerrors = 'sum(errors)'\ntotal = 'sum(requests)'\n"),
+                10,
+                "not an http:// or https:// URL",
+            ),
+            (
+                "45-watch-probe-bad-method",
+                probe("method = \"FETCH\"\n"),
+                11,
+                "known values: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS",
+            ),
         ]
     }
 
@@ -2323,6 +2491,22 @@ mod broken {
             lines[0].starts_with("/etc/rewind/rewind.toml:7:17: ready-timeout:"),
             "{printed}"
         );
+    }
+
+    #[test]
+    fn three_problems_in_watch_are_all_reported() {
+        let (_, text, _, _) = cases()
+            .into_iter()
+            .find(|(name, ..)| *name == "43-watch-three-problems")
+            .unwrap();
+        let errors = errors_of(&text);
+        assert_eq!(errors.0.len(), 3, "{errors}");
+        assert!(reported(&errors, 9, "write window = \"30s\""), "{errors}");
+        assert!(
+            reported(&errors, 10, "did you mean policy = \"rollback\"?"),
+            "{errors}"
+        );
+        assert!(reported(&errors, 11, "write alpha = \"1%\""), "{errors}");
     }
 
     #[test]
@@ -2503,5 +2687,451 @@ mod broken {
         assert_eq!(suggest("release_dir", KINDS), Some("release-dir"));
         assert_eq!(suggest("environmnet", TOP_KEYS), Some("environment"));
         assert_eq!(suggest("component", TOP_KEYS), Some("components"));
+    }
+}
+
+#[cfg(test)]
+mod watch {
+    //! `[watch]`: defaults, the example's snippets, a full table, and what is never shown.
+
+    use super::*;
+    use crate::config::DEFAULT_WINDOW;
+
+    const BASE: &str = "[environment]\nname = \"production\"\n\n[components.web]\n\
+                        kind = \"release-dir\"\nroot = \"/srv/shop\"\n";
+
+    fn path() -> PathBuf {
+        PathBuf::from("/etc/rewind/rewind.toml")
+    }
+
+    fn watch_of(extra: &str) -> WatchConfig {
+        let text = format!("{BASE}{extra}");
+        parse(&text, &path())
+            .unwrap_or_else(|e| panic!("{e}\n---\n{text}"))
+            .watch
+    }
+
+    fn errors_of(extra: &str) -> ConfigErrors {
+        let text = format!("{BASE}{extra}");
+        match parse(&text, &path()) {
+            Ok(c) => panic!("expected errors, parsed: {:?}\n{text}", c.watch),
+            Err(e) => e,
+        }
+    }
+
+    fn probe(name: &str, url: &str) -> ProbeConfig {
+        ProbeConfig {
+            name: name.into(),
+            url: url.into(),
+            method: "GET".into(),
+            rate: DEFAULT_PROBE_RATE,
+            timeout: DEFAULT_PROBE_TIMEOUT,
+            expect_status: None,
+            expect_body: None,
+            release_header: None,
+            critical: false,
+        }
+    }
+
+    #[test]
+    fn absent_or_empty_watch_is_the_default() {
+        assert_eq!(watch_of(""), WatchConfig::default());
+        assert_eq!(watch_of("\n[watch]\n"), WatchConfig::default());
+        let example = parse(EXAMPLE, &path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(example.watch, WatchConfig::default());
+        assert!(!example.watch.has_signals());
+    }
+
+    /// The example's commented [watch] section, uncommented as a whole: its defaults are the
+    /// real defaults and its probe, Prometheus and check snippets are valid.
+    #[test]
+    fn example_watch_section_uncommented() {
+        let start = EXAMPLE.find("\n[watch]\n").expect("[watch] in the example");
+        let (head, section) = EXAMPLE.split_at(start);
+        let is_key = |s: &str| {
+            s.split_once(" = ")
+                .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+        };
+        let mut uncommented = 0;
+        let section: Vec<String> = section
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.starts_with("[[watch.") || is_key(rest.trim_start()) => {
+                    uncommented += 1;
+                    rest.to_string()
+                }
+                _ => line.to_string(),
+            })
+            .collect();
+        assert!(uncommented >= 30, "only {uncommented} lines uncommented");
+        let text = format!("{head}{}\n", section.join("\n"));
+        let watch = parse(&text, &path())
+            .unwrap_or_else(|e| panic!("{e}\n---\n{text}"))
+            .watch;
+        let want = WatchConfig {
+            latency_objective: Some(Duration::from_millis(300)),
+            probes: vec![ProbeConfig {
+                expect_status: Some(200),
+                expect_body: Some("order placed".into()),
+                release_header: Some("x-release".into()),
+                critical: true,
+                ..probe("checkout", "http://127.0.0.1:8080/checkout")
+            }],
+            prometheus: vec![PrometheusConfig {
+                name: "shop".into(),
+                url: "http://127.0.0.1:9090".into(),
+                errors: r#"sum(http_requests_total{code=~"5..",release="{release}"})"#.into(),
+                total: r#"sum(http_requests_total{release="{release}"})"#.into(),
+                latency: None,
+                interval: DEFAULT_SIGNAL_INTERVAL,
+            }],
+            checks: vec![CheckConfig {
+                name: "database".into(),
+                command: "pg_isready -h db.internal".into(),
+                kind: CheckKind::Database,
+                interval: DEFAULT_SIGNAL_INTERVAL,
+                timeout: DEFAULT_CHECK_TIMEOUT,
+            }],
+            ..WatchConfig::default()
+        };
+        assert_eq!(watch, want);
+    }
+
+    #[test]
+    fn a_full_watch_table() {
+        let watch = watch_of(
+            r#"
+[watch]
+window = "2h30m"
+policy = "alert-only"
+alpha = "0.5%"
+baseline = "0s"
+availability-below = "99.5%"
+errors-above = "2%"
+latency-regression = "150%"
+latency-quantile = "p99"
+latency-objective = "250ms"
+consecutive-failures = 5
+
+[[watch.probe]]
+name = "checkout"
+url = "https://shop.example.com/checkout"
+method = "post"
+rate = 2.5
+timeout = "1500ms"
+expect-status = 201
+expect-body = "order placed"
+release-header = "X-Release"
+critical = true
+
+[[watch.probe]]
+name = "home_page-2"
+url = "http://127.0.0.1:8080/"
+rate = 1_000
+
+[[watch.prometheus]]
+name = "shop"
+url = "http://user:pw@prom.internal:9090"
+errors = 'sum(demo_http_requests_total{code=~"5..",release="{release}"})'
+total = 'sum(demo_http_requests_total{release="{release}"})'
+latency = 'histogram_quantile(0.99, sum by (le) (rate(x_bucket{release="{release}"}[1m])))'
+interval = "30s"
+
+[[watch.check]]
+name = "database"
+command = "pg_isready -h db"
+kind = "Database"
+interval = "5s"
+timeout = "3s"
+
+[[watch.check]]
+name = "login"
+command = "./login-works.sh"
+"#,
+        );
+        let want = WatchConfig {
+            window: Duration::from_secs(9000),
+            policy: WatchPolicy::AlertOnly,
+            alpha: 0.005,
+            baseline: Duration::ZERO,
+            availability_below: 0.995,
+            errors_above: 0.02,
+            latency_regression: 1.5,
+            latency_quantile: Quantile(0.99),
+            latency_objective: Some(Duration::from_millis(250)),
+            consecutive_failures: 5,
+            probes: vec![
+                ProbeConfig {
+                    method: "POST".into(),
+                    rate: 2.5,
+                    timeout: Duration::from_millis(1500),
+                    expect_status: Some(201),
+                    expect_body: Some("order placed".into()),
+                    release_header: Some("X-Release".into()),
+                    critical: true,
+                    ..probe("checkout", "https://shop.example.com/checkout")
+                },
+                ProbeConfig {
+                    rate: 1000.0,
+                    ..probe("home_page-2", "http://127.0.0.1:8080/")
+                },
+            ],
+            prometheus: vec![PrometheusConfig {
+                name: "shop".into(),
+                url: "http://user:pw@prom.internal:9090".into(),
+                errors: r#"sum(demo_http_requests_total{code=~"5..",release="{release}"})"#
+                    .into(),
+                total: r#"sum(demo_http_requests_total{release="{release}"})"#.into(),
+                latency: Some(
+                    r#"histogram_quantile(0.99, sum by (le) (rate(x_bucket{release="{release}"}[1m])))"#
+                        .into(),
+                ),
+                interval: Duration::from_secs(30),
+            }],
+            checks: vec![
+                CheckConfig {
+                    name: "database".into(),
+                    command: "pg_isready -h db".into(),
+                    kind: CheckKind::Database,
+                    interval: Duration::from_secs(5),
+                    timeout: Duration::from_secs(3),
+                },
+                CheckConfig {
+                    name: "login".into(),
+                    command: "./login-works.sh".into(),
+                    kind: CheckKind::Functional,
+                    interval: DEFAULT_SIGNAL_INTERVAL,
+                    timeout: DEFAULT_CHECK_TIMEOUT,
+                },
+            ],
+        };
+        // Compared field by field first, for a readable failure.
+        assert_eq!(watch.probes, want.probes);
+        assert_eq!(watch.prometheus, want.prometheus);
+        assert_eq!(watch.checks, want.checks);
+        assert!((watch.alpha - want.alpha).abs() < 1e-12);
+        assert!((watch.availability_below - want.availability_below).abs() < 1e-12);
+        assert!((watch.latency_regression - want.latency_regression).abs() < 1e-12);
+        assert_eq!(
+            WatchConfig {
+                alpha: want.alpha,
+                availability_below: want.availability_below,
+                latency_regression: want.latency_regression,
+                ..watch
+            },
+            want
+        );
+    }
+
+    #[test]
+    fn signals_without_a_watch_header_and_inline_tables() {
+        let watch = watch_of(
+            "\n[[watch.check]]\nname = \"db\"\ncommand = \"pg_isready\"\n\n\
+             [watch]\nwindow = \"10m\"\n",
+        );
+        assert_eq!(watch.window, Duration::from_secs(600));
+        assert_eq!(watch.checks.len(), 1);
+        let watch = watch_of(
+            "\n[watch]\nprobe = [{ name = \"a\", url = \"http://h/a\" }, \
+             { name = \"b\", url = \"http://h/b\" }]\n",
+        );
+        let names: Vec<_> = watch.probes.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(watch.window, DEFAULT_WINDOW);
+    }
+
+    #[test]
+    fn every_problem_in_signals_is_reported() {
+        // Line 7 is blank, [[watch.probe]] at 8.
+        let errors = errors_of(
+            "\n[[watch.probe]]\nname = \"check out\"\nurl = \"ftp://h/x\"\nmethod = 5\n\
+             rate = 0\ntimeout = \"2\"\nexpect-status = 700\nexpect-body = \"\"\n\
+             release-header = \"x-release: v1\"\ncritical = 1\nretries = 3\n\n\
+             [[watch.check]]\nkind = \"functional\"\ninterval = \"0s\"\n",
+        );
+        let at = |line: usize, needle: &str| {
+            assert!(
+                errors
+                    .0
+                    .iter()
+                    .any(|e| e.line == line && e.to_string().contains(needle)),
+                "line {line}: {needle:?} in\n{errors}"
+            )
+        };
+        at(9, "may only hold letters");
+        at(10, "not an http:// or https:// URL");
+        at(11, "method must be one of GET");
+        at(12, "rate = 0 is out of range");
+        at(13, "write timeout = \"2s\"");
+        at(14, "between 100 and 599");
+        at(15, "expect-body is empty");
+        at(16, "not an HTTP header name");
+        at(17, "write critical = true or critical = false");
+        at(18, "unknown key `retries` in [[watch.probe]]");
+        at(20, "[[watch.check]]: name is required");
+        at(20, "[[watch.check]]: command is required");
+        at(22, "interval must be longer than zero");
+        assert_eq!(errors.0.len(), 13, "{errors}");
+        for e in &errors.0 {
+            assert!(e.hint.is_some(), "no hint: {e}");
+        }
+    }
+
+    #[test]
+    fn wrong_shapes_say_what_to_write() {
+        let cases = [
+            (
+                "\n[watch]\nlatency-quantile = \"95%\"\n",
+                "did you mean latency-quantile = \"p95\"?",
+            ),
+            (
+                "\n[watch]\nlatency-quantile = \"0.9\"\n",
+                "did you mean latency-quantile = \"p90\"?",
+            ),
+            (
+                "\n[watch]\nlatency-quantile = \"99th\"\n",
+                "did you mean latency-quantile = \"p99\"?",
+            ),
+            ("[[watch]]\nwindow = \"1h\"\n", "single brackets"),
+            (
+                "\n[watch.check]\nname = \"db\"\ncommand = \"true\"\n",
+                "write [[watch.check]]",
+            ),
+            (
+                "\n[watch]\nprobe = \"checkout\"\n",
+                "must be a list of tables",
+            ),
+            ("\n[watch]\ncheck = [1]\n", "must hold tables"),
+            (
+                "\n[watch]\nurl = \"http://h\"\n",
+                "[[watch.probe]] or [[watch.prometheus]]",
+            ),
+            ("\n[watch]\nprobes = []\n", "did you mean `probe`?"),
+            (
+                "\n[watch]\npolicy = \"alert_only\"\n",
+                "did you mean policy = \"alert-only\"?",
+            ),
+            (
+                "\n[watch]\nlatency-quantile = \"p999\"\n",
+                "did you mean latency-quantile = \"p99\"?",
+            ),
+            (
+                "\n[watch]\nerrors-above = 1\n",
+                "write errors-above = \"1%\"",
+            ),
+            (
+                "\n[watch]\navailability-below = 99.9\n",
+                "write availability-below = \"99.9%\"",
+            ),
+            ("\n[watch]\nalpha = \"60%\"\n", "above 0% and at most 50%"),
+            ("\n[watch]\nalpha = \"0%\"\n", "above 0% and at most 50%"),
+            ("\n[watch]\nerrors-above = \"1\"\n", "with a % sign"),
+            (
+                "\n[watch]\nlatency-regression = \"0%\"\n",
+                "must be above 0%",
+            ),
+            ("\n[watch]\nwindow = \"500ms\"\n", "at least \"1s\""),
+            (
+                "\n[watch]\nbaseline = \"soon\"\n",
+                "write baseline = \"20s\"",
+            ),
+            (
+                "\n[watch]\nlatency-objective = 300\n",
+                "write latency-objective = \"300s\"",
+            ),
+            (
+                "\n[watch]\nconsecutive-failures = \"3\"\n",
+                "write consecutive-failures = 3, without quotes",
+            ),
+            (
+                "\n[watch]\nconsecutive-failures = 2.0\n",
+                "write consecutive-failures = 2",
+            ),
+            (
+                "\n[[watch.prometheus]]\nname = \"p\"\nurl = \"http://h:9090\"\nerrors = \"e\"\ntotal = \"t\"\ninterval = \"100ms\"\n",
+                "interval = \"100ms\" is too short",
+            ),
+            (
+                "\n[[watch.probe]]\nname = \"p\"\nurl = \"http://h\"\nrate = \"10\"\n",
+                "write rate = 10, without quotes",
+            ),
+            (
+                "\n[[watch.probe]]\nname = \"p\"\nurl = \"http://h\"\ncommand = \"x\"\n",
+                "`command` is a key of [[watch.check]] tables",
+            ),
+            (
+                "\n[[watch.check]]\ncommand = \"x\"\n",
+                "add name = \"checkout\"",
+            ),
+            (
+                "\n[[watch.prometheus]]\nname = \"p\"\nurl = \"http://h\"\ntotal = \"t\"\n",
+                "errors is required",
+            ),
+        ];
+        // At the top of the file, before any table.
+        for (top, needle) in [
+            ("watch = \"on\"\n", "write [watch] on its own line"),
+            ("window = \"1h\"\n", "`window` belongs under [watch]"),
+        ] {
+            let text = format!("{top}{BASE}");
+            let errors = parse(&text, &path()).unwrap_err();
+            assert!(
+                errors.to_string().contains(needle),
+                "{top:?}: wanted {needle:?} in\n{errors}"
+            );
+        }
+        for (extra, needle) in cases {
+            let errors = errors_of(extra);
+            assert!(
+                errors.to_string().contains(needle),
+                "{extra:?}: wanted {needle:?} in\n{errors}"
+            );
+            for e in &errors.0 {
+                assert!(e.hint.is_some(), "{extra:?}: no hint in {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn names_are_unique_across_signals() {
+        let errors = errors_of(
+            "\n[[watch.probe]]\nname = \"shop\"\nurl = \"http://h\"\n\n\
+             [[watch.prometheus]]\nname = \"shop\"\nurl = \"http://p:9090\"\nerrors = \"e\"\ntotal = \"t\"\n\n\
+             [[watch.check]]\nname = \"shop\"\ncommand = \"true\"\n",
+        );
+        assert_eq!(errors.0.len(), 2, "{errors}");
+        assert_eq!((errors.0[0].line, errors.0[1].line), (13, 19), "{errors}");
+        assert!(
+            errors.0[0].message.contains("[[watch.probe]] at line 9"),
+            "{errors}"
+        );
+        assert!(
+            errors.0[1].message.contains("[[watch.probe]] at line 9"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn url_passwords_never_appear() {
+        for url in [
+            "htp://admin:hunter2@prom:9090",
+            "admin:hunter2@prom:9090",
+            "http://admin:hunter2@ prom:9090",
+            "http://admin:hunter2@",
+        ] {
+            for table in ["probe", "prometheus"] {
+                let errors = errors_of(&format!(
+                    "\n[[watch.{table}]]\nname = \"p\"\nurl = {url:?}\nerrors = \"e\"\ntotal = \"t\"\n"
+                ));
+                let printed = errors.to_string();
+                assert!(printed.contains("rewind.toml:10:"), "{url}: {printed}");
+                assert!(!printed.contains("hunter2"), "{url}: {printed}");
+            }
+        }
+        // A valid URL with a password parses, and is kept as written.
+        let watch = watch_of(
+            "\n[[watch.prometheus]]\nname = \"p\"\nurl = \"https://u:hunter2@prom\"\nerrors = \"e\"\ntotal = \"t\"\n",
+        );
+        assert_eq!(watch.prometheus[0].url, "https://u:hunter2@prom");
     }
 }
