@@ -227,9 +227,21 @@ mod tests {
         // Stores keep details as JSON text: floats must read back to the same bits, or the
         // hash of an untouched entry would no longer match.
         let mut out: Vec<AuditEntry> = Vec::new();
-        for x in [0.1 + 0.2, 6.216461983581198, 0.0010000000000000009, 1e-300, 17.192, f64::MAX] {
+        for x in [
+            0.1 + 0.2,
+            6.216461983581198,
+            0.0010000000000000009,
+            1e-300,
+            17.192,
+            f64::MAX,
+        ] {
             let prev = out.last().map(|e| (e.hash.as_str(), e.seq));
-            out.push(chain("prod", prev, "2026-11-21T10:00:00.000000Z".into(), NewAudit::new("a@b", "x").details(serde_json::json!({"v": x, "w": [x / 3.0]}))));
+            out.push(chain(
+                "prod",
+                prev,
+                "2026-11-21T10:00:00.000000Z".into(),
+                NewAudit::new("a@b", "x").details(serde_json::json!({"v": x, "w": [x / 3.0]})),
+            ));
         }
         let text = serde_json::to_string(&out).unwrap();
         let back: Vec<AuditEntry> = serde_json::from_str(&text).unwrap();

@@ -207,7 +207,11 @@ pub fn deploy_plan(
         ));
     }
     steps.push(Step {
-        id: if watch { "ledger.watching".into() } else { "ledger.good".into() },
+        id: if watch {
+            "ledger.watching".into()
+        } else {
+            "ledger.good".into()
+        },
         title: if watch {
             format!("ledger: {release} is current and watched for its monitoring window")
         } else {
@@ -220,7 +224,11 @@ pub fn deploy_plan(
             },
             LedgerEffect::ReleaseState {
                 release: release.into(),
-                state: if watch { ReleaseState::Watching } else { ReleaseState::Good },
+                state: if watch {
+                    ReleaseState::Watching
+                } else {
+                    ReleaseState::Good
+                },
             },
         ],
     });

@@ -74,7 +74,9 @@ pub enum Command {
     )]
     Rollback(RollbackArgs),
     /// Attach to the release being watched, for the rest of its monitoring window.
-    #[command(after_help = "A watcher that died (or a `deploy --watch` stopped with Ctrl-C) leaves the window open;\n`rewind watch` takes it over. On a trigger it opens an incident and rolls back (policy\n`rollback`), then verifies with the same signals. Exit 0 when the window closes cleanly.")]
+    #[command(
+        after_help = "A watcher that died (or a `deploy --watch` stopped with Ctrl-C) leaves the window open;\n`rewind watch` takes it over. On a trigger it opens an incident and rolls back (policy\n`rollback`), then verifies with the same signals. Exit 0 when the window closes cleanly."
+    )]
     Watch,
     /// Run the whole story on this machine: a real demo service, a healthy v1, a faulty v2
     /// deployed with --watch, detection, automatic rollback, verification, timeline.

@@ -10,6 +10,9 @@ pub struct Printer {
     pub json: bool,
     pub quiet: bool,
     color: bool,
+    /// While set, JSON results are collected instead of printed, so that a command made of
+    /// several runs (deploy --watch) prints one document.
+    captured: std::cell::RefCell<Option<Vec<serde_json::Value>>>,
 }
 
 impl Printer {
@@ -18,7 +21,18 @@ impl Printer {
             json,
             quiet,
             color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            captured: std::cell::RefCell::new(None),
         }
+    }
+
+    /// Collect JSON results from now on instead of printing them.
+    pub fn start_capture(&self) {
+        *self.captured.borrow_mut() = Some(Vec::new());
+    }
+
+    /// Stop collecting; returns what was collected.
+    pub fn take_captured(&self) -> Vec<serde_json::Value> {
+        self.captured.borrow_mut().take().unwrap_or_default()
     }
 
     /// A progress or status line on stderr (not in `--json` or `--quiet` mode).
@@ -49,6 +63,10 @@ impl Printer {
 
     /// The JSON result on stdout (JSON mode only).
     pub fn json_value(&self, value: &serde_json::Value) {
+        if let Some(c) = self.captured.borrow_mut().as_mut() {
+            c.push(value.clone());
+            return;
+        }
         if self.json {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(

@@ -77,7 +77,10 @@ impl Evaluator {
                 .get(name)
                 .and_then(|b| b["latency_ms"].as_f64())
                 .filter(|v| *v > 0.0)
-                .or_else(|| cfg.latency_objective.map(|d| d.as_secs_f64() * 1000.0 / (1.0 + cfg.latency_regression)));
+                .or_else(|| {
+                    cfg.latency_objective
+                        .map(|d| d.as_secs_f64() * 1000.0 / (1.0 + cfg.latency_regression))
+                });
             match base {
                 Some(b) => match QuantileTest::new(b, q, cfg.latency_regression, alpha) {
                     Ok(t) => {
@@ -102,13 +105,18 @@ impl Evaluator {
                     latency_bound_ms: bound,
                     baseline_latency_ms: base,
                     latency_over: Consecutive::new(cfg.consecutive_failures),
-                    consecutive: p.critical.then(|| (Consecutive::new(cfg.consecutive_failures), "check")),
+                    consecutive: p
+                        .critical
+                        .then(|| (Consecutive::new(cfg.consecutive_failures), "check")),
                     last_release: None,
                 },
             );
         }
         for p in &cfg.prometheus {
-            let base = baseline.get(&p.name).and_then(|b| b["latency_ms"].as_f64()).filter(|v| *v > 0.0);
+            let base = baseline
+                .get(&p.name)
+                .and_then(|b| b["latency_ms"].as_f64())
+                .filter(|v| *v > 0.0);
             signals.insert(
                 p.name.clone(),
                 SignalState {
@@ -146,7 +154,10 @@ impl Evaluator {
                 },
             );
         }
-        Evaluator { cfg: cfg.clone(), signals }
+        Evaluator {
+            cfg: cfg.clone(),
+            signals,
+        }
     }
 
     /// Feeds one sample; returns the first trigger it makes fire.
@@ -156,7 +167,13 @@ impl Evaluator {
         let st = self.signals.get_mut(&s.signal)?;
         let t = &mut st.tally;
         match &s.kind {
-            SampleKind::Request { ok, status, latency_ms, release, error } => {
+            SampleKind::Request {
+                ok,
+                status,
+                latency_ms,
+                release,
+                error,
+            } => {
                 t.requests += 1;
                 if !ok {
                     t.failed += 1;
@@ -268,7 +285,11 @@ impl Evaluator {
                 }
                 None
             }
-            SampleKind::Counts { total, errors, latency_ms } => {
+            SampleKind::Counts {
+                total,
+                errors,
+                latency_ms,
+            } => {
                 t.requests += total;
                 t.server_errors += errors;
                 if let Some(e) = &mut st.errors {
@@ -348,17 +369,27 @@ impl Evaluator {
                 _ => {
                     parts.push(format!("{:>6} req", t.requests));
                     if st.availability.is_some() {
-                        let avail = if t.requests == 0 { 100.0 } else { 100.0 * (1.0 - t.failed as f64 / t.requests as f64) };
+                        let avail = if t.requests == 0 {
+                            100.0
+                        } else {
+                            100.0 * (1.0 - t.failed as f64 / t.requests as f64)
+                        };
                         parts.push(format!("avail {avail:>6.2}%"));
                     }
-                    let e = if t.requests == 0 { 0.0 } else { 100.0 * t.server_errors as f64 / t.requests as f64 };
+                    let e = if t.requests == 0 {
+                        0.0
+                    } else {
+                        100.0 * t.server_errors as f64 / t.requests as f64
+                    };
                     parts.push(format!("5xx {e:>5.2}%"));
                     if let Some(now) = rewind_core::stats::quantile(&t.latencies, q) {
                         parts.push(format!(
                             "p{:.0} {:>5.0}ms{}",
                             q * 100.0,
                             now,
-                            st.baseline_latency_ms.map(|b| format!(" (base {b:.0}ms)")).unwrap_or_default()
+                            st.baseline_latency_ms
+                                .map(|b| format!(" (base {b:.0}ms)"))
+                                .unwrap_or_default()
                         ));
                     }
                 }
@@ -374,7 +405,10 @@ impl Evaluator {
                 bars.push(("latency", l.progress()));
             }
             if let Some((c, label)) = &st.consecutive {
-                bars.push((label, c.run() as f64 / self.cfg.consecutive_failures.max(1) as f64));
+                bars.push((
+                    label,
+                    c.run() as f64 / self.cfg.consecutive_failures.max(1) as f64,
+                ));
             }
             for (label, p) in bars {
                 parts.push(format!("{label} {}", bar(p)));
@@ -401,7 +435,11 @@ impl Evaluator {
     }
 }
 
-fn evidence_json(ev: &rewind_core::stats::RateEvidence, elapsed: f64, last_error: Option<String>) -> Value {
+fn evidence_json(
+    ev: &rewind_core::stats::RateEvidence,
+    elapsed: f64,
+    last_error: Option<String>,
+) -> Value {
     let mut v = serde_json::to_value(ev).unwrap_or(Value::Null);
     v["elapsed_s"] = json!(round(elapsed));
     if let Some(e) = last_error {
@@ -427,30 +465,61 @@ fn pct_plain(x: f64) -> String {
 fn bar(p: f64) -> String {
     let p = p.clamp(0.0, 1.0);
     let filled = (p * 10.0).round() as usize;
-    format!("[{}{}] {:>3.0}%", "#".repeat(filled), ".".repeat(10 - filled), p * 100.0)
+    format!(
+        "[{}{}] {:>3.0}%",
+        "#".repeat(filled),
+        ".".repeat(10 - filled),
+        p * 100.0
+    )
 }
 
 /// Starts every configured signal against `release`; returns the sample channel and the stop
 /// switch.
-pub fn start_signals(cfg: &WatchConfig, release: &str, redactor: &Redactor) -> (mpsc::Receiver<Sample>, watch::Sender<bool>, Instant) {
+pub fn start_signals(
+    cfg: &WatchConfig,
+    release: &str,
+    redactor: &Redactor,
+) -> (mpsc::Receiver<Sample>, watch::Sender<bool>, Instant) {
     let (tx, rx) = mpsc::channel(4096);
     let (stop_tx, stop_rx) = watch::channel(false);
     let start = Instant::now();
     for p in &cfg.probes {
-        tokio::spawn(rewind_signals::probe::run(p.clone(), start, tx.clone(), stop_rx.clone()));
+        tokio::spawn(rewind_signals::probe::run(
+            p.clone(),
+            start,
+            tx.clone(),
+            stop_rx.clone(),
+        ));
     }
     for p in &cfg.prometheus {
-        tokio::spawn(rewind_signals::prometheus::run(p.clone(), release.to_string(), start, tx.clone(), stop_rx.clone()));
+        tokio::spawn(rewind_signals::prometheus::run(
+            p.clone(),
+            release.to_string(),
+            start,
+            tx.clone(),
+            stop_rx.clone(),
+        ));
     }
     for c in &cfg.checks {
-        tokio::spawn(rewind_signals::check::run(c.clone(), start, redactor.clone(), tx.clone(), stop_rx.clone()));
+        tokio::spawn(rewind_signals::check::run(
+            c.clone(),
+            start,
+            redactor.clone(),
+            tx.clone(),
+            stop_rx.clone(),
+        ));
     }
     (rx, stop_tx, start)
 }
 
 /// Samples the signals for `d` against what runs now, and returns per-signal figures: the
 /// latency quantile (the latency trigger's baseline), request and failure counts.
-pub async fn sample_baseline(cfg: &WatchConfig, release: &str, d: Duration, redactor: &Redactor) -> Baseline {
+pub async fn sample_baseline(
+    cfg: &WatchConfig,
+    release: &str,
+    d: Duration,
+    redactor: &Redactor,
+) -> Baseline {
     let (mut rx, stop, _) = start_signals(cfg, release, redactor);
     let mut ev = Evaluator::new(cfg, &Baseline::new());
     let deadline = tokio::time::Instant::now() + d;

@@ -4,7 +4,7 @@ CREATE TABLE watches (
     env         TEXT NOT NULL REFERENCES environments (name),
     "release"   TEXT NOT NULL,
     started_at  TEXT NOT NULL,
-    window_secs INTEGER NOT NULL,
+    window_secs REAL NOT NULL,
     baseline    TEXT NOT NULL,
     status      TEXT NOT NULL,
     updated_at  TEXT NOT NULL,

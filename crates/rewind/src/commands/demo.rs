@@ -35,24 +35,39 @@ fn fault_toml(fault: &str) -> (&'static str, &'static str) {
     match fault {
         "slow" => ("slowdown = 1.0\n", "p95 latency doubles (+100%)"),
         "down" => ("fail-start = true\n", "refuses to start"),
-        "checkout" => ("checkout-broken = true\n", "checkout always fails (users cannot complete checkout)"),
+        "checkout" => (
+            "checkout-broken = true\n",
+            "checkout always fails (users cannot complete checkout)",
+        ),
         _ => ("error-rate = 0.08\n", "8% of checkouts answer 500"),
     }
 }
 
 pub async fn run(fault: &str, keep: bool, printer: &Printer) -> CliResult<ExitCode> {
     let started = Instant::now();
-    let exe = std::env::current_exe().map_err(|e| failed(format!("cannot find this executable: {e}")))?;
+    let exe =
+        std::env::current_exe().map_err(|e| failed(format!("cannot find this executable: {e}")))?;
     let dir = std::env::temp_dir().join(format!("rewind-demo-{}", crate::engine::new_run_id()));
-    std::fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
-    let demo = Demo { dir: dir.clone(), exe, keep };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
+    let demo = Demo {
+        dir: dir.clone(),
+        exe,
+        keep,
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| failed(format!("cannot find a free port: {e}")))?;
     let (fault_line, fault_text) = fault_toml(fault);
-    write(&dir.join("build/v1/demo.toml"), "version = \"v1\"\nbase-latency-ms = 10\n")?;
-    write(&dir.join("build/v2/demo.toml"), &format!("version = \"v2\"\nbase-latency-ms = 10\n{fault_line}"))?;
+    write(
+        &dir.join("build/v1/demo.toml"),
+        "version = \"v1\"\nbase-latency-ms = 10\n",
+    )?;
+    write(
+        &dir.join("build/v2/demo.toml"),
+        &format!("version = \"v2\"\nbase-latency-ms = 10\n{fault_line}"),
+    )?;
     write(
         &dir.join("app/restart.sh"),
         &format!(
@@ -110,13 +125,22 @@ rate = 5
             .current_dir(&dir)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stderr(if printer.quiet { Stdio::null() } else { Stdio::inherit() })
+            .stderr(if printer.quiet {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            })
             .output();
         match out {
             Ok(o) => {
                 let stdout = String::from_utf8_lossy(&o.stdout).to_string();
                 if !printer.quiet && !args.contains(&"--json") {
-                    print!("{stdout}");
+                    // In --json mode stdout carries only the demo's own document.
+                    if printer.json {
+                        eprint!("{stdout}");
+                    } else {
+                        print!("{stdout}");
+                    }
                 }
                 say("");
                 (o.status.code(), stdout)
@@ -138,7 +162,9 @@ rate = 5
     let (c, _) = run(&["deploy", "v2", "--artifact", "shop=build/v2", "--watch"]);
     let v2_seconds = t_v2.elapsed().as_secs_f64();
     if c != Some(1) {
-        problems.push(format!("the faulty v2 was not rolled back (deploy --watch exited {c:?}, expected 1)"));
+        problems.push(format!(
+            "the faulty v2 was not rolled back (deploy --watch exited {c:?}, expected 1)"
+        ));
     }
     run(&["status"]);
     let (c, _) = run(&["audit", "verify"]);
@@ -160,7 +186,9 @@ rate = 5
     let mut timeline = String::from("timeline of v2 (seconds after its deploy started)\n");
     let mut evidence = Value::Null;
     for e in &entries {
-        let (Some(t0), Some(at)) = (t0, e["at"].as_str().and_then(rewind_core::parse_ts)) else { continue };
+        let (Some(t0), Some(at)) = (t0, e["at"].as_str().and_then(rewind_core::parse_ts)) else {
+            continue;
+        };
         let dt = (at - t0).total(jiff::Unit::Second).unwrap_or(0.0);
         if dt < 0.0 {
             continue;
@@ -171,12 +199,27 @@ rate = 5
             "watch.start" => "v2 is live; monitoring window opens".to_string(),
             "incident.open" => {
                 evidence = e["details"]["evidence"].clone();
-                format!("incident opened — {}", e["details"]["summary"].as_str().unwrap_or(""))
+                format!(
+                    "incident opened — {}",
+                    e["details"]["summary"].as_str().unwrap_or("")
+                )
             }
-            "rollback.start" => format!("rollback to {} starts", e["details"]["to"].as_str().unwrap_or("?")),
-            "run.failed" => format!("deploy failed at {}", e["details"]["step"].as_str().unwrap_or("?")),
-            "run.succeeded" => format!("{} run finished", e["details"]["kind"].as_str().unwrap_or("")),
-            "incident.rolled-back" => "verified: the previous release is healthy; incident closed as rolled back".to_string(),
+            "rollback.start" => format!(
+                "rollback to {} starts",
+                e["details"]["to"].as_str().unwrap_or("?")
+            ),
+            "run.failed" => format!(
+                "deploy failed at {}",
+                e["details"]["step"].as_str().unwrap_or("?")
+            ),
+            "run.succeeded" => format!(
+                "{} run finished",
+                e["details"]["kind"].as_str().unwrap_or("")
+            ),
+            "incident.rolled-back" => {
+                "verified: the previous release is healthy; incident closed as rolled back"
+                    .to_string()
+            }
             "incident.escalate" => "verification failed: escalate to a person".to_string(),
             _ => continue,
         };
@@ -184,7 +227,10 @@ rate = 5
     }
     say(&timeline);
     if !evidence.is_null() {
-        say(&format!("evidence\n{}\n", serde_json::to_string_pretty(&evidence).unwrap_or_default()));
+        say(&format!(
+            "evidence\n{}\n",
+            serde_json::to_string_pretty(&evidence).unwrap_or_default()
+        ));
     }
     let ok = problems.is_empty();
     let verdict = if ok {
@@ -193,7 +239,10 @@ rate = 5
             started.elapsed().as_secs_f64()
         ))
     } else {
-        printer.red(&format!("demo did not go as expected: {}", problems.join("; ")))
+        printer.red(&format!(
+            "demo did not go as expected: {}",
+            problems.join("; ")
+        ))
     };
     printer.text(&verdict);
     printer.json_value(&serde_json::json!({
@@ -202,14 +251,22 @@ rate = 5
         "directory": if keep { Some(dir.display().to_string()) } else { None },
     }));
     if keep {
-        say(&format!("kept {} (the demo service was stopped)", dir.display()));
+        say(&format!(
+            "kept {} (the demo service was stopped)",
+            dir.display()
+        ));
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn write(path: &Path, text: &str) -> CliResult<()> {
     if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).map_err(|e| failed(format!("cannot create {}: {e}", p.display())))?;
+        std::fs::create_dir_all(p)
+            .map_err(|e| failed(format!("cannot create {}: {e}", p.display())))?;
     }
     std::fs::write(path, text).map_err(|e| failed(format!("cannot write {}: {e}", path.display())))
 }

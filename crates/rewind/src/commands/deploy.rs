@@ -22,16 +22,53 @@ pub async fn run(env: &Env, args: DeployArgs, printer: &Printer) -> CliResult<Ex
     let artifacts = parse_artifacts(env, &args.artifacts)?;
     if args.watch {
         super::watch::require_signals(env)?;
+        // One JSON document for the whole story: the runs go under "runs".
+        printer.start_capture();
+        let result = deploy_and_watch(env, &args, &artifacts, printer).await;
+        let mut docs = printer.take_captured();
+        return match result {
+            Ok(code) => {
+                let mut last = docs.pop().unwrap_or_default();
+                if let Some(obj) = last.as_object_mut() {
+                    obj.insert("runs".into(), serde_json::Value::Array(docs));
+                }
+                printer.json_value(&last);
+                Ok(code)
+            }
+            Err(mut e) => {
+                let mut detail = e.detail.take().unwrap_or_else(|| json!({}));
+                if let Some(obj) = detail.as_object_mut() {
+                    obj.insert("runs".into(), serde_json::Value::Array(docs));
+                }
+                Err(e.detail(detail))
+            }
+        };
+    }
+    deploy_and_release_lock(env, &args, &artifacts, printer).await
+}
+
+async fn deploy_and_watch(
+    env: &Env,
+    args: &DeployArgs,
+    artifacts: &BTreeMap<String, String>,
+    printer: &Printer,
+) -> CliResult<ExitCode> {
+    {
         if env.store.release(&env.name, &args.release).await?.is_some() {
-            return deploy_and_release_lock(env, &args, &artifacts, printer).await;
+            return deploy_and_release_lock(env, args, artifacts, printer).await;
         }
         let baseline = super::watch::baseline(env, printer).await?;
-        return match deploy_and_release_lock(env, &args, &artifacts, printer).await {
+        match deploy_and_release_lock(env, args, artifacts, printer).await {
             Ok(_) => super::watch::start_and_watch(env, &args.release, baseline, printer).await,
             Err(e) => {
                 // The deploy failed. When it got as far as restarting the new version and
                 // that version did not come up, that is the "not ready" trigger.
-                let Some(step) = e.detail.as_ref().and_then(|d| d["failed_step"].as_str()).map(str::to_string) else {
+                let Some(step) = e
+                    .detail
+                    .as_ref()
+                    .and_then(|d| d["failed_step"].as_str())
+                    .map(str::to_string)
+                else {
                     return Err(e);
                 };
                 let trigger = if step.ends_with(".ready") || step.ends_with(".restart") {
@@ -43,14 +80,23 @@ pub async fn run(env: &Env, args: DeployArgs, printer: &Printer) -> CliResult<Ex
                 let fired = crate::watch::Fired {
                     trigger: trigger.into(),
                     signal: step.clone(),
-                    summary: format!("{} failed at step {step}: {}", args.release, e.detail.as_ref().and_then(|d| d["error"].as_str()).unwrap_or("").lines().next().unwrap_or("")),
+                    summary: format!(
+                        "{} failed at step {step}: {}",
+                        args.release,
+                        e.detail
+                            .as_ref()
+                            .and_then(|d| d["error"].as_str())
+                            .unwrap_or("")
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                    ),
                     evidence: e.detail.clone().unwrap_or_default(),
                 };
                 super::watch::on_trigger(env, &args.release, fired, Some(&baseline), printer).await
             }
-        };
+        }
     }
-    deploy_and_release_lock(env, &args, &artifacts, printer).await
 }
 
 async fn deploy_and_release_lock(
@@ -68,7 +114,16 @@ async fn deploy_and_release_lock(
         printer,
     )
     .await?;
-    let result = deploy_locked(env, &args.release, artifacts, args.watch, &run_id, &lock, printer).await;
+    let result = deploy_locked(
+        env,
+        &args.release,
+        artifacts,
+        args.watch,
+        &run_id,
+        &lock,
+        printer,
+    )
+    .await;
     lock.release().await;
     result
 }

@@ -16,13 +16,13 @@ use crate::output::Printer;
 
 mod audit;
 mod check;
+mod demo;
 mod deploy;
 mod history;
 mod init;
 mod rollback;
 mod status;
 mod watch;
-mod demo;
 
 pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
     match cli.command {

@@ -368,7 +368,10 @@ pub async fn execute_and_close(
     let (end, reports) = exec.execute(run, lock).await?;
     let seconds = started.elapsed().as_secs_f64();
     let summary = |status: &str, error: Option<&str>, reports: &[StepReport]| {
-        let failed_step = reports.iter().find(|r| r.outcome == "failed").map(|r| r.id.clone());
+        let failed_step = reports
+            .iter()
+            .find(|r| r.outcome == "failed")
+            .map(|r| r.id.clone());
         json!({
             "failed_step": failed_step,
             "run": run.id,

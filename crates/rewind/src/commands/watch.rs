@@ -46,7 +46,10 @@ pub async fn baseline(env: &Env, printer: &Printer) -> CliResult<Baseline> {
             v["requests"],
             v["failed"],
             cfg.latency_quantile.0 * 100.0,
-            v["latency_ms"].as_f64().map(|l| format!("{l:.0} ms")).unwrap_or_else(|| "-".into())
+            v["latency_ms"]
+                .as_f64()
+                .map(|l| format!("{l:.0} ms"))
+                .unwrap_or_else(|| "-".into())
         ));
     }
     Ok(b)
@@ -54,7 +57,12 @@ pub async fn baseline(env: &Env, printer: &Printer) -> CliResult<Baseline> {
 
 /// Records the window and watches it to the end. `deploy --watch` calls this right after the
 /// deploy run succeeded.
-pub async fn start_and_watch(env: &Env, release: &str, baseline: Baseline, printer: &Printer) -> CliResult<ExitCode> {
+pub async fn start_and_watch(
+    env: &Env,
+    release: &str,
+    baseline: Baseline,
+    printer: &Printer,
+) -> CliResult<ExitCode> {
     let cfg = &env.config.watch;
     let watch = Watch {
         environment: env.name.clone(),
@@ -68,12 +76,14 @@ pub async fn start_and_watch(env: &Env, release: &str, baseline: Baseline, print
         .begin_watch(
             &watch,
             &[],
-            NewAudit::new(&host::actor(), "watch.start").release(release).details(json!({
-                "window": rewind_core::units::format_duration(cfg.window),
-                "alpha": cfg.alpha,
-                "policy": cfg.policy,
-                "baseline": baseline,
-            })),
+            NewAudit::new(&host::actor(), "watch.start")
+                .release(release)
+                .details(json!({
+                    "window": rewind_core::units::format_duration(cfg.window),
+                    "alpha": cfg.alpha,
+                    "policy": cfg.policy,
+                    "baseline": baseline,
+                })),
         )
         .await?;
     watch_window(env, watch, printer).await
@@ -109,14 +119,21 @@ pub async fn attach(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
             }
         }
     };
-    printer.note(format!("attaching to the monitoring window of {} (started {})", watch.release, super::short_time(&watch.started_at)));
+    printer.note(format!(
+        "attaching to the monitoring window of {} (started {})",
+        watch.release,
+        super::short_time(&watch.started_at)
+    ));
     watch_window(env, watch, printer).await
 }
 
 async fn watch_window(env: &Env, watch: Watch, printer: &Printer) -> CliResult<ExitCode> {
     let cfg = &env.config.watch;
     let started = rewind_core::parse_ts(&watch.started_at).unwrap_or_else(jiff::Timestamp::now);
-    let elapsed = (jiff::Timestamp::now() - started).total(jiff::Unit::Second).unwrap_or(0.0).max(0.0);
+    let elapsed = (jiff::Timestamp::now() - started)
+        .total(jiff::Unit::Second)
+        .unwrap_or(0.0)
+        .max(0.0);
     let left = Duration::from_secs_f64((watch.window_secs - elapsed).max(0.0));
     let baseline: Baseline = watch
         .baseline
@@ -126,17 +143,26 @@ async fn watch_window(env: &Env, watch: Watch, printer: &Printer) -> CliResult<E
     let store = env.store.clone();
     let (envname, release) = (env.name.clone(), watch.release.clone());
     let title = format!("watching {} on {}", watch.release, env.name);
-    let (ending, summary) = run_window(cfg, &watch.release, &baseline, left, &env.redactor, printer.quiet || printer.json, &title, || {
-        let (store, envname, release) = (store.clone(), envname.clone(), release.clone());
-        async move {
-            match store.release(&envname, &release).await {
-                Ok(Some(r)) => r.state == ReleaseState::Watching,
-                Ok(None) => false,
-                // A passing store error does not end the window.
-                Err(_) => true,
+    let (ending, summary) = run_window(
+        cfg,
+        &watch.release,
+        &baseline,
+        left,
+        &env.redactor,
+        printer.quiet || printer.json,
+        &title,
+        || {
+            let (store, envname, release) = (store.clone(), envname.clone(), release.clone());
+            async move {
+                match store.release(&envname, &release).await {
+                    Ok(Some(r)) => r.state == ReleaseState::Watching,
+                    Ok(None) => false,
+                    // A passing store error does not end the window.
+                    Err(_) => true,
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     let actor = host::actor();
     match ending {
@@ -146,11 +172,18 @@ async fn watch_window(env: &Env, watch: Watch, printer: &Printer) -> CliResult<E
                     &env.name,
                     &watch.release,
                     "passed",
-                    &[LedgerEffect::ReleaseState { release: watch.release.clone(), state: ReleaseState::Good }],
-                    NewAudit::new(&actor, "watch.passed").release(&watch.release).details(json!({"signals": summary})),
+                    &[LedgerEffect::ReleaseState {
+                        release: watch.release.clone(),
+                        state: ReleaseState::Good,
+                    }],
+                    NewAudit::new(&actor, "watch.passed")
+                        .release(&watch.release)
+                        .details(json!({"signals": summary})),
                 )
                 .await?;
-            printer.json_value(&json!({"release": watch.release, "watch": "passed", "signals": summary}));
+            printer.json_value(
+                &json!({"release": watch.release, "watch": "passed", "signals": summary}),
+            );
             printer.text(printer.green(&format!(
                 "the monitoring window of {} closed cleanly; {} is good (the new last known-good)",
                 watch.release, watch.release
@@ -161,8 +194,11 @@ async fn watch_window(env: &Env, watch: Watch, printer: &Printer) -> CliResult<E
             printer.json_value(&json!({"release": watch.release, "watch": "stopped", "reason": why, "signals": summary}));
             printer.warn(format!("stopped watching {}: {why}", watch.release));
             if why.starts_with("interrupted") {
-                Err(failed(format!("stopped watching {} before its window closed", watch.release))
-                    .hint("`rewind watch` attaches again for the rest of the window"))
+                Err(failed(format!(
+                    "stopped watching {} before its window closed",
+                    watch.release
+                ))
+                .hint("`rewind watch` attaches again for the rest of the window"))
             } else {
                 Ok(ExitCode::SUCCESS)
             }
@@ -173,7 +209,13 @@ async fn watch_window(env: &Env, watch: Watch, printer: &Printer) -> CliResult<E
 
 /// A trigger fired (or the release did not become ready): incident, then rollback and
 /// verification unless the policy is alert-only.
-pub async fn on_trigger(env: &Env, release: &str, f: Fired, baseline: Option<&Baseline>, printer: &Printer) -> CliResult<ExitCode> {
+pub async fn on_trigger(
+    env: &Env,
+    release: &str,
+    f: Fired,
+    baseline: Option<&Baseline>,
+    printer: &Printer,
+) -> CliResult<ExitCode> {
     let cfg = &env.config.watch;
     let actor = host::actor();
     let incident = Incident {
@@ -192,17 +234,42 @@ pub async fn on_trigger(env: &Env, release: &str, f: Fired, baseline: Option<&Ba
     env.store
         .open_incident(
             &incident,
-            NewAudit::new(&actor, "incident.open").release(release).details(json!({
-                "incident": incident.id, "trigger": f.trigger, "signal": f.signal,
-                "summary": incident.summary, "evidence": f.evidence, "policy": cfg.policy,
-            })),
+            NewAudit::new(&actor, "incident.open")
+                .release(release)
+                .details(json!({
+                    "incident": incident.id, "trigger": f.trigger, "signal": f.signal,
+                    "summary": incident.summary, "evidence": f.evidence, "policy": cfg.policy,
+                })),
         )
         .await?;
-    printer.warn(format!("incident {}: {} trigger fired — {}", incident.id, f.trigger, incident.summary));
+    printer.warn(format!(
+        "incident {}: {} trigger fired — {}",
+        incident.id, f.trigger, incident.summary
+    ));
     if cfg.policy == WatchPolicy::AlertOnly {
-        env.store.update_incident(&incident.id, IncidentStatus::Alerted, None, NewAudit::new(&actor, "incident.alert").release(release).details(json!({"incident": incident.id}))).await?;
         env.store
-            .end_watch(&env.name, release, "fired", &[LedgerEffect::ReleaseState { release: release.to_string(), state: ReleaseState::Failed }], NewAudit::new(&actor, "watch.fired").release(release).details(json!({"incident": incident.id, "policy": "alert-only"})))
+            .update_incident(
+                &incident.id,
+                IncidentStatus::Alerted,
+                None,
+                NewAudit::new(&actor, "incident.alert")
+                    .release(release)
+                    .details(json!({"incident": incident.id})),
+            )
+            .await?;
+        env.store
+            .end_watch(
+                &env.name,
+                release,
+                "fired",
+                &[LedgerEffect::ReleaseState {
+                    release: release.to_string(),
+                    state: ReleaseState::Failed,
+                }],
+                NewAudit::new(&actor, "watch.fired")
+                    .release(release)
+                    .details(json!({"incident": incident.id, "policy": "alert-only"})),
+            )
             .await?;
         let detail = json!({"incident": incident, "rolled_back": false});
         return Err(failed(format!("{release} failed its monitoring window ({}); policy is alert-only, so nothing was rolled back", f.trigger))
@@ -213,39 +280,103 @@ pub async fn on_trigger(env: &Env, release: &str, f: Fired, baseline: Option<&Ba
     // Roll back through the executor, exactly as `rewind rollback --yes` would.
     printer.note(format!("rolling back {release} (incident {})", incident.id));
     let args = crate::cli::RollbackArgs {
-        target: crate::cli::TargetArgs { to: None, components: vec![], force: false },
+        target: crate::cli::TargetArgs {
+            to: None,
+            components: vec![],
+            force: false,
+        },
         yes: true,
     };
     let rollback_run = new_run_id();
     env.store
-        .end_watch(&env.name, release, "fired", &[], NewAudit::new(&actor, "watch.fired").release(release).details(json!({"incident": incident.id})))
+        .end_watch(
+            &env.name,
+            release,
+            "fired",
+            &[],
+            NewAudit::new(&actor, "watch.fired")
+                .release(release)
+                .details(json!({"incident": incident.id})),
+        )
         .await?;
-    let result = super::rollback::rollback_with_id(env, &args, &rollback_run, Some(&incident.id), printer).await;
+    let result =
+        super::rollback::rollback_with_id(env, &args, &rollback_run, Some(&incident.id), printer)
+            .await;
     if let Err(e) = result {
         env.store
-            .update_incident(&incident.id, IncidentStatus::Escalated, None, NewAudit::new(&actor, "incident.escalate").release(release).details(json!({"incident": incident.id, "reason": format!("{:#}", e.error)})))
+            .update_incident(
+                &incident.id,
+                IncidentStatus::Escalated,
+                None,
+                NewAudit::new(&actor, "incident.escalate")
+                    .release(release)
+                    .details(json!({"incident": incident.id, "reason": format!("{:#}", e.error)})),
+            )
             .await?;
-        return Err(CliError { class: e.class, error: e.error.context(format!("incident {}: the automatic rollback failed; a person is needed", incident.id)), hints: e.hints, detail: Some(json!({"incident": incident.id})) });
+        return Err(CliError {
+            class: e.class,
+            error: e.error.context(format!(
+                "incident {}: the automatic rollback failed; a person is needed",
+                incident.id
+            )),
+            hints: e.hints,
+            detail: Some(json!({"incident": incident.id})),
+        });
     }
-    let target = env.store.current_release(&env.name).await?.unwrap_or_default();
+    let target = env
+        .store
+        .current_release(&env.name)
+        .await?
+        .unwrap_or_default();
 
     // Verify with the same signals against what runs now.
-    let verify_for = cfg.baseline.clamp(Duration::from_secs(3), Duration::from_secs(30));
-    printer.note(format!("verifying {target} with the same signals for {}", rewind_core::units::format_duration(verify_for)));
+    let verify_for = cfg
+        .baseline
+        .clamp(Duration::from_secs(3), Duration::from_secs(30));
+    printer.note(format!(
+        "verifying {target} with the same signals for {}",
+        rewind_core::units::format_duration(verify_for)
+    ));
     let empty = Baseline::new();
-    let (ending, summary) = run_window(cfg, &target, baseline.unwrap_or(&empty), verify_for, &env.redactor, true, "verifying", || async { true }).await;
+    let (ending, summary) = run_window(
+        cfg,
+        &target,
+        baseline.unwrap_or(&empty),
+        verify_for,
+        &env.redactor,
+        true,
+        "verifying",
+        || async { true },
+    )
+    .await;
     let verified = !matches!(ending, Ending::Fired(_));
-    let (status, action) = if verified { (IncidentStatus::RolledBack, "incident.rolled-back") } else { (IncidentStatus::Escalated, "incident.escalate") };
+    let (status, action) = if verified {
+        (IncidentStatus::RolledBack, "incident.rolled-back")
+    } else {
+        (IncidentStatus::Escalated, "incident.escalate")
+    };
     let verify_json: Value = match &ending {
-        Ending::Fired(v) => json!({"passed": false, "trigger": v.trigger, "summary": v.summary, "signals": summary}),
+        Ending::Fired(v) => {
+            json!({"passed": false, "trigger": v.trigger, "summary": v.summary, "signals": summary})
+        }
         _ => json!({"passed": true, "signals": summary}),
     };
     env.store
-        .update_incident(&incident.id, status, Some(&rollback_run), NewAudit::new(&actor, action).release(release).run(&rollback_run).details(json!({"incident": incident.id, "verification": verify_json})))
+        .update_incident(
+            &incident.id,
+            status,
+            Some(&rollback_run),
+            NewAudit::new(&actor, action)
+                .release(release)
+                .run(&rollback_run)
+                .details(json!({"incident": incident.id, "verification": verify_json})),
+        )
         .await?;
     let detail = json!({"incident": incident.id, "trigger": f.trigger, "summary": incident.summary, "evidence": f.evidence, "rolled_back_to": target, "rollback_run": rollback_run, "verification": verify_json});
     if verified {
-        printer.json_value(&json!({"release": release, "watch": "fired", "rolled_back": true, "incident": detail}));
+        printer.json_value(
+            &json!({"release": release, "watch": "fired", "rolled_back": true, "incident": detail}),
+        );
         printer.text(format!(
             "{release} was rolled back to {target} after the {} trigger fired; verified healthy.\n  incident {}: {}",
             f.trigger, incident.id, incident.summary

@@ -10,3 +10,4 @@ mod examples;
 mod lock;
 mod pg;
 mod story;
+mod watch;
