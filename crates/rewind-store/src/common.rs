@@ -749,6 +749,7 @@ macro_rules! impl_store {
                 message: &str,
                 effects: &[rewind_core::LedgerEffect],
                 audit: rewind_core::NewAudit,
+                next: Option<(i64, &str, &str)>,
             ) -> $crate::Result<()> {
                 use rewind_core::JournalEvent;
                 const DOING: &str = "finishing a step";
@@ -762,6 +763,16 @@ macro_rules! impl_store {
                 let mut audit = audit;
                 audit.run_id.get_or_insert_with(|| run_id.to_string());
                 Self::append_audit_tx(&mut tx, &env, audit).await?;
+                if let Some((index, id, message)) = next {
+                    Self::journal_line_tx(
+                        &mut tx,
+                        run_id,
+                        Some((index, id)),
+                        JournalEvent::Begin,
+                        message,
+                    )
+                    .await?;
+                }
                 Self::commit(tx, DOING).await
             }
 

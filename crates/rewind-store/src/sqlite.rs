@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::common::{self, impl_store};
 use crate::{Result, StoreError};
@@ -24,8 +26,14 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating it and its directory if missing) and migrates the database at `path`.
+    /// Opens (creating it and its directory if missing) and migrates the database at `path`,
+    /// with every commit pushed to disk (`synchronous = FULL`).
     pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, rewind_core::config::StateSync::Full).await
+    }
+
+    /// Like [`SqliteStore::open`], choosing how hard commits are pushed to disk.
+    pub async fn open_with(path: &Path, sync: rewind_core::config::StateSync) -> Result<Self> {
         let location = path.display().to_string();
         let open_err = |source| StoreError::Open {
             location: location.clone(),
@@ -38,6 +46,10 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match sync {
+                rewind_core::config::StateSync::Full => SqliteSynchronous::Full,
+                rewind_core::config::StateSync::Normal => SqliteSynchronous::Normal,
+            })
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()

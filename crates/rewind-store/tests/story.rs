@@ -130,6 +130,7 @@ async fn deploy(store: &dyn Store, run_id: &str, release: &str, from: Option<&st
                 data: json!({"version": from, "run": run_id}),
             }],
             audit("step-done"),
+            None,
         )
         .await
         .unwrap();
@@ -160,6 +161,7 @@ async fn deploy(store: &dyn Store, run_id: &str, release: &str, from: Option<&st
                 },
             ],
             audit("step-done"),
+            None,
         )
         .await
         .unwrap();
@@ -228,6 +230,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
             release: "v2".into(),
         }],
         audit("step-failed"),
+        None,
     )
     .await
     .unwrap();
@@ -358,6 +361,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
             },
         ],
         audit("step-skipped"),
+        None,
     )
     .await
     .unwrap();
@@ -426,6 +430,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
                 },
             ],
             audit("step-done"),
+            None,
         )
         .await
         .expect_err("missing release");
@@ -610,6 +615,113 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
     // The other environment's chain is untouched.
     assert_eq!(s.audit_entries(ENV).await.unwrap().len(), audits);
+
+    watches_and_incidents(&*s).await;
+}
+
+/// Monitoring windows, incidents and run-less ledger records.
+async fn watches_and_incidents(s: &dyn Store) {
+    use rewind_core::{Incident, IncidentStatus, LedgerEffect, ReleaseState, Watch};
+    let env = "watched";
+    let mut run = new_run("w-1", RunKind::Deploy, "w1", None);
+    run.environment = env.into();
+    s.create_run(&run, Some(&new_release("w1")), audit("deploy"))
+        .await
+        .unwrap();
+    assert!(s.active_watch(env).await.unwrap().is_none());
+    let w = Watch {
+        environment: env.into(),
+        release: "w1".into(),
+        started_at: rewind_core::now_rfc3339(),
+        window_secs: 2.5,
+        baseline: serde_json::json!({"checkout": {"latency_ms": 17.192, "requests": 200}}),
+        status: "watching".into(),
+    };
+    s.begin_watch(
+        &w,
+        &[LedgerEffect::ReleaseState {
+            release: "w1".into(),
+            state: ReleaseState::Watching,
+        }],
+        audit("watch.start"),
+    )
+    .await
+    .unwrap();
+    let got = s.active_watch(env).await.unwrap().expect("active window");
+    assert_eq!(
+        got, w,
+        "a window reads back exactly, fractional seconds and floats included"
+    );
+    assert_eq!(
+        s.release(env, "w1").await.unwrap().unwrap().state,
+        ReleaseState::Watching
+    );
+
+    let inc = Incident {
+        id: "inc-1".into(),
+        environment: env.into(),
+        release: "w1".into(),
+        trigger: "errors".into(),
+        signal: Some("checkout".into()),
+        summary: "5xx above 1%".into(),
+        evidence: serde_json::json!({"n": 48, "failures": 4, "log_evidence": 6.216461983581198}),
+        status: IncidentStatus::Open,
+        rollback_run: None,
+        opened_at: rewind_core::now_rfc3339(),
+        updated_at: rewind_core::now_rfc3339(),
+    };
+    s.open_incident(&inc, audit("incident.open")).await.unwrap();
+    s.end_watch(
+        env,
+        "w1",
+        "fired",
+        &[LedgerEffect::ReleaseState {
+            release: "w1".into(),
+            state: ReleaseState::Failed,
+        }],
+        audit("watch.fired"),
+    )
+    .await
+    .unwrap();
+    assert!(s.active_watch(env).await.unwrap().is_none());
+    s.update_incident(
+        "inc-1",
+        IncidentStatus::RolledBack,
+        Some("run-9"),
+        audit("incident.rolled-back"),
+    )
+    .await
+    .unwrap();
+    let all = s.incidents(env).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].status, IncidentStatus::RolledBack);
+    assert_eq!(all[0].rollback_run.as_deref(), Some("run-9"));
+    assert_eq!(all[0].evidence, inc.evidence);
+    assert!(
+        s.update_incident("nope", IncidentStatus::Escalated, None, audit("x"))
+            .await
+            .is_err()
+    );
+
+    s.record(
+        env,
+        &[LedgerEffect::ReleaseState {
+            release: "w1".into(),
+            state: ReleaseState::RolledBack,
+        }],
+        audit("record"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.release(env, "w1").await.unwrap().unwrap().state,
+        ReleaseState::RolledBack
+    );
+    let chain = s.audit_entries(env).await.unwrap();
+    assert_eq!(chain.len(), 7);
+    rewind_core::audit::verify(&chain)
+        .expect("chain with float details verifies after a round trip");
+    assert_eq!(s.audit_head(env).await.unwrap().map(|h| h.0), Some(7));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -221,6 +221,8 @@ impl Executor<'_> {
         };
         let total = run.steps.len();
         let mut reports = Vec::new();
+        // The step whose `begin` line was already written with the previous step's `done`.
+        let mut begun: Option<usize> = None;
         for (i, step) in run.steps.iter().enumerate() {
             if finished.contains(&(i as i64)) {
                 reports.push(StepReport {
@@ -243,9 +245,11 @@ impl Executor<'_> {
             }
             let key = (i as i64, step.id.as_str());
             crash::point("before", &step.id);
-            self.store
-                .journal_append(&run.id, Some(key), JournalEvent::Begin, &step.title)
-                .await?;
+            if begun != Some(i) {
+                self.store
+                    .journal_append(&run.id, Some(key), JournalEvent::Begin, &step.title)
+                    .await?;
+            }
             crash::point("after-begin", &step.id);
             self.printer
                 .note(format!("[{}/{total}] {}", i + 1, step.title));
@@ -286,6 +290,19 @@ impl Executor<'_> {
                     // "in the middle" here: acted, nothing recorded.
                     crash::point("mid", &step.id);
                     crash::point("after-action", &step.id);
+                    // The next step's `begin` goes into the same commit, unless the run is
+                    // about to stop at this boundary.
+                    let stopping = self.interrupt.load(Ordering::SeqCst) || lock.lost();
+                    let next = (!stopping)
+                        .then(|| {
+                            run.steps
+                                .iter()
+                                .enumerate()
+                                .skip(i + 1)
+                                .find(|(j, _)| !finished.contains(&(*j as i64)))
+                        })
+                        .flatten()
+                        .map(|(j, s)| (j as i64, s.id.as_str(), s.title.as_str()));
                     let (event, message) = match outcome {
                         Outcome::Done(m) => (JournalEvent::Done, m),
                         Outcome::Skipped(m) => (JournalEvent::Skipped, m),
@@ -296,8 +313,9 @@ impl Executor<'_> {
                         .release(&run.release)
                         .details(json!({"step": step.id, "title": step.title, "seconds": round3(seconds)}));
                     self.store
-                        .journal_finish(&run.id, key, event, &message, &effects, audit)
+                        .journal_finish(&run.id, key, event, &message, &effects, audit, next)
                         .await?;
+                    begun = next.map(|(j, _, _)| j as usize);
                     self.printer.note(format!(
                         "      {} ({seconds:.2}s){}",
                         if event == JournalEvent::Done {
@@ -327,7 +345,15 @@ impl Executor<'_> {
                         .release(&run.release)
                         .details(json!({"step": step.id, "title": step.title, "error": message}));
                     self.store
-                        .journal_finish(&run.id, key, JournalEvent::Failed, &message, &[], audit)
+                        .journal_finish(
+                            &run.id,
+                            key,
+                            JournalEvent::Failed,
+                            &message,
+                            &[],
+                            audit,
+                            None,
+                        )
                         .await?;
                     self.printer.note(format!(
                         "      {} ({seconds:.2}s)",

@@ -56,6 +56,21 @@ pub struct EnvironmentConfig {
     /// A lock whose heartbeat is older than this is taken over.
     #[serde(with = "crate::units::serde_duration")]
     pub lock_stale_after: Duration,
+    /// How hard an SQLite state store pushes each commit to disk.
+    pub state_sync: StateSync,
+}
+
+/// `state-sync`: SQLite's `synchronous` setting for the state store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateSync {
+    /// Every commit is on disk before rewind goes on (fsync per commit): nothing recorded is
+    /// lost even when the machine loses power. The default.
+    Full,
+    /// Commits survive a killed process but the newest may be lost when the machine itself
+    /// dies (fsync at checkpoints only). Resuming stays correct, because every step checks
+    /// its postcondition; the newest journal and audit lines may be missing.
+    Normal,
 }
 
 impl std::fmt::Debug for EnvironmentConfig {
@@ -64,6 +79,7 @@ impl std::fmt::Debug for EnvironmentConfig {
             .field("name", &self.name)
             .field("state", &self.state)
             .field("lock_stale_after", &self.lock_stale_after)
+            .field("state_sync", &self.state_sync)
             .finish()
     }
 }

@@ -39,6 +39,10 @@ name = "production"
 # state = "postgres://rewind@db.internal/rewind"
 # A lock whose holder has sent no heartbeat for this long is taken over (at least "5s").
 # lock-stale-after = "30s"
+# How hard the SQLite state store pushes each commit to disk: "full" (the default: nothing
+# recorded is lost even on power loss) or "normal" (faster; the newest records may be lost
+# when the machine itself dies, and resuming stays correct).
+# state-sync = "full"
 
 # Components are deployed in the order they are listed here and rolled back in reverse.
 # The name after "components." is what --component NAME and --artifact NAME=PATH refer to.
@@ -188,7 +192,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 const TOP_KEYS: &[&str] = &["environment", "components", "watch"];
-const ENV_KEYS: &[&str] = &["name", "state", "lock-stale-after"];
+const ENV_KEYS: &[&str] = &["name", "state", "lock-stale-after", "state-sync"];
 const RELEASE_DIR_KEYS: &[&str] = &[
     "kind",
     "root",
@@ -604,11 +608,16 @@ fn read_environment(
             )),
         );
     }
+    let state_sync = f.one_of(cx, "state-sync", &["full", "normal"], "full");
     f.finish(cx, ENV_KEYS, |_| None);
     Some(EnvironmentConfig {
         name: name?.0,
         state: state?,
         lock_stale_after: lock_stale_after?.0,
+        state_sync: match state_sync?.0 {
+            "normal" => super::StateSync::Normal,
+            _ => super::StateSync::Full,
+        },
     })
 }
 

@@ -104,7 +104,7 @@ impl Env {
         {
             redactor.add(pw);
         }
-        let store: Arc<dyn Store> = rewind_store::open(&location)
+        let store: Arc<dyn Store> = rewind_store::open(&location, config.environment.state_sync)
             .await
             .map_err(|e| {
                 CliError::new(crate::error::Class::Failed, e)
