@@ -2,7 +2,7 @@
 //!
 //! - `rewind-bench serve --port P --dir D [--pidfile F]`: a tiny HTTP/1.1 server answering
 //!   `GET /health` with the contents of `D/VERSION` (the app the benchmark restarts).
-//! - `rewind-bench rollback [--runs N] [--rewind PATH] [--json] [--keep]`: times
+//! - `rewind-bench rollback [--runs N] [--rewind PATH] [--state-sync full|normal] [--json] [--keep]`: times
 //!   `rewind rollback` against a bare shell script doing the same switch, restart and
 //!   readiness wait.
 
@@ -18,10 +18,11 @@ usage:
   rewind-bench serve --port PORT --dir DIR [--pidfile FILE]
       Serve GET /health with DIR/VERSION on 127.0.0.1:PORT; writes its pid to FILE
       (default: the parent of DIR, taken literally, /server.pid).
-  rewind-bench rollback [--runs N] [--rewind PATH] [--json] [--keep]
+  rewind-bench rollback [--runs N] [--rewind PATH] [--state-sync full|normal] [--json] [--keep]
       Time `rewind rollback` against a shell floor (symlink swap, restart, curl poll).
       --runs N       measured runs per contender (default 15)
       --rewind PATH  the rewind binary (default: `rewind` next to this executable)
+      --state-sync S rewind's state-sync setting: full (default) or normal
       --json         print the results as JSON instead of a markdown table
       --keep         keep the temporary directory and server (for profiling)";
 
@@ -80,6 +81,7 @@ fn parse_rollback(args: &[String]) -> Result<rollback::Args, String> {
         rewind: None,
         json: false,
         keep: false,
+        state_sync: "full".into(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -92,6 +94,13 @@ fn parse_rollback(args: &[String]) -> Result<rollback::Args, String> {
                 }
             }
             "--rewind" => out.rewind = Some(PathBuf::from(value(a, &mut it)?)),
+            "--state-sync" => {
+                let v = value(a, &mut it)?;
+                if v != "full" && v != "normal" {
+                    return Err(format!("--state-sync {v}: write full or normal"));
+                }
+                out.state_sync = v.to_string();
+            }
             "--json" => out.json = true,
             "--keep" => out.keep = true,
             other => return Err(format!("unknown argument {other}\n{USAGE}")),

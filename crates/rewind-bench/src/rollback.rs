@@ -18,6 +18,8 @@ pub struct Args {
     pub rewind: Option<PathBuf>,
     pub json: bool,
     pub keep: bool,
+    /// rewind's `state-sync` (`full` or `normal`).
+    pub state_sync: String,
 }
 
 /// rewind's median may be at most this many times the shell floor's.
@@ -144,7 +146,7 @@ struct Setup {
     floor: PathBuf,
 }
 
-fn set_up(w: &Workdir, bench: &Path) -> Result<Setup, String> {
+fn set_up(w: &Workdir, bench: &Path, state_sync: &str) -> Result<Setup, String> {
     let port = free_port()?;
     let root = &w.root;
     std::fs::create_dir(root).map_err(|e| format!("creating {}: {e}", root.display()))?;
@@ -207,6 +209,7 @@ exit 1
         &format!(
             r#"[environment]
 name = "bench"
+state-sync = "{sync}"
 
 [components.web]
 kind = "release-dir"
@@ -218,6 +221,7 @@ ready-timeout = "30s"
             root = toml_quote(path_str(root)?),
             restart = toml_quote(&sh_quote(path_str(&restart)?)),
             url = toml_quote(&url),
+            sync = state_sync,
         ),
         false,
     )?;
@@ -287,7 +291,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     }
 
     let w = Workdir::create(args.keep)?;
-    let s = set_up(&w, &bench)?;
+    let s = set_up(&w, &bench, &args.state_sync)?;
     let rewind_cmd = |extra: &[&str]| {
         let mut c = Command::new(&rewind);
         c.arg("-q").arg("-c").arg(&s.config).args(extra);

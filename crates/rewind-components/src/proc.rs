@@ -43,7 +43,11 @@ pub async fn run_shell(
     timeout: Duration,
     redactor: &rewind_core::redact::Redactor,
 ) -> Result<CommandOutput> {
-    let mut cmd = tokio::process::Command::new("sh");
+    let mut cmd = tokio::process::Command::new(if std::path::Path::new("/bin/sh").exists() {
+        "/bin/sh"
+    } else {
+        "sh"
+    });
     cmd.arg("-c")
         .arg(command)
         .stdin(Stdio::null())

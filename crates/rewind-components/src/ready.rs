@@ -19,13 +19,13 @@ pub async fn wait_ready(
 ) -> Result<String> {
     let start = Instant::now();
     let deadline = start + timeout;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5).min(timeout.max(Duration::from_millis(200))))
-        .build()
-        .map_err(|e| {
-            ComponentError::failed(component, format!("cannot build an HTTP client: {e}"))
-        })?;
+    let client = crate::http_client_builder(match ready {
+        Readiness::Url(u) => u,
+        Readiness::Command(_) => "",
+    })
+    .timeout(Duration::from_secs(5).min(timeout.max(Duration::from_millis(200))))
+    .build()
+    .map_err(|e| ComponentError::failed(component, format!("cannot build an HTTP client: {e}")))?;
     let mut attempts = 0u32;
     let mut last;
     loop {
