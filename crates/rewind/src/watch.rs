@@ -600,21 +600,34 @@ impl View {
     }
 }
 
-/// Watches `release` until `deadline`, a trigger, or a stop.
-pub async fn run_window<F, Fut>(
-    cfg: &WatchConfig,
-    release: &str,
-    baseline: &Baseline,
-    window_left: Duration,
-    redactor: &Redactor,
-    quiet: bool,
-    title: &str,
-    mut still_watching: F,
-) -> (Ending, Value)
+/// One stretch of watching: what, against which baseline, for how long.
+pub struct Window<'a> {
+    pub cfg: &'a WatchConfig,
+    pub release: &'a str,
+    pub baseline: &'a Baseline,
+    pub left: Duration,
+    pub redactor: &'a Redactor,
+    /// No live view (quiet or JSON mode).
+    pub quiet: bool,
+    pub title: &'a str,
+}
+
+/// Watches until the window's end, a trigger, or a stop. `still_watching` is asked every
+/// couple of seconds whether the release is still being watched.
+pub async fn run_window<F, Fut>(w: Window<'_>, mut still_watching: F) -> (Ending, Value)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    let Window {
+        cfg,
+        release,
+        baseline,
+        left: window_left,
+        redactor,
+        quiet,
+        title,
+    } = w;
     let (mut rx, stop, start) = start_signals(cfg, release, redactor);
     let mut ev = Evaluator::new(cfg, baseline);
     let mut view = View::new(quiet);
@@ -635,7 +648,7 @@ where
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 view.draw(&format!("{title} — {} left (α = {})", human(left), rewind_core::units::Percent(cfg.alpha)), &ev);
                 checks += 1;
-                if checks % 4 == 0 && !still_watching().await {
+                if checks.is_multiple_of(4) && !still_watching().await {
                     break Ending::Stopped("the release is no longer being watched (rolled back or marked by another run)".into());
                 }
             }

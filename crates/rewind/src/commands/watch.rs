@@ -143,26 +143,26 @@ async fn watch_window(env: &Env, watch: Watch, printer: &Printer) -> CliResult<E
     let store = env.store.clone();
     let (envname, release) = (env.name.clone(), watch.release.clone());
     let title = format!("watching {} on {}", watch.release, env.name);
-    let (ending, summary) = run_window(
+    let window = crate::watch::Window {
         cfg,
-        &watch.release,
-        &baseline,
+        release: &watch.release,
+        baseline: &baseline,
         left,
-        &env.redactor,
-        printer.quiet || printer.json,
-        &title,
-        || {
-            let (store, envname, release) = (store.clone(), envname.clone(), release.clone());
-            async move {
-                match store.release(&envname, &release).await {
-                    Ok(Some(r)) => r.state == ReleaseState::Watching,
-                    Ok(None) => false,
-                    // A passing store error does not end the window.
-                    Err(_) => true,
-                }
+        redactor: &env.redactor,
+        quiet: printer.quiet || printer.json,
+        title: &title,
+    };
+    let (ending, summary) = run_window(window, || {
+        let (store, envname, release) = (store.clone(), envname.clone(), release.clone());
+        async move {
+            match store.release(&envname, &release).await {
+                Ok(Some(r)) => r.state == ReleaseState::Watching,
+                Ok(None) => false,
+                // A passing store error does not end the window.
+                Err(_) => true,
             }
-        },
-    )
+        }
+    })
     .await;
     let actor = host::actor();
     match ending {
@@ -338,17 +338,16 @@ pub async fn on_trigger(
         rewind_core::units::format_duration(verify_for)
     ));
     let empty = Baseline::new();
-    let (ending, summary) = run_window(
+    let window = crate::watch::Window {
         cfg,
-        &target,
-        baseline.unwrap_or(&empty),
-        verify_for,
-        &env.redactor,
-        true,
-        "verifying",
-        || async { true },
-    )
-    .await;
+        release: &target,
+        baseline: baseline.unwrap_or(&empty),
+        left: verify_for,
+        redactor: &env.redactor,
+        quiet: true,
+        title: "verifying",
+    };
+    let (ending, summary) = run_window(window, || async { true }).await;
     let verified = !matches!(ending, Ending::Fired(_));
     let (status, action) = if verified {
         (IncidentStatus::RolledBack, "incident.rolled-back")
