@@ -820,12 +820,17 @@ pub fn goals(summaries: &[Summary]) -> String {
             let line = match worst(&comparable) {
                 Some((ratio, det, fa)) => format!(
                     "rewind {} s; fastest peer at ≤ rewind's false-alarm rate: {} ({} false \
-                     alarms), ratio peer/rewind {} — {}",
+                     alarms), ratio peer/rewind {} — {} (the SPRT optimum's ratio: {})",
                     secs(Some(ours)),
                     NAMES[det],
                     pct(fa),
                     fmt_ratio(ratio),
-                    mark(ratio >= 10.0)
+                    mark(ratio >= 10.0),
+                    match (r.stat(det).median, r.stat(SPRT).median) {
+                        (Some(p), Some(o)) => fmt_ratio(p / o),
+                        (None, _) => fmt_ratio(f64::INFINITY),
+                        (Some(_), None) => "n/a".into(),
+                    }
                 ),
                 None => {
                     let (ratio, det, fa) = worst(&others).expect("peers");
