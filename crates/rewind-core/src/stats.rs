@@ -62,9 +62,12 @@
 //! Checking at a subset of times (e.g. after a batch of counter increments,
 //! [`RateTest::observe_counts`]) is a fortiori valid. Conversely, because a good request
 //! multiplies every `L_n(q)` (with `q > p0`) by `(1−q)/(1−p0) < 1`, `M_n` can only go *up*
-//! on a bad request; evaluating at bad requests only loses nothing. rewind uses this and a
-//! cheap upper bound (`M_n ≤ sup_q L_n(q) = exp(n·KL(k/n ‖ p0))`) to skip the exact
-//! computation almost always.
+//! on a bad request; evaluating at bad requests only loses nothing. rewind uses this and two
+//! cheap upper bounds to skip the exact computation almost always: `M_n ≤ sup_q L_n(q) =
+//! exp(n·KL(k/n ‖ p0))`, and, since the last exact value `M_m`, `M_n ≤ M_m · sup_q` (the
+//! likelihood ratio of requests `m+1..n`), because each component was multiplied by that
+//! ratio at `q`. Both are exact bounds, so the decision is the same as evaluating exactly
+//! after every request (a unit test checks this).
 //!
 //! # The prior
 //!
@@ -143,6 +146,8 @@ pub struct RateTest {
     n: u64,
     k: u64,
     rejected_at: Option<u64>,
+    /// Last exact evaluation `(n, k, ln M_n)`, anchor of the cheap incremental bound.
+    anchor: Option<(u64, u64, f64)>,
 }
 
 impl RateTest {
@@ -171,6 +176,7 @@ impl RateTest {
             n: 0,
             k: 0,
             rejected_at: None,
+            anchor: None,
         })
     }
 
@@ -201,10 +207,19 @@ impl RateTest {
         }
         let threshold = self.threshold();
         // Cheap upper bound: the mixture never exceeds the best single likelihood ratio.
-        if self.n as f64 * kl_bernoulli(self.k as f64 / self.n as f64, self.p0) < threshold {
+        if sup_log_lr(self.n, self.k, self.p0) < threshold {
             return;
         }
-        if self.log_evidence() >= threshold {
+        // Second cheap bound: since the last exact value, every component was multiplied by
+        // the likelihood ratio of the new data, which is at most its best single one.
+        if let Some((n, k, v)) = self.anchor
+            && v + sup_log_lr(self.n - n, self.k - k, self.p0) < threshold
+        {
+            return;
+        }
+        let v = self.log_evidence();
+        self.anchor = Some((self.n, self.k, v));
+        if v >= threshold {
             self.rejected_at = Some(self.n);
         }
     }
@@ -476,6 +491,14 @@ fn ln_mixture(n: u64, k: u64, p0: f64, a: f64, b: f64, ln_prior_norm: f64) -> f6
 fn ln_upper_tail(p0: f64, a: f64, b: f64) -> f64 {
     // 1 − I_x(a, b) = I_{1−x}(b, a); pass 1 − x and x separately to keep precision.
     ln_ibeta(1.0 - p0, p0, b, a)
+}
+
+/// `ln sup_{q ≥ p0} L(q)` for `k` bad among `n`: `n · KL(k/n ‖ p0)`, 0 if `k/n ≤ p0`.
+fn sup_log_lr(n: u64, k: u64, p0: f64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    n as f64 * kl_bernoulli(k as f64 / n as f64, p0)
 }
 
 /// Kullback–Leibler divergence KL(Bernoulli(p) ‖ Bernoulli(p0)) when `p > p0`, else 0.
@@ -791,6 +814,23 @@ mod tests {
         assert!(RateTest::new(0.0, 0.01).is_err());
         assert!(RateTest::new(0.1, 1.0).is_err());
         assert!(QuantileTest::new(-1.0, 0.95, 0.3, 0.01).is_err());
+    }
+
+    #[test]
+    fn fast_path_decides_like_exact_evaluation_after_every_request() {
+        let mut rng = Rng(5);
+        for stream in 0..300 {
+            let p = [0.02, 0.025, 0.03][stream % 3];
+            let mut fast = RateTest::new(0.02, 0.05).unwrap();
+            let mut exact_at = None;
+            for i in 1..=5_000u64 {
+                fast.observe(rng.uniform() < p);
+                if exact_at.is_none() && fast.log_evidence() >= fast.threshold() {
+                    exact_at = Some(i);
+                }
+            }
+            assert_eq!(fast.rejected_at(), exact_at, "stream {stream}");
+        }
     }
 
     #[test]
