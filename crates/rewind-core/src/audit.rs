@@ -256,7 +256,8 @@ mod tests {
     #[test]
     fn every_field_change_is_detected_at_that_entry() {
         let base = sample_chain();
-        let edits: Vec<(&str, Box<dyn Fn(&mut AuditEntry)>)> = vec![
+        type Edit = Box<dyn Fn(&mut AuditEntry)>;
+        let edits: Vec<(&str, Edit)> = vec![
             ("at", Box::new(|e| e.at.push('1'))),
             ("actor", Box::new(|e| e.actor = "mallory@box".into())),
             ("action", Box::new(|e| e.action = "rollback".into())),

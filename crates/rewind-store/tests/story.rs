@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rewind_core::config::{CommandConfig, ComponentConfig, StateLocation};
+use rewind_core::config::{CommandConfig, ComponentConfig, StateLocation, StateSync};
 use rewind_core::{
     Action, JournalEvent, LedgerEffect, LockHolder, NewAudit, NewRelease, NewRun, ReleaseState,
     RunKind, RunStatus, Step,
@@ -616,7 +616,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     // The other environment's chain is untouched.
     assert_eq!(s.audit_entries(ENV).await.unwrap().len(), audits);
 
-    watches_and_incidents(&*s).await;
+    watches_and_incidents(s).await;
 }
 
 /// Monitoring windows, incidents and run-less ledger records.
@@ -732,7 +732,7 @@ async fn sqlite_story() {
     let a = SqliteStore::open(&path).await.expect("open sqlite");
     assert!(path.exists());
     assert!(a.location().contains("state.db"));
-    let b = rewind_store::open(&StateLocation::Sqlite(path.clone()))
+    let b = rewind_store::open(&StateLocation::Sqlite(path.clone()), StateSync::Full)
         .await
         .expect("second handle");
     story(Arc::new(a), Arc::from(b)).await;
@@ -820,7 +820,7 @@ async fn postgres_story() {
 
     let db_url = with_database(&url, &db);
     let a = PostgresStore::connect(&db_url).await.expect("connect");
-    let b = rewind_store::open(&StateLocation::Postgres(db_url.clone()))
+    let b = rewind_store::open(&StateLocation::Postgres(db_url.clone()), StateSync::Full)
         .await
         .expect("second handle");
     story(Arc::new(a), Arc::from(b)).await;

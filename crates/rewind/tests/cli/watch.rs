@@ -193,8 +193,11 @@ fn a_healthy_release_runs_its_window_and_becomes_good() {
 
 #[test]
 fn a_bad_release_is_rolled_back_and_the_incident_records_the_evidence() {
+    // Availability is relaxed and the probe is not critical, so the 5xx trigger is the one
+    // that fires.
+    let probe = PROBES.replace("critical = true", "critical = false");
     let shop = Shop::new(&format!(
-        "[watch]\nwindow = \"30s\"\nbaseline = \"1s\"\n\n{PROBES}"
+        "[watch]\nwindow = \"30s\"\nbaseline = \"1s\"\navailability-below = \"50%\"\n\n{probe}"
     ));
     shop.deploy("v1", false).ok();
     let out = shop.run(&[
@@ -209,6 +212,7 @@ fn a_bad_release_is_rolled_back_and_the_incident_records_the_evidence() {
     let j = out.json();
     assert_eq!(j["rolled_back"], true, "{j:#}");
     let inc = &j["incident"];
+    assert_eq!(inc["trigger"], "errors", "{j:#}");
     assert_eq!(inc["rolled_back_to"], "v1");
     assert_eq!(inc["verification"]["passed"], true);
     let ev = &inc["evidence"];
