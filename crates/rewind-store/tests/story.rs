@@ -718,10 +718,10 @@ async fn watches_and_incidents(s: &dyn Store) {
         ReleaseState::RolledBack
     );
     let chain = s.audit_entries(env).await.unwrap();
-    assert_eq!(chain.len(), 7);
+    assert_eq!(chain.len(), 6);
     rewind_core::audit::verify(&chain)
         .expect("chain with float details verifies after a round trip");
-    assert_eq!(s.audit_head(env).await.unwrap().map(|h| h.0), Some(7));
+    assert_eq!(s.audit_head(env).await.unwrap().map(|h| h.0), Some(6));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -72,6 +72,29 @@ async fn steps_done(env: &Env, run: &Run) -> CliResult<usize> {
     Ok(done.len())
 }
 
+/// The plan as a person reads it: header, then numbered steps (secrets masked).
+fn describe(env: &Env, target: &RollbackTarget, steps: &[Step]) -> String {
+    let mut text = format!(
+        "rollback of {} from {} to {}{}:",
+        env.name,
+        target.from,
+        target.to,
+        if target.whole {
+            String::new()
+        } else {
+            format!(" (only {})", target.components.join(", "))
+        }
+    );
+    for (i, s) in steps.iter().enumerate() {
+        text.push_str(&format!(
+            "\n  {:>2}. {}",
+            i + 1,
+            env.redactor.redact(&s.title)
+        ));
+    }
+    text
+}
+
 fn steps_json(steps: &[Step]) -> serde_json::Value {
     json!(steps
         .iter()
@@ -114,25 +137,8 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         }
         Err(e) => return Err(e),
     };
-    text.push_str(&format!(
-        "rollback of {} from {} to {}{}:\n",
-        env.name,
-        target.from,
-        target.to,
-        if target.whole {
-            String::new()
-        } else {
-            format!(" (only {})", target.components.join(", "))
-        }
-    ));
-    for (i, s) in steps.iter().enumerate() {
-        text.push_str(&format!(
-            "  {:>2}. {}\n",
-            i + 1,
-            env.redactor.redact(&s.title)
-        ));
-    }
-    text.push_str("nothing was changed; run `rewind rollback` to carry this out");
+    text.push_str(&describe(env, &target, &steps));
+    text.push_str("\nnothing was changed; run `rewind rollback` to carry this out");
     if let Err(e) = super::deploy::precheck(env, &steps).await {
         text.push_str(&format!(
             "\nwarning: this plan cannot run as it stands: {:#}",
@@ -237,24 +243,7 @@ async fn rollback_locked(
     }
     let (target, steps) = make_plan(env, &args.target).await?;
     super::deploy::precheck(env, &steps).await?;
-    let mut shown = format!(
-        "rollback of {} from {} to {}{}:",
-        env.name,
-        target.from,
-        target.to,
-        if target.whole {
-            String::new()
-        } else {
-            format!(" (only {})", target.components.join(", "))
-        }
-    );
-    for (i, s) in steps.iter().enumerate() {
-        shown.push_str(&format!(
-            "\n  {:>2}. {}",
-            i + 1,
-            env.redactor.redact(&s.title)
-        ));
-    }
+    let shown = describe(env, &target, &steps);
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             return Err(
