@@ -1,0 +1,677 @@
+//! Backups as restore points: SQLite snapshots (`VACUUM INTO`) and PostgreSQL dumps
+//! (`pg_dump -Fc`), their restore, and their verification in a scratch database.
+//!
+//! Every backup is written to a temporary file beside its destination, flushed to disk and
+//! renamed into place, so a backup file that exists is complete. Its BLAKE3 checksum is kept
+//! in [`BackupInfo`] and checked again before a restore.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{Connection, Row};
+
+use crate::error::{Error, Result, db, io, redact};
+use crate::inspect::{Inspect, integrity_check};
+
+/// What a backup is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupKind {
+    /// A SQLite database file made with `VACUUM INTO`.
+    SqliteSnapshot,
+    /// A `pg_dump -Fc` archive.
+    PgDumpCustom,
+}
+
+/// A finished backup file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupInfo {
+    pub kind: BackupKind,
+    pub path: PathBuf,
+    /// Size of the file.
+    pub bytes: u64,
+    pub created_at: jiff::Timestamp,
+    /// BLAKE3 of the file, lowercase hex.
+    pub checksum: String,
+}
+
+impl BackupInfo {
+    /// Describes an existing backup file (its checksum is computed now, so it proves nothing
+    /// about the file's past).
+    pub async fn from_file(kind: BackupKind, path: &Path) -> Result<BackupInfo> {
+        let (bytes, checksum) = hash_file(path.to_path_buf()).await?;
+        Ok(BackupInfo {
+            kind,
+            path: path.to_path_buf(),
+            bytes,
+            created_at: jiff::Timestamp::now(),
+            checksum,
+        })
+    }
+
+    /// Re-reads the file and compares size and checksum.
+    pub async fn check(&self) -> Result<()> {
+        let (_, found) = hash_file(self.path.clone()).await?;
+        if found != self.checksum {
+            return Err(Error::Checksum {
+                path: self.path.clone(),
+                expected: self.checksum.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What [`sqlite_verify`] and [`pg_verify`] found in a backup restored into a scratch database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// What the integrity check said (`ok` for SQLite).
+    pub integrity: String,
+    /// Rows per user table (PostgreSQL: `schema.table`).
+    pub row_counts: BTreeMap<String, i64>,
+}
+
+// ---- SQLite -------------------------------------------------------------------------------
+
+fn sqlite_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(false)
+        .busy_timeout(Duration::from_secs(30))
+}
+
+/// Takes a consistent snapshot of the SQLite database at `db_path` into `dest` (which must
+/// not exist) with `VACUUM INTO`, while other connections go on writing: the snapshot is one
+/// read transaction, so it holds every transaction committed before it started and none after.
+/// In WAL mode writers are not blocked; in rollback-journal mode they wait while it runs.
+pub async fn sqlite_snapshot(db_path: &Path, dest: &Path) -> Result<BackupInfo> {
+    if !db_path.is_file() {
+        return Err(Error::Invalid(format!(
+            "{} is not a SQLite database file",
+            db_path.display()
+        )));
+    }
+    if dest.exists() {
+        return Err(Error::Invalid(format!("{} already exists", dest.display())));
+    }
+    let tmp = temp_beside(dest, "partial");
+    let tmp_str = tmp
+        .to_str()
+        .ok_or_else(|| Error::Invalid(format!("{} is not valid UTF-8", tmp.display())))?
+        .to_string();
+    let context = format!("snapshot of {}", db_path.display());
+    let mut conn = sqlx::sqlite::SqliteConnection::connect_with(&sqlite_options(db_path))
+        .await
+        .map_err(db(&context, None))?;
+    // The target is a bound parameter, so no quoting is needed.
+    let result = sqlx::query("VACUUM INTO ?")
+        .bind(&tmp_str)
+        .execute(&mut conn)
+        .await
+        .map_err(db(&context, None));
+    let _ = conn.close().await;
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    finish_file(tmp, dest.to_path_buf(), BackupKind::SqliteSnapshot).await
+}
+
+/// Progress of a copy: bytes copied so far, and the total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub copied: u64,
+    pub total: u64,
+}
+
+/// Puts a SQLite snapshot back in place of the database at `db_path`.
+///
+/// The caller must have stopped every writer (and closed its connections) first: a
+/// connection that stays open keeps using the old file. Steps:
+///
+/// 1. the backup is checked against its checksum while it is copied to a temporary file
+///    beside the database (same directory, so the rename below is atomic), with `progress`
+///    called as bytes are copied; the copy is flushed to disk (fsync);
+/// 2. the old database's `-wal`, `-shm` and `-journal` files are removed;
+/// 3. the copy is renamed over the database, and the directory is flushed.
+///
+/// Why this order: a WAL (or hot rollback journal) belongs to the database file it was
+/// written for, but SQLite finds it by name only. If it were still there after the swap, the
+/// next connection would replay the old database's pages onto the restored file and corrupt
+/// it — so it must be gone *before* the new file takes the name. If the process dies between
+/// steps 2 and 3, the old database is still in place (only its last uncheckpointed commits,
+/// which the restore is about to discard anyway, are lost) and the restore can be run again;
+/// once step 3 has happened, there is no stale WAL to replay.
+pub async fn sqlite_restore<F>(backup: &BackupInfo, db_path: &Path, progress: F) -> Result<()>
+where
+    F: FnMut(Progress) + Send + 'static,
+{
+    let backup = backup.clone();
+    let db_path = db_path.to_path_buf();
+    tokio::task::spawn_blocking(move || sqlite_restore_blocking(&backup, &db_path, progress))
+        .await
+        .map_err(|e| Error::Invalid(format!("restore task failed: {e}")))?
+}
+
+fn sqlite_restore_blocking<F>(backup: &BackupInfo, db_path: &Path, progress: F) -> Result<()>
+where
+    F: FnMut(Progress),
+{
+    let tmp = temp_beside(db_path, "restore");
+    let result = (|| {
+        copy_checked(backup, &tmp, progress)?;
+        check_sqlite_header(&tmp)?;
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let side = sidecar(db_path, suffix);
+            match std::fs::remove_file(&side) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(format!("removing {}", side.display()))(e)),
+            }
+        }
+        std::fs::rename(&tmp, db_path).map_err(io(format!(
+            "renaming the restored copy over {}",
+            db_path.display()
+        )))?;
+        sync_dir(db_path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Restores a SQLite snapshot into a scratch file, runs `PRAGMA integrity_check` and counts
+/// the rows of every table. The scratch file is removed afterwards.
+pub async fn sqlite_verify(backup: &BackupInfo) -> Result<VerifyReport> {
+    let dir = std::env::temp_dir().join(format!("rewind-verify-{}", random_suffix()));
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let result = async {
+        let scratch = dir.join("verify.db");
+        let (b, s) = (backup.clone(), scratch.clone());
+        tokio::task::spawn_blocking(move || copy_checked(&b, &s, |_| {}))
+            .await
+            .map_err(|e| Error::Invalid(format!("copy task failed: {e}")))??;
+        check_sqlite_header(&scratch)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(sqlite_options(&scratch))
+            .await
+            .map_err(db("opening the scratch copy", None))?;
+        let report = async {
+            let integrity = integrity_check(&pool).await?;
+            let row_counts = pool.row_counts().await?;
+            Ok(VerifyReport {
+                integrity,
+                row_counts,
+            })
+        }
+        .await;
+        pool.close().await;
+        report
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn sidecar(db_path: &Path, suffix: &str) -> PathBuf {
+    let mut s = db_path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn check_sqlite_header(path: &Path) -> Result<()> {
+    let mut header = [0u8; 16];
+    let ok = File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .is_ok()
+        && &header == b"SQLite format 3\0";
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::NotSqlite {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+// ---- PostgreSQL ---------------------------------------------------------------------------
+
+/// A PostgreSQL URL split into the URL without its password (safe to pass on a command line
+/// and to print) and the password (passed to tools in `PGPASSWORD` only).
+#[derive(Clone)]
+pub struct PgUrl {
+    url: url::Url,
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgUrl({})", self.url)
+    }
+}
+
+impl std::fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.url.as_str())
+    }
+}
+
+impl PgUrl {
+    pub fn parse(s: &str) -> Result<PgUrl> {
+        let mut url = url::Url::parse(s).map_err(|e| Error::Url(e.to_string()))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(Error::Url(format!(
+                "scheme {:?} is not postgres:// or postgresql://",
+                url.scheme()
+            )));
+        }
+        let password = url.password().map(percent_decode);
+        url.set_password(None)
+            .map_err(|_| Error::Url("cannot remove the password".into()))?;
+        Ok(PgUrl { url, password })
+    }
+
+    /// The URL without its password.
+    pub fn as_str(&self) -> &str {
+        self.url.as_str()
+    }
+
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The database name (the path), or `None` when the URL names none.
+    pub fn database(&self) -> Option<String> {
+        let p = self.url.path().trim_start_matches('/');
+        (!p.is_empty()).then(|| percent_decode(p))
+    }
+
+    /// The same server and credentials, another database.
+    pub fn with_database(&self, name: &str) -> PgUrl {
+        let mut url = self.url.clone();
+        url.set_path(&format!("/{name}"));
+        PgUrl {
+            url,
+            password: self.password.clone(),
+        }
+    }
+
+    pub fn connect_options(&self) -> Result<PgConnectOptions> {
+        let mut o =
+            PgConnectOptions::from_str(self.as_str()).map_err(|e| Error::Url(e.to_string()))?;
+        if let Some(p) = &self.password {
+            o = o.password(p);
+        }
+        Ok(o)
+    }
+
+    fn redact(&self, text: &str) -> String {
+        redact(text, self.password.as_deref())
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Finds a PostgreSQL client tool in PATH, else in the newest `/usr/lib/postgresql/*/bin`.
+pub fn find_pg_tool(name: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((v, e.path().join("bin").join(name)))
+        })
+        .filter(|(_, p)| p.is_file())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, p)| p)
+        .ok_or_else(|| Error::ToolMissing {
+            tool: name.to_string(),
+        })
+}
+
+/// Runs a client tool against `url`; its password goes in `PGPASSWORD`, never in the
+/// arguments. Fails with the tool's stderr, redacted.
+async fn run_pg_tool(tool: &str, url: &PgUrl, args: Vec<OsString>) -> Result<()> {
+    let program = find_pg_tool(tool)?;
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(p) = url.password() {
+        cmd.env("PGPASSWORD", p);
+    }
+    if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
+        cmd.env("PGCONNECT_TIMEOUT", "15");
+    }
+    let out = cmd
+        .output()
+        .await
+        .map_err(io(format!("running {}", program.display())))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let status = match out.status.code() {
+        Some(c) => format!("exit status {c}"),
+        None => "killed by a signal".to_string(),
+    };
+    Err(Error::Tool {
+        tool: tool.to_string(),
+        status,
+        stderr: url.redact(stderr.trim()),
+    })
+}
+
+/// Dumps the database named by `url` with `pg_dump -Fc` into `dest` (which must not exist).
+pub async fn pg_dump(url: &str, dest: &Path) -> Result<BackupInfo> {
+    let url = PgUrl::parse(url)?;
+    if dest.exists() {
+        return Err(Error::Invalid(format!("{} already exists", dest.display())));
+    }
+    let tmp = temp_beside(dest, "partial");
+    let args: Vec<OsString> = vec![
+        "--format=custom".into(),
+        "--no-password".into(),
+        "--file".into(),
+        tmp.clone().into_os_string(),
+        format!("--dbname={}", url.as_str()).into(),
+    ];
+    if let Err(e) = run_pg_tool("pg_dump", &url, args).await {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    finish_file(tmp, dest.to_path_buf(), BackupKind::PgDumpCustom).await
+}
+
+/// Restores a `pg_dump -Fc` backup into the database named by `url` with
+/// `pg_restore -j JOBS --clean --if-exists`: every object in the dump is dropped and recreated
+/// with the dumped data (objects created after the dump are left alone). Connections that hold
+/// locks on those objects make it wait. The backup is checked against its checksum first.
+pub async fn pg_restore(url: &str, backup: &BackupInfo, jobs: usize) -> Result<()> {
+    let url = PgUrl::parse(url)?;
+    backup.check().await?;
+    restore_into(&url, backup, jobs).await
+}
+
+async fn restore_into(url: &PgUrl, backup: &BackupInfo, jobs: usize) -> Result<()> {
+    let args: Vec<OsString> = vec![
+        "--no-password".into(),
+        format!("--jobs={}", jobs.max(1)).into(),
+        "--clean".into(),
+        "--if-exists".into(),
+        "--exit-on-error".into(),
+        format!("--dbname={}", url.as_str()).into(),
+        backup.path.clone().into_os_string(),
+    ];
+    run_pg_tool("pg_restore", url, args).await
+}
+
+/// Restores a `pg_dump -Fc` backup into a scratch database `rewind_verify_<random>` on the
+/// server of `url`, runs a query and counts the rows of every user table, then drops the
+/// scratch database (also when something failed).
+pub async fn pg_verify(url: &str, backup: &BackupInfo, jobs: usize) -> Result<VerifyReport> {
+    let url = PgUrl::parse(url)?;
+    backup.check().await?;
+    let name = format!("rewind_verify_{}", random_suffix());
+    let secret = url.password();
+    let mut admin = sqlx::postgres::PgConnection::connect_with(&url.connect_options()?)
+        .await
+        .map_err(db("connecting to PostgreSQL", secret))?;
+    // `name` is made here of [a-z0-9_] only.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .map_err(db(format!("creating scratch database {name}"), secret))?;
+    let scratch = url.with_database(&name);
+    let result = async {
+        restore_into(&scratch, backup, jobs).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(scratch.connect_options()?)
+            .await
+            .map_err(db(format!("connecting to {name}"), secret))?;
+        let report = async {
+            let one: i32 = sqlx::query("SELECT 1")
+                .fetch_one(&pool)
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(db(format!("querying {name}"), secret))?;
+            let row_counts = pool.row_counts().await?;
+            Ok(VerifyReport {
+                integrity: format!("restored; SELECT 1 returned {one}"),
+                row_counts,
+            })
+        }
+        .await;
+        pool.close().await;
+        report
+    }
+    .await;
+    let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .map_err(db(format!("dropping scratch database {name}"), secret));
+    let _ = admin.close().await;
+    let report = result?;
+    dropped?;
+    Ok(report)
+}
+
+// ---- files --------------------------------------------------------------------------------
+
+/// A fresh, unused name in the directory of `path`.
+fn temp_beside(path: &Path, what: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.rewind-{what}-{}", random_suffix()))
+}
+
+pub(crate) fn random_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(&now.as_nanos().to_le_bytes());
+    h.finalize().to_hex()[..16].to_string()
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(format!("flushing directory {}", dir.display())))
+}
+
+/// fsyncs `tmp`, renames it to `dest`, fsyncs the directory, and describes it.
+async fn finish_file(tmp: PathBuf, dest: PathBuf, kind: BackupKind) -> Result<BackupInfo> {
+    tokio::task::spawn_blocking(move || {
+        let result = (|| {
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io(format!("flushing {}", tmp.display())))?;
+            let (bytes, checksum) = hash_file_blocking(&tmp)?;
+            std::fs::rename(&tmp, &dest).map_err(io(format!("renaming to {}", dest.display())))?;
+            sync_dir(&dest)?;
+            Ok(BackupInfo {
+                kind,
+                path: dest.clone(),
+                bytes,
+                created_at: jiff::Timestamp::now(),
+                checksum,
+            })
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("task failed: {e}")))?
+}
+
+async fn hash_file(path: PathBuf) -> Result<(u64, String)> {
+    tokio::task::spawn_blocking(move || hash_file_blocking(&path))
+        .await
+        .map_err(|e| Error::Invalid(format!("task failed: {e}")))?
+}
+
+fn hash_file_blocking(path: &Path) -> Result<(u64, String)> {
+    let mut f = File::open(path).map_err(io(format!("opening {}", path.display())))?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        let k = f
+            .read(&mut buf)
+            .map_err(io(format!("reading {}", path.display())))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((n, h.finalize().to_hex().to_string()))
+}
+
+/// Copies the backup to `dest` (created new), hashing as it goes, and fsyncs it. Fails (and
+/// removes `dest`) when the checksum does not match.
+fn copy_checked<F: FnMut(Progress)>(
+    backup: &BackupInfo,
+    dest: &Path,
+    mut progress: F,
+) -> Result<()> {
+    let result = (|| {
+        let mut src =
+            File::open(&backup.path).map_err(io(format!("opening {}", backup.path.display())))?;
+        let total = src
+            .metadata()
+            .map_err(io(format!("reading {}", backup.path.display())))?
+            .len();
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .map_err(io(format!("creating {}", dest.display())))?;
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut copied = 0u64;
+        progress(Progress { copied, total });
+        loop {
+            let k = src
+                .read(&mut buf)
+                .map_err(io(format!("reading {}", backup.path.display())))?;
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+            out.write_all(&buf[..k])
+                .map_err(io(format!("writing {}", dest.display())))?;
+            copied += k as u64;
+            progress(Progress { copied, total });
+        }
+        out.sync_all()
+            .map_err(io(format!("flushing {}", dest.display())))?;
+        let found = h.finalize().to_hex().to_string();
+        if found != backup.checksum {
+            return Err(Error::Checksum {
+                path: backup.path.clone(),
+                expected: backup.checksum.clone(),
+                found,
+            });
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(dest);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_url_keeps_the_password_apart() {
+        let u =
+            PgUrl::parse("postgres://app:p%40ss+w@db.example:5433/shop?sslmode=disable").unwrap();
+        assert_eq!(u.password(), Some("p@ss+w"));
+        assert_eq!(
+            u.as_str(),
+            "postgres://app@db.example:5433/shop?sslmode=disable"
+        );
+        assert_eq!(u.database().as_deref(), Some("shop"));
+        let v = u.with_database("rewind_verify_x");
+        assert_eq!(
+            v.as_str(),
+            "postgres://app@db.example:5433/rewind_verify_x?sslmode=disable"
+        );
+        assert!(!format!("{u:?} {u}").contains("p%40ss"));
+        assert_eq!(u.redact("password p@ss+w failed"), "password *** failed");
+        assert!(PgUrl::parse("mysql://x@y/z").is_err());
+        let e = PgUrl::parse("postgres://app:secret@host:notaport/db").unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn missing_tool_says_what_to_install() {
+        let e = find_pg_tool("pg_surely_not_a_tool").unwrap_err();
+        assert!(e.to_string().contains("postgresql-client"), "{e}");
+    }
+}

@@ -1,0 +1,128 @@
+//! Errors, and keeping passwords out of them.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong. No variant ever holds a password: database URLs appear only
+/// with their password removed, and the text of tool and driver errors is redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A database error; `message` is the driver's text, redacted.
+    #[error("{context}: {message}")]
+    Db { context: String, message: String },
+    #[error(
+        "{tool} not found in PATH nor in /usr/lib/postgresql/*/bin: install postgresql-client \
+         (e.g. apt-get install postgresql-client)"
+    )]
+    ToolMissing { tool: String },
+    /// An external tool failed; `stderr` is its error output, redacted.
+    #[error("{tool} failed ({status}): {stderr}")]
+    Tool {
+        tool: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("invalid PostgreSQL URL: {0}")]
+    Url(String),
+    #[error("backup {path} does not match its checksum (expected {expected}, found {found})")]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("{path} is not a SQLite database")]
+    NotSqlite { path: PathBuf },
+    #[error("integrity check failed: {0}")]
+    Integrity(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// Maps a driver error to [`Error::Db`], with URL passwords and `secret` masked.
+pub(crate) fn db(
+    context: impl Into<String>,
+    secret: Option<&str>,
+) -> impl FnOnce(sqlx::Error) -> Error {
+    let context = context.into();
+    let secret = secret.map(str::to_string);
+    move |e| Error::Db {
+        context,
+        message: redact(&e.to_string(), secret.as_deref()),
+    }
+}
+
+/// Replacement for a hidden value.
+pub const MASK: &str = "***";
+
+/// Masks `secret` (as written and percent-encoded) and the password of every
+/// `scheme://user:password@host` in `text`.
+pub fn redact(text: &str, secret: Option<&str>) -> String {
+    let mut out = redact_url_passwords(text);
+    if let Some(s) = secret.filter(|s| !s.is_empty()) {
+        out = out.replace(s, MASK);
+        let encoded: String =
+            url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        if encoded != s {
+            out = out.replace(&encoded, MASK);
+        }
+    }
+    out
+}
+
+fn redact_url_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c == '?' || c.is_whitespace() || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match (authority.rfind('@'), authority.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&authority[..=colon]);
+                out.push_str(MASK);
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_url_passwords_and_secrets() {
+        assert_eq!(
+            redact(
+                "could not connect to postgres://app:hunter2@db:5432/x",
+                None
+            ),
+            "could not connect to postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact("password hunter2 and p%40ss", Some("hunter2")),
+            "password *** and p%40ss"
+        );
+        assert_eq!(redact("p%40ss", Some("p@ss")), "***");
+        assert_eq!(redact("postgres://app@db/x", None), "postgres://app@db/x");
+    }
+}

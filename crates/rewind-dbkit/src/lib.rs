@@ -1,0 +1,19 @@
+//! Database groundwork for rewind:
+//!
+//! - [`classify`]: is a migration destructive or additive (pure, no database);
+//! - [`backup`]: SQLite snapshots (`VACUUM INTO`) and PostgreSQL dumps (`pg_dump -Fc`) as
+//!   restore points, their restore, and their verification in a scratch database;
+//! - [`inspect`]: rows per table and orphaned foreign keys on a live database.
+
+pub mod backup;
+pub mod classify;
+pub mod error;
+pub mod inspect;
+
+pub use backup::{
+    BackupInfo, BackupKind, PgUrl, Progress, VerifyReport, pg_dump, pg_restore, pg_verify,
+    sqlite_restore, sqlite_snapshot, sqlite_verify,
+};
+pub use classify::{Classification, Finding, FindingKind, Impact, classify, down_is_empty};
+pub use error::{Error, Result};
+pub use inspect::{FkOrphans, Inspect, fk_orphans, integrity_check, row_counts};
