@@ -1,0 +1,566 @@
+//! Backups, restores, verification and integrity checks against real databases: SQLite files
+//! in a temporary directory, and a PostgreSQL server named by `REWIND_TEST_PG_URL` (started by
+//! `scripts/test`; a fresh database per test).
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rewind_dbkit::{
+    BackupInfo, BackupKind, Error, Inspect, PgUrl, Progress, fk_orphans, integrity_check, pg_dump,
+    pg_restore, pg_verify, row_counts, sqlite_restore, sqlite_snapshot, sqlite_verify,
+};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{Connection, Executor};
+
+// ---- SQLite -------------------------------------------------------------------------------
+
+async fn sqlite_pool(path: &Path, max: u32) -> SqlitePool {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(30));
+    SqlitePoolOptions::new()
+        .max_connections(max)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+async fn count(pool: &SqlitePool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_snapshot_is_consistent_while_a_writer_inserts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let pool = sqlite_pool(&db, 2).await;
+    pool.execute(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, payload TEXT NOT NULL);
+         CREATE TABLE counter (n INTEGER NOT NULL);
+         INSERT INTO counter VALUES (0);",
+    )
+    .await
+    .unwrap();
+    // Some bulk, so the snapshot takes a while: 20 000 rows of 1 KiB, counted in `counter`.
+    pool.execute(
+        "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 20000)
+         INSERT INTO items (payload) SELECT printf('%.1024d', i) FROM s;
+         UPDATE counter SET n = 20000;",
+    )
+    .await
+    .unwrap();
+
+    // The writer: each transaction inserts one row and bumps the counter, so in every
+    // consistent state count(items) = counter.n.
+    let stop = Arc::new(AtomicBool::new(false));
+    let commits = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (pool, stop, commits) = (pool.clone(), stop.clone(), commits.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("INSERT INTO items (payload) VALUES (printf('%.1024d', random()))")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                sqlx::query("UPDATE counter SET n = n + 1")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                commits.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    while commits.load(Ordering::SeqCst) < 50 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = commits.load(Ordering::SeqCst);
+    let dest = dir.path().join("snap.db");
+    let info = sqlite_snapshot(&db, &dest).await.unwrap();
+    let during = commits.load(Ordering::SeqCst) - before;
+    while commits.load(Ordering::SeqCst) < before + during + 50 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+
+    assert_eq!(info.kind, BackupKind::SqliteSnapshot);
+    assert_eq!(info.path, dest);
+    assert_eq!(info.bytes, std::fs::metadata(&dest).unwrap().len());
+    assert_eq!(info.checksum.len(), 64);
+    info.check().await.unwrap();
+    // Nothing but the snapshot is left in the directory (no temporary file).
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with("app.db"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["snap.db"]);
+
+    // In WAL mode the writer is not blocked while the snapshot runs.
+    assert!(during > 0, "no commit while the snapshot ran");
+
+    // The snapshot opens, is intact, and holds one consistent state. (Read-only: opening a
+    // backup read-write may change its bytes, and then it no longer matches its checksum.)
+    let snap = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(SqliteConnectOptions::new().filename(&dest).read_only(true))
+        .await
+        .unwrap();
+    assert_eq!(integrity_check(&snap).await.unwrap(), "ok");
+    let items = count(&snap, "SELECT count(*) FROM items").await;
+    let n = count(&snap, "SELECT n FROM counter").await;
+    assert_eq!(items, n, "snapshot is not one consistent state");
+    let live = count(&pool, "SELECT count(*) FROM items").await;
+    assert!(
+        items >= 20_050,
+        "snapshot misses rows committed before it: {items}"
+    );
+    assert!(
+        items < live,
+        "rows committed after the snapshot are in it: {items} vs {live}"
+    );
+    eprintln!(
+        "snapshot: {} bytes, {items} rows; writer commits during the snapshot: {during}",
+        info.bytes
+    );
+    snap.close().await;
+    info.check().await.unwrap();
+
+    // verify: restores into a scratch file, integrity check, row counts.
+    let report = sqlite_verify(&info).await.unwrap();
+    assert_eq!(report.integrity, "ok");
+    assert_eq!(report.row_counts["items"], items);
+    assert_eq!(report.row_counts["counter"], 1);
+    assert_eq!(report.row_counts.len(), 2);
+    pool.close().await;
+
+    // A snapshot never overwrites an existing file.
+    assert!(sqlite_snapshot(&db, &dest).await.is_err());
+}
+
+#[tokio::test]
+async fn sqlite_restore_swaps_the_file_and_never_replays_a_stale_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let pool = sqlite_pool(&db, 1).await;
+    pool.execute(
+        "PRAGMA wal_autocheckpoint = 0;
+         CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 100)
+         INSERT INTO items (v) SELECT 'before-' || i FROM s;",
+    )
+    .await
+    .unwrap();
+    let snap = dir.path().join("snap.db");
+    let info = sqlite_snapshot(&db, &snap).await.unwrap();
+
+    // Changes after the snapshot stay in the WAL (no checkpoint): 50 more rows, 10 changed.
+    pool.execute(
+        "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 50)
+         INSERT INTO items (v) SELECT 'after-' || i FROM s;
+         UPDATE items SET v = 'changed' WHERE id <= 10;",
+    )
+    .await
+    .unwrap();
+    // A writer that crashed leaves its -wal and -shm behind: keep copies while the
+    // connection is open, close it, and put them back.
+    let wal = std::fs::read(sidecar(&db, "-wal")).unwrap();
+    let shm = std::fs::read(sidecar(&db, "-shm")).unwrap();
+    assert!(!wal.is_empty());
+    pool.close().await;
+    std::fs::write(sidecar(&db, "-wal"), &wal).unwrap();
+    std::fs::write(sidecar(&db, "-shm"), &shm).unwrap();
+
+    // Control: that WAL, beside a copy of the snapshot, is replayed onto it and changes it —
+    // which is what the restore must prevent.
+    let control = dir.path().join("control.db");
+    std::fs::copy(&snap, &control).unwrap();
+    std::fs::write(sidecar(&control, "-wal"), &wal).unwrap();
+    std::fs::write(sidecar(&control, "-shm"), &shm).unwrap();
+    let c = sqlite_pool(&control, 1).await;
+    let replayed: Result<i64, _> =
+        sqlx::query_scalar("SELECT count(*) FROM items WHERE v LIKE 'before-%'")
+            .fetch_one(&c)
+            .await;
+    c.close().await;
+    assert_ne!(
+        replayed.ok(),
+        Some(100),
+        "the stale WAL was not replayed: the control proves nothing"
+    );
+
+    // Restore with the stale -wal/-shm present, recording progress.
+    let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let s = seen.clone();
+    sqlite_restore(&info, &db, move |p| s.lock().unwrap().push(p))
+        .await
+        .unwrap();
+    assert!(
+        !sidecar(&db, "-wal").exists(),
+        "stale WAL left beside the restored db"
+    );
+    assert!(
+        !sidecar(&db, "-shm").exists(),
+        "stale SHM left beside the restored db"
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.first().unwrap().copied, 0);
+    assert_eq!(seen.last().unwrap().copied, info.bytes);
+    assert!(seen.iter().all(|p| p.total == info.bytes));
+    assert!(seen.windows(2).all(|w| w[0].copied <= w[1].copied));
+    // No temporary file is left behind.
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("rewind-"))
+    );
+
+    // The restored database holds exactly the snapshot's rows.
+    let restored = sqlite_pool(&db, 1).await;
+    assert_eq!(integrity_check(&restored).await.unwrap(), "ok");
+    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, v FROM items ORDER BY id")
+        .fetch_all(&restored)
+        .await
+        .unwrap();
+    let expected: Vec<(i64, String)> = (1..=100).map(|i| (i, format!("before-{i}"))).collect();
+    assert_eq!(rows, expected);
+    restored.close().await;
+
+    // A backup that does not match its checksum is refused and the database is untouched.
+    let bad = dir.path().join("bad.db");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&bad, &bytes).unwrap();
+    let tampered = BackupInfo {
+        path: bad,
+        ..info.clone()
+    };
+    let before = std::fs::read(&db).unwrap();
+    let err = sqlite_restore(&tampered, &db, |_| {}).await.unwrap_err();
+    assert!(matches!(err, Error::Checksum { .. }), "{err}");
+    assert_eq!(std::fs::read(&db).unwrap(), before);
+    assert!(sqlite_verify(&tampered).await.is_err());
+}
+
+#[tokio::test]
+async fn sqlite_row_counts_and_fk_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let options = SqliteConnectOptions::new()
+        .filename(&db)
+        .create_if_missing(true)
+        .foreign_keys(false);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    pool.execute(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES parent(id));
+         CREATE TABLE \"odd \"\"name\" (x);
+         INSERT INTO parent VALUES (1, 'a'), (2, 'b');
+         INSERT INTO child VALUES (1, 1), (2, 2), (3, NULL);
+         INSERT INTO \"odd \"\"name\" VALUES (1);",
+    )
+    .await
+    .unwrap();
+    let counts = row_counts(&pool).await.unwrap();
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [
+            ("child".to_string(), 3),
+            ("odd \"name".to_string(), 1),
+            ("parent".to_string(), 2)
+        ]
+    );
+    let clean = fk_orphans(&pool).await.unwrap();
+    assert_eq!(clean.len(), 1);
+    assert_eq!(clean[0].table, "child");
+    assert_eq!(clean[0].columns, ["parent_id"]);
+    assert_eq!(clean[0].references, "parent");
+    assert_eq!(clean[0].orphans, 0);
+    // foreign_keys is off on this connection: an orphan gets in.
+    pool.execute("INSERT INTO child VALUES (4, 99), (5, 98)")
+        .await
+        .unwrap();
+    let dirty = pool.fk_orphans().await.unwrap();
+    assert_eq!(dirty[0].orphans, 2);
+    pool.close().await;
+}
+
+// ---- PostgreSQL ---------------------------------------------------------------------------
+
+fn pg_url() -> String {
+    std::env::var("REWIND_TEST_PG_URL")
+        .unwrap_or_else(|_| panic!("REWIND_TEST_PG_URL is not set: run scripts/test"))
+}
+
+/// A fresh database on the test server, dropped (with its connections) on drop.
+struct PgDb {
+    url: String,
+    name: String,
+}
+
+impl PgDb {
+    async fn new(tag: &str) -> PgDb {
+        let admin_url = pg_url();
+        let name = format!(
+            "rewind_dbkit_{tag}_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let url = PgUrl::parse(&admin_url)
+            .unwrap()
+            .with_database(&name)
+            .as_str()
+            .to_string();
+        PgDb { url, name }
+    }
+
+    async fn pool(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(PgConnectOptions::from_str(&self.url).unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn drop_db(self) {
+        let mut admin = sqlx::PgConnection::connect(&pg_url()).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+    }
+}
+
+const PG_SCHEMA: &str = "
+    CREATE TABLE parent (id int PRIMARY KEY, name text NOT NULL);
+    CREATE TABLE child (
+        id int PRIMARY KEY,
+        parent_id int REFERENCES parent(id),
+        note text
+    );
+    CREATE SCHEMA billing;
+    CREATE TABLE billing.invoice (id int PRIMARY KEY, child_id int REFERENCES child(id), total numeric);
+    INSERT INTO parent SELECT i, 'p' || i FROM generate_series(1, 3) i;
+    INSERT INTO child SELECT i, 1 + i % 3, 'c' || i FROM generate_series(1, 5) i;
+    INSERT INTO child VALUES (6, NULL, 'no parent');
+    INSERT INTO billing.invoice VALUES (1, 1, 9.99), (2, 2, 100);
+";
+
+type Snapshot = (
+    Vec<(i32, String)>,
+    Vec<(i32, Option<i32>, Option<String>)>,
+    Vec<(i32, Option<i32>, Option<String>)>,
+);
+
+async fn pg_state(pool: &PgPool) -> Snapshot {
+    let parents = sqlx::query_as("SELECT id, name FROM parent ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let children = sqlx::query_as("SELECT id, parent_id, note FROM child ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    let invoices =
+        sqlx::query_as("SELECT id, child_id, total::text FROM billing.invoice ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    (parents, children, invoices)
+}
+
+#[tokio::test]
+async fn pg_dump_change_restore_gives_back_the_dumped_state() {
+    let db = PgDb::new("restore").await;
+    let pool = db.pool().await;
+    pool.execute(PG_SCHEMA).await.unwrap();
+    let dumped = pg_state(&pool).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("app.dump");
+    let info = pg_dump(&db.url, &dest).await.unwrap();
+    assert_eq!(info.kind, BackupKind::PgDumpCustom);
+    assert_eq!(info.bytes, std::fs::metadata(&dest).unwrap().len());
+    assert!(std::fs::read(&dest).unwrap().starts_with(b"PGDMP"));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    // Change everything: rows deleted, updated, added, a table emptied.
+    pool.execute(
+        "DELETE FROM billing.invoice WHERE id = 2;
+         UPDATE child SET note = 'changed';
+         INSERT INTO parent VALUES (4, 'new');
+         DELETE FROM child WHERE id = 6;
+         UPDATE parent SET name = 'renamed' WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    assert_ne!(pg_state(&pool).await, dumped);
+    pool.close().await;
+
+    pg_restore(&db.url, &info, 2).await.unwrap();
+    let pool = db.pool().await;
+    assert_eq!(pg_state(&pool).await, dumped);
+    // Restored constraints still hold.
+    assert!(
+        sqlx::query("INSERT INTO child VALUES (100, 42, 'x')")
+            .execute(&pool)
+            .await
+            .is_err()
+    );
+    pool.close().await;
+
+    // verify: a scratch database, the right counts, and the scratch database is gone after.
+    let report = pg_verify(&pg_url(), &info, 2).await.unwrap();
+    assert_eq!(
+        report.row_counts.into_iter().collect::<Vec<_>>(),
+        [
+            ("billing.invoice".to_string(), 2),
+            ("public.child".to_string(), 6),
+            ("public.parent".to_string(), 3),
+        ]
+    );
+    let admin = PgPool::connect(&pg_url()).await.unwrap();
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'rewind\\_verify\\_%'",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "the scratch database was not dropped");
+    admin.close().await;
+
+    // A dump is never written over an existing file.
+    assert!(pg_dump(&db.url, &dest).await.is_err());
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn pg_fk_orphans_and_row_counts() {
+    let db = PgDb::new("fk").await;
+    let pool = db.pool().await;
+    pool.execute(PG_SCHEMA).await.unwrap();
+    pool.execute(
+        "CREATE TABLE pair_parent (a int, b int, PRIMARY KEY (a, b));
+         CREATE TABLE pair_child (id int, a int, b int, FOREIGN KEY (a, b) REFERENCES pair_parent);
+         INSERT INTO pair_parent VALUES (1, 1);
+         INSERT INTO pair_child VALUES (1, 1, 1), (2, NULL, 5);",
+    )
+    .await
+    .unwrap();
+
+    let counts = row_counts(&pool).await.unwrap();
+    assert_eq!(counts["public.parent"], 3);
+    assert_eq!(counts["public.child"], 6);
+    assert_eq!(counts["billing.invoice"], 2);
+    assert_eq!(counts["public.pair_child"], 2);
+
+    let clean = fk_orphans(&pool).await.unwrap();
+    assert_eq!(clean.len(), 3, "{clean:?}");
+    assert!(clean.iter().all(|k| k.orphans == 0), "{clean:?}");
+    let pair = clean
+        .iter()
+        .find(|k| k.table == "public.pair_child")
+        .unwrap();
+    assert_eq!(pair.columns, ["a", "b"]);
+    assert_eq!(pair.references_columns, ["a", "b"]);
+
+    // Orphans, with the foreign-key triggers off for one session.
+    let mut conn = pool.acquire().await.unwrap();
+    conn.execute(
+        "SET session_replication_role = replica;
+         INSERT INTO child VALUES (50, 77, 'orphan'), (51, 78, 'orphan');
+         DELETE FROM child WHERE id = 1;
+         INSERT INTO pair_child VALUES (3, 1, 2);
+         RESET session_replication_role;",
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let dirty = pool.fk_orphans().await.unwrap();
+    let orphans = |table: &str| {
+        dirty
+            .iter()
+            .find(|k| k.table == table)
+            .map(|k| k.orphans)
+            .unwrap()
+    };
+    assert_eq!(orphans("public.child"), 2);
+    assert_eq!(
+        orphans("billing.invoice"),
+        1,
+        "invoice 1 pointed at child 1"
+    );
+    assert_eq!(orphans("public.pair_child"), 1);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn pg_errors_never_show_the_password() {
+    const SECRET: &str = "s3cret-Pa55word";
+    // Nothing listens on port 1: every operation fails to connect.
+    let url = format!("postgres://rewind:{SECRET}@127.0.0.1:1/app");
+    let dir = tempfile::tempdir().unwrap();
+
+    let dump_err = pg_dump(&url, &dir.path().join("x.dump")).await.unwrap_err();
+    assert!(matches!(dump_err, Error::Tool { .. }), "{dump_err}");
+    assert!(dump_err.to_string().contains("pg_dump"), "{dump_err}");
+    assert!(!dir.path().join("x.dump").exists());
+
+    // A real backup to restore from.
+    let db = PgDb::new("secret").await;
+    let info = pg_dump(&db.url, &dir.path().join("real.dump"))
+        .await
+        .unwrap();
+    db.drop_db().await;
+    let restore_err = pg_restore(&url, &info, 1).await.unwrap_err();
+    let verify_err = pg_verify(&url, &info, 1).await.unwrap_err();
+    let url_err = pg_dump(
+        "postgres://rewind:s3cret-Pa55word@host:badport/app",
+        &dir.path().join("y.dump"),
+    )
+    .await
+    .unwrap_err();
+
+    assert!(matches!(restore_err, Error::Tool { .. }), "{restore_err}");
+    assert!(matches!(verify_err, Error::Db { .. }), "{verify_err}");
+    for e in [&dump_err, &restore_err, &verify_err, &url_err] {
+        let text = format!("{e} / {e:?}");
+        eprintln!("{text}");
+        assert!(!text.contains(SECRET), "password leaked: {text}");
+    }
+}
