@@ -331,10 +331,21 @@ fn split_statements(tokens: &[Token]) -> Vec<&[Token]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut block = 0usize;
+    // A body opens at BEGIN in a CREATE … TRIGGER (SQLite) or at BEGIN ATOMIC (PostgreSQL);
+    // a column that happens to be called `begin` opens nothing.
+    let mut trigger = false;
     for (i, t) in tokens.iter().enumerate() {
+        if i == start {
+            trigger = false;
+        }
         let is_create = tokens[start].is_word("CREATE");
-        let opens = (is_create && t.is_word("BEGIN")) || (block > 0 && t.is_word("CASE"));
-        if opens {
+        if is_create && t.is_word("TRIGGER") {
+            trigger = true;
+        }
+        let body = t.is_word("BEGIN")
+            && is_create
+            && (trigger || tokens.get(i + 1).is_some_and(|n| n.is_word("ATOMIC")));
+        if body || (block > 0 && t.is_word("CASE")) {
             block += 1;
         } else if block > 0 && t.is_word("END") {
             block -= 1;
@@ -343,9 +354,6 @@ fn split_statements(tokens: &[Token]) -> Vec<&[Token]> {
                 out.push(&tokens[start..i]);
             }
             start = i + 1;
-        }
-        if start == i + 1 {
-            block = 0;
         }
     }
     if start < tokens.len() {
@@ -1121,6 +1129,32 @@ mod tests {
         (
             "CREATE TRIGGER tr AFTER INSERT ON a BEGIN UPDATE b SET n = n + 1; DELETE FROM c; END; DROP TABLE d;",
             &[DropTable],
+            false,
+        ),
+        // a column called `begin` opens no body
+        (
+            "CREATE TABLE t (begin int, \"end\" int); DROP TABLE x",
+            &[DropTable],
+            false,
+        ),
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END; TRUNCATE t",
+            &[Truncate],
+            false,
+        ),
+        (
+            "CREATE TRIGGER tr AFTER UPDATE ON a BEGIN SELECT CASE WHEN 1 THEN 2 END; END; DELETE FROM d",
+            &[DeleteWithoutWhere],
+            false,
+        ),
+        (
+            "UPDATE t SET a = 1 WHERE true",
+            &[UpdateWithoutWhere],
+            false,
+        ),
+        (
+            "ALTER TABLE t ADD COLUMN a int, ALTER COLUMN b TYPE bigint, DROP COLUMN c",
+            &[AlterColumnType, DropColumn],
             false,
         ),
         // multiple statements, several findings, case-insensitive
