@@ -278,8 +278,10 @@ impl PgUrl {
             )));
         }
         let password = url.password().map(percent_decode);
-        url.set_password(None)
-            .map_err(|_| Error::Url("cannot remove the password".into()))?;
+        if password.is_some() {
+            url.set_password(None)
+                .map_err(|_| Error::Url("cannot remove the password".into()))?;
+        }
         Ok(PgUrl { url, password })
     }
 
@@ -665,6 +667,9 @@ mod tests {
         assert!(!format!("{u:?} {u}").contains("p%40ss"));
         assert_eq!(u.redact("password p@ss+w failed"), "password *** failed");
         assert!(PgUrl::parse("mysql://x@y/z").is_err());
+        let socket = PgUrl::parse("postgresql:///shop?host=/var/run/postgresql").unwrap();
+        assert_eq!(socket.password(), None);
+        assert_eq!(socket.database().as_deref(), Some("shop"));
         let e = PgUrl::parse("postgres://app:secret@host:notaport/db").unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
     }
