@@ -104,7 +104,7 @@ impl Printer {
     /// Prints an error: text with hints on stderr; in `--json` mode also a JSON object on
     /// stdout so scripts reading stdout see why.
     pub fn error(&self, err: &CliError) {
-        let msg = format!("{:#}", err.error);
+        let msg = error_text(&err.error);
         let prefix = if self.color {
             "\x1b[31merror:\x1b[0m"
         } else {
@@ -124,4 +124,21 @@ impl Printer {
             }));
         }
     }
+}
+
+/// The error and its causes, each cause only when it adds something: many errors already
+/// include their source's text, and repeating it three times helps nobody.
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
 }
