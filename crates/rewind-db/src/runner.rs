@@ -248,3 +248,37 @@ pub async fn revert(
     }
     Ok(finished.iter().map(|m| m.version.clone()).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(sql: &str) -> Migration {
+        Migration {
+            version: "1".into(),
+            name: "x".into(),
+            up: sql.into(),
+            down: None,
+            file: "deploy/x.sql".into(),
+            down_file: None,
+            sqitch: None,
+        }
+    }
+
+    #[test]
+    fn scripts_with_their_own_transaction_are_refused() {
+        let ok = "-- Deploy x\nCREATE TABLE begin_end (id INT);\nINSERT INTO t VALUES (1);";
+        assert!(check_transactional(&m(ok), ok).is_ok());
+        for bad in [
+            "BEGIN;\nCREATE TABLE t (id INT);\nCOMMIT;",
+            "-- Deploy x\nbegin transaction;\nCREATE TABLE t (id INT);",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);",
+        ] {
+            let err = check_transactional(&m(bad), bad).unwrap_err().to_string();
+            assert!(
+                err.contains("cannot run inside rewind's transaction"),
+                "{err}"
+            );
+        }
+    }
+}
