@@ -1,0 +1,770 @@
+//! Each tool's own history table, read and written the way the tool does, so the team's tool
+//! agrees with what rewind applied or reverted.
+//!
+//! Assumptions about each table (from the tools' documentation and source as remembered;
+//! sqlx's was checked against sqlx 0.9's source):
+//!
+//! - **sqlx** `_sqlx_migrations(version BIGINT PRIMARY KEY, description TEXT, installed_on
+//!   TIMESTAMP[TZ] DEFAULT now, success BOOLEAN, checksum BLOB/BYTEA, execution_time BIGINT)`:
+//!   one row per applied migration; `checksum` is SHA-384 of the up script, `execution_time`
+//!   in nanoseconds. A revert deletes the row (as `sqlx migrate revert` does). A row with
+//!   `success = false` means sqlx considers the database dirty: [`applied`] refuses it.
+//! - **diesel** `__diesel_schema_migrations(version VARCHAR(50) PRIMARY KEY, run_on TIMESTAMP
+//!   DEFAULT CURRENT_TIMESTAMP)`: a row per applied migration, deleted on revert.
+//! - **golang-migrate** `schema_migrations(version BIGINT PRIMARY KEY, dirty BOOLEAN)`
+//!   (SQLite: `version uint64, dirty bool` plus a unique index `version_unique`): a single
+//!   row holding the current version; every migration up to it counts as applied. Reverting
+//!   everything leaves the table empty (golang-migrate's "nil version"). Since rewind runs a
+//!   batch in one transaction, `dirty` is never left true; a dirty row is refused.
+//! - **Flyway** `flyway_schema_history(installed_rank INT PK, version VARCHAR(50),
+//!   description VARCHAR(200), type VARCHAR(20), script VARCHAR(1000), checksum INT,
+//!   installed_by VARCHAR(100), installed_on TIMESTAMP, execution_time INT (ms), success
+//!   BOOLEAN)` plus the index `flyway_schema_history_s_idx` on `success`. Applying appends a
+//!   `SQL` row. **An undo appends an `UNDO_SQL` row** (script `U<v>__….sql`, the undo
+//!   script's checksum), as Flyway Teams' `flyway undo` does, rather than deleting the `SQL`
+//!   row: history is append-only in Flyway and a later `flyway info` shows the version as
+//!   undone and pending again. A version counts as applied when its latest successful row
+//!   (by `installed_rank`) is of type `SQL`. The `SCHEMA` marker row Flyway writes when it
+//!   creates a schema itself is not written (rewind never creates the schema).
+//! - **refinery** `refinery_schema_history(version INT4 PRIMARY KEY, name VARCHAR(255),
+//!   applied_on VARCHAR(255) (RFC 3339), checksum VARCHAR(255) (decimal u64))`; refinery has
+//!   no down migrations, so a revert (which the runner refuses anyway) would delete the row.
+//! - **sqitch** registry: on PostgreSQL the schema `sqitch`; on SQLite a separate database
+//!   `sqitch.db` beside the target database file, attached to the connection as `sqitch`
+//!   (so both are changed in one transaction). Written: `releases` (registry version 1.1),
+//!   `projects` (the project, URI, creator), `changes` (one row per deployed change; deleted
+//!   on revert, as sqitch does), `events` (a `deploy` or `revert` row each time, with
+//!   requires/conflicts/tags). Created but **not written**: `tags` and `dependencies` (so
+//!   `sqitch status` would not show plan tags as applied), and sqitch's `fail` events
+//!   (a failed batch is rolled back entirely instead). Committer is `rewind
+//!   <rewind@localhost>` unless the environment sets `REWIND_DB_COMMITTER_NAME` /
+//!   `REWIND_DB_COMMITTER_EMAIL`.
+
+use std::path::{Path, PathBuf};
+
+use sqlx::{AnyConnection, Row};
+
+use crate::migrations::{Checksum, Format, Migration, cmp_versions, tool_checksum};
+use crate::{Error, Result, query_err};
+
+/// The database behind an `Any` connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn of(conn: &AnyConnection) -> Result<Backend> {
+        match conn.backend_name() {
+            "SQLite" => Ok(Backend::Sqlite),
+            "PostgreSQL" => Ok(Backend::Postgres),
+            other => Err(Error::History {
+                table: "-".into(),
+                detail: format!("unsupported database {other}"),
+            }),
+        }
+    }
+}
+
+async fn exec(conn: &mut AnyConnection, sql: &str, doing: &str) -> Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut *conn)
+        .await
+        .map_err(query_err(doing))?;
+    Ok(())
+}
+
+/// The SQLite main database file of `conn`, from `PRAGMA database_list`.
+async fn sqlite_main_file(conn: &mut AnyConnection) -> Result<Option<PathBuf>> {
+    let rows = sqlx::query("SELECT name, file FROM pragma_database_list")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query_err("listing SQLite databases"))?;
+    for row in rows {
+        let name: String = row.try_get(0).map_err(query_err("reading database_list"))?;
+        let file: Option<String> = row.try_get(1).map_err(query_err("reading database_list"))?;
+        if name == "main" {
+            return Ok(file.filter(|f| !f.is_empty()).map(PathBuf::from));
+        }
+    }
+    Ok(None)
+}
+
+/// Where sqitch keeps its registry for a SQLite database file: `sqitch.db` beside it.
+pub fn sqitch_sqlite_registry(db_file: &Path) -> PathBuf {
+    db_file
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("sqitch.db")
+}
+
+/// Gets a connection ready for `format` outside any transaction: for sqitch on SQLite,
+/// attaches the registry `sqitch.db` beside the database as schema `sqitch`.
+pub async fn prepare(conn: &mut AnyConnection, format: Format) -> Result<()> {
+    if format != Format::Sqitch || Backend::of(conn)? != Backend::Sqlite {
+        return Ok(());
+    }
+    let attached = sqlx::query("SELECT 1 FROM pragma_database_list WHERE name = 'sqitch'")
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(query_err("listing SQLite databases"))?
+        .is_some();
+    if attached {
+        return Ok(());
+    }
+    let main = sqlite_main_file(conn)
+        .await?
+        .ok_or_else(|| Error::History {
+            table: "sqitch".into(),
+            detail: "the sqitch registry needs a SQLite database file, not an in-memory one".into(),
+        })?;
+    let registry = sqitch_sqlite_registry(&main);
+    sqlx::query("ATTACH DATABASE $1 AS sqitch")
+        .bind(registry.to_string_lossy().into_owned())
+        .execute(&mut *conn)
+        .await
+        .map_err(query_err(format!(
+            "attaching the sqitch registry {}",
+            registry.display()
+        )))?;
+    Ok(())
+}
+
+/// Creates the history table (or sqitch registry) when missing, as the tool would.
+pub async fn ensure_table(conn: &mut AnyConnection, format: Format) -> Result<()> {
+    let backend = Backend::of(conn)?;
+    let pg = backend == Backend::Postgres;
+    let sql = match format {
+        Format::Sqlx => format!(
+            "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+    version BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    installed_on {} NOT NULL DEFAULT {},
+    success BOOLEAN NOT NULL,
+    checksum {} NOT NULL,
+    execution_time BIGINT NOT NULL
+)",
+            if pg { "TIMESTAMPTZ" } else { "TIMESTAMP" },
+            if pg { "now()" } else { "CURRENT_TIMESTAMP" },
+            if pg { "BYTEA" } else { "BLOB" },
+        ),
+        Format::Diesel => "CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (
+    version VARCHAR(50) PRIMARY KEY NOT NULL,
+    run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+)"
+        .to_string(),
+        Format::GolangMigrate if pg => "CREATE TABLE IF NOT EXISTS schema_migrations \
+             (version bigint not null primary key, dirty boolean not null)"
+            .to_string(),
+        Format::GolangMigrate => "CREATE TABLE IF NOT EXISTS schema_migrations \
+             (version uint64, dirty bool);
+CREATE UNIQUE INDEX IF NOT EXISTS version_unique ON schema_migrations (version)"
+            .to_string(),
+        Format::Flyway => format!(
+            "CREATE TABLE IF NOT EXISTS flyway_schema_history (
+    installed_rank INT NOT NULL,
+    version VARCHAR(50),
+    description VARCHAR(200) NOT NULL,
+    type VARCHAR(20) NOT NULL,
+    script VARCHAR(1000) NOT NULL,
+    checksum INT,
+    installed_by VARCHAR(100) NOT NULL,
+    installed_on {} NOT NULL DEFAULT {},
+    execution_time INT NOT NULL,
+    success BOOLEAN NOT NULL,
+    CONSTRAINT flyway_schema_history_pk PRIMARY KEY (installed_rank)
+);
+CREATE INDEX IF NOT EXISTS flyway_schema_history_s_idx ON flyway_schema_history (success)",
+            if pg { "TIMESTAMP" } else { "TEXT" },
+            if pg {
+                "now()"
+            } else {
+                "(strftime('%Y-%m-%d %H:%M:%f','now'))"
+            },
+        ),
+        Format::Refinery => format!(
+            "CREATE TABLE IF NOT EXISTS refinery_schema_history (
+    version {} PRIMARY KEY,
+    name VARCHAR(255),
+    applied_on VARCHAR(255),
+    checksum VARCHAR(255)
+)",
+            if pg { "INT4" } else { "INTEGER" }
+        ),
+        Format::Sqitch => sqitch_registry_ddl(pg),
+    };
+    exec(conn, &sql, &format!("creating the {format} history table")).await
+}
+
+fn sqitch_registry_ddl(pg: bool) -> String {
+    let (ts, now, arr, arr_default) = if pg {
+        ("TIMESTAMPTZ", "clock_timestamp()", "TEXT[]", "'{}'")
+    } else {
+        (
+            "DATETIME",
+            "(strftime('%Y-%m-%d %H:%M:%f','now'))",
+            "TEXT",
+            "''",
+        )
+    };
+    let schema = if pg {
+        "CREATE SCHEMA IF NOT EXISTS sqitch;\n"
+    } else {
+        ""
+    };
+    // On SQLite, REFERENCES inside an attached database must name tables unqualified.
+    format!(
+        "{schema}CREATE TABLE IF NOT EXISTS sqitch.releases (
+    version REAL PRIMARY KEY,
+    installed_at {ts} NOT NULL DEFAULT {now},
+    installer_name TEXT NOT NULL,
+    installer_email TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sqitch.projects (
+    project TEXT PRIMARY KEY,
+    uri TEXT NULL UNIQUE,
+    created_at {ts} NOT NULL DEFAULT {now},
+    creator_name TEXT NOT NULL,
+    creator_email TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sqitch.changes (
+    change_id TEXT PRIMARY KEY,
+    script_hash TEXT NULL,
+    change TEXT NOT NULL,
+    project TEXT NOT NULL REFERENCES projects(project) ON UPDATE CASCADE,
+    note TEXT NOT NULL DEFAULT '',
+    committed_at {ts} NOT NULL DEFAULT {now},
+    committer_name TEXT NOT NULL,
+    committer_email TEXT NOT NULL,
+    planned_at {ts} NOT NULL,
+    planner_name TEXT NOT NULL,
+    planner_email TEXT NOT NULL,
+    UNIQUE (project, script_hash)
+);
+CREATE TABLE IF NOT EXISTS sqitch.tags (
+    tag_id TEXT PRIMARY KEY,
+    tag TEXT NOT NULL,
+    project TEXT NOT NULL REFERENCES projects(project) ON UPDATE CASCADE,
+    change_id TEXT NOT NULL REFERENCES changes(change_id) ON UPDATE CASCADE,
+    note TEXT NOT NULL DEFAULT '',
+    committed_at {ts} NOT NULL DEFAULT {now},
+    committer_name TEXT NOT NULL,
+    committer_email TEXT NOT NULL,
+    planned_at {ts} NOT NULL,
+    planner_name TEXT NOT NULL,
+    planner_email TEXT NOT NULL,
+    UNIQUE (project, tag)
+);
+CREATE TABLE IF NOT EXISTS sqitch.dependencies (
+    change_id TEXT NOT NULL REFERENCES changes(change_id) ON UPDATE CASCADE ON DELETE CASCADE,
+    type TEXT NOT NULL,
+    dependency TEXT NOT NULL,
+    dependency_id TEXT NULL REFERENCES changes(change_id) ON UPDATE CASCADE,
+    PRIMARY KEY (change_id, dependency)
+);
+CREATE TABLE IF NOT EXISTS sqitch.events (
+    event TEXT NOT NULL CHECK (event IN ('deploy', 'revert', 'fail', 'merge')),
+    change_id TEXT NOT NULL,
+    change TEXT NOT NULL,
+    project TEXT NOT NULL REFERENCES projects(project) ON UPDATE CASCADE,
+    note TEXT NOT NULL DEFAULT '',
+    requires {arr} NOT NULL DEFAULT {arr_default},
+    conflicts {arr} NOT NULL DEFAULT {arr_default},
+    tags {arr} NOT NULL DEFAULT {arr_default},
+    committed_at {ts} NOT NULL DEFAULT {now},
+    committer_name TEXT NOT NULL,
+    committer_email TEXT NOT NULL,
+    planned_at {ts} NOT NULL,
+    planner_name TEXT NOT NULL,
+    planner_email TEXT NOT NULL,
+    PRIMARY KEY (change_id, committed_at)
+)"
+    )
+    .replace(
+        "REFERENCES projects(",
+        if pg {
+            "REFERENCES sqitch.projects("
+        } else {
+            "REFERENCES projects("
+        },
+    )
+    .replace(
+        "REFERENCES changes(",
+        if pg {
+            "REFERENCES sqitch.changes("
+        } else {
+            "REFERENCES changes("
+        },
+    )
+}
+
+async fn table_exists(conn: &mut AnyConnection, format: Format) -> Result<bool> {
+    let backend = Backend::of(conn)?;
+    let (schema, table) = match format.history_table().split_once('.') {
+        Some((s, t)) => (Some(s), t),
+        None => (None, format.history_table()),
+    };
+    let row = match backend {
+        Backend::Postgres => sqlx::query(
+            "SELECT 1 FROM information_schema.tables \
+             WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2",
+        )
+        .bind(schema.map(str::to_string))
+        .bind(table.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(query_err("looking for the history table"))?,
+        Backend::Sqlite => {
+            let master = match schema {
+                Some(s) => format!("{s}.sqlite_master"),
+                None => "sqlite_master".to_string(),
+            };
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT 1 FROM {master} WHERE type = 'table' AND name = $1"
+            )))
+            .bind(table.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(query_err("looking for the history table"))?
+        }
+    };
+    Ok(row.is_some())
+}
+
+async fn texts(conn: &mut AnyConnection, sql: &str, doing: &str) -> Result<Vec<String>> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query_err(doing))?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(query_err(doing)))
+        .collect()
+}
+
+fn history_err(format: Format, detail: impl Into<String>) -> Error {
+    Error::History {
+        table: format.history_table().to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// The versions the tool's history says are applied, in apply order. A missing table means
+/// nothing is applied. `migrations` is needed for golang-migrate (which stores only the
+/// current version) and sqitch (whose registry stores change names, mapped back to
+/// [`Migration::version`]).
+pub async fn applied(
+    conn: &mut AnyConnection,
+    format: Format,
+    migrations: &[Migration],
+) -> Result<Vec<String>> {
+    if !table_exists(conn, format).await? {
+        return Ok(Vec::new());
+    }
+    let doing = format!("reading {}", format.history_table());
+    let mut versions = match format {
+        Format::Sqlx => {
+            let failed = texts(
+                conn,
+                "SELECT CAST(version AS TEXT) FROM _sqlx_migrations WHERE NOT success",
+                &doing,
+            )
+            .await?;
+            if let Some(v) = failed.first() {
+                return Err(history_err(
+                    format,
+                    format!("migration {v} is recorded as failed (dirty); fix it with sqlx first"),
+                ));
+            }
+            texts(
+                conn,
+                "SELECT CAST(version AS TEXT) FROM _sqlx_migrations ORDER BY version",
+                &doing,
+            )
+            .await?
+        }
+        Format::Diesel => {
+            texts(
+                conn,
+                "SELECT version FROM __diesel_schema_migrations",
+                &doing,
+            )
+            .await?
+        }
+        Format::Refinery => {
+            texts(
+                conn,
+                "SELECT CAST(version AS TEXT) FROM refinery_schema_history",
+                &doing,
+            )
+            .await?
+        }
+        Format::GolangMigrate => {
+            let rows = texts(
+                conn,
+                "SELECT CAST(version AS TEXT) || CASE WHEN dirty THEN ' dirty' ELSE '' END \
+                 FROM schema_migrations",
+                &doing,
+            )
+            .await?;
+            match rows.as_slice() {
+                [] => Vec::new(),
+                [one] => {
+                    let (current, dirty) = match one.split_once(' ') {
+                        Some((v, _)) => (v, true),
+                        None => (one.as_str(), false),
+                    };
+                    if dirty {
+                        return Err(history_err(
+                            format,
+                            format!(
+                                "the database is dirty at version {current}; fix it with `migrate force` first"
+                            ),
+                        ));
+                    }
+                    if !migrations.iter().any(|m| m.version == current) {
+                        return Err(Error::UnknownVersion(current.to_string()));
+                    }
+                    migrations
+                        .iter()
+                        .filter(|m| cmp_versions(&m.version, current).is_le())
+                        .map(|m| m.version.clone())
+                        .collect()
+                }
+                _ => return Err(history_err(format, "more than one row")),
+            }
+        }
+        Format::Flyway => {
+            let failed = texts(
+                conn,
+                "SELECT COALESCE(version, script) FROM flyway_schema_history WHERE NOT success",
+                &doing,
+            )
+            .await?;
+            if let Some(v) = failed.first() {
+                return Err(history_err(
+                    format,
+                    format!("a failed migration ({v}) is recorded; run `flyway repair` first"),
+                ));
+            }
+            // Latest successful SQL/UNDO_SQL row per version decides.
+            texts(
+                conn,
+                "SELECT DISTINCT h.version FROM flyway_schema_history h \
+                 WHERE h.success AND h.version IS NOT NULL AND h.type = 'SQL' \
+                 AND NOT EXISTS (SELECT 1 FROM flyway_schema_history u \
+                   WHERE u.version = h.version AND u.success AND u.type = 'UNDO_SQL' \
+                   AND u.installed_rank > h.installed_rank)",
+                &doing,
+            )
+            .await?
+        }
+        Format::Sqitch => {
+            let project = migrations
+                .iter()
+                .find_map(|m| m.sqitch.as_ref())
+                .map(|s| s.project.clone())
+                .unwrap_or_default();
+            let rows = sqlx::query("SELECT change FROM sqitch.changes WHERE project = $1")
+                .bind(project)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(query_err(doing.clone()))?;
+            let mut versions = Vec::new();
+            for row in rows {
+                let change: String = row.try_get(0).map_err(query_err(doing.clone()))?;
+                let m = migrations
+                    .iter()
+                    .find(|m| m.name == change)
+                    .ok_or_else(|| Error::UnknownVersion(change.clone()))?;
+                versions.push(m.version.clone());
+            }
+            versions
+        }
+    };
+    versions.sort_by(|a, b| cmp_versions(a, b));
+    Ok(versions)
+}
+
+fn committer() -> (String, String) {
+    (
+        std::env::var("REWIND_DB_COMMITTER_NAME").unwrap_or_else(|_| "rewind".into()),
+        std::env::var("REWIND_DB_COMMITTER_EMAIL").unwrap_or_else(|_| "rewind@localhost".into()),
+    )
+}
+
+fn parse_i64(format: Format, v: &str) -> Result<i64> {
+    v.parse()
+        .map_err(|_| history_err(format, format!("version {v} is not an integer")))
+}
+
+/// Records that `m` was applied, taking `elapsed`. `migrations` is the whole list (for
+/// golang-migrate's single row this is simply `m`'s version).
+pub async fn record_apply(
+    conn: &mut AnyConnection,
+    format: Format,
+    m: &Migration,
+    elapsed: std::time::Duration,
+) -> Result<()> {
+    let backend = Backend::of(conn)?;
+    let pg = backend == Backend::Postgres;
+    let doing = format!("recording V{} in {}", m.version, format.history_table());
+    let q = match format {
+        Format::Sqlx => {
+            let Checksum::Sha384(sum) = tool_checksum(format, m) else {
+                unreachable!("sqlx checksums are SHA-384")
+            };
+            sqlx::query(
+                "INSERT INTO _sqlx_migrations \
+                 (version, description, success, checksum, execution_time) \
+                 VALUES ($1, $2, TRUE, $3, $4)",
+            )
+            .bind(parse_i64(format, &m.version)?)
+            .bind(m.name.clone())
+            .bind(sum)
+            .bind(elapsed.as_nanos() as i64)
+        }
+        Format::Diesel => {
+            sqlx::query("INSERT INTO __diesel_schema_migrations (version) VALUES ($1)")
+                .bind(m.version.clone())
+        }
+        Format::GolangMigrate => {
+            exec(conn, "DELETE FROM schema_migrations", &doing).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, dirty) VALUES ($1, FALSE)")
+                .bind(parse_i64(format, &m.version)?)
+        }
+        Format::Flyway => {
+            let Checksum::Crc32(sum) = tool_checksum(format, m) else {
+                unreachable!("Flyway checksums are CRC32")
+            };
+            return flyway_row(conn, pg, m, "SQL", &m.file, &m.name, sum, elapsed).await;
+        }
+        Format::Refinery => {
+            let applied_on = if pg {
+                "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+            } else {
+                "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+            };
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+                 VALUES ($1, $2, {applied_on}, $3)"
+            )))
+            .bind(parse_i64(format, &m.version)?)
+            .bind(m.name.clone())
+            .bind(tool_checksum(format, m).to_text())
+        }
+        Format::Sqitch => return sqitch_event(conn, pg, m, "deploy").await,
+    };
+    q.execute(&mut *conn).await.map_err(query_err(doing))?;
+    Ok(())
+}
+
+/// Records that `m` was reverted. `previous` is the version that is current afterwards
+/// (golang-migrate's single row), or `None` when nothing is applied any more.
+pub async fn record_revert(
+    conn: &mut AnyConnection,
+    format: Format,
+    m: &Migration,
+    previous: Option<&Migration>,
+    elapsed: std::time::Duration,
+) -> Result<()> {
+    let pg = Backend::of(conn)? == Backend::Postgres;
+    let doing = format!(
+        "recording the revert of V{} in {}",
+        m.version,
+        format.history_table()
+    );
+    let q = match format {
+        Format::Sqlx => sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+            .bind(parse_i64(format, &m.version)?),
+        Format::Diesel => sqlx::query("DELETE FROM __diesel_schema_migrations WHERE version = $1")
+            .bind(m.version.clone()),
+        Format::Refinery => sqlx::query("DELETE FROM refinery_schema_history WHERE version = $1")
+            .bind(parse_i64(format, &m.version)?),
+        Format::GolangMigrate => {
+            exec(conn, "DELETE FROM schema_migrations", &doing).await?;
+            let Some(prev) = previous else {
+                return Ok(());
+            };
+            sqlx::query("INSERT INTO schema_migrations (version, dirty) VALUES ($1, FALSE)")
+                .bind(parse_i64(format, &prev.version)?)
+        }
+        Format::Flyway => {
+            let down = m.down.as_deref().unwrap_or_default();
+            let down_file = m.down_file.as_deref().unwrap_or(&m.file);
+            // The undo's description comes from its own file name.
+            let desc = down_file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.split_once("__"))
+                .map(|(_, d)| d.replace('_', " "))
+                .unwrap_or_else(|| m.name.clone());
+            let sum = crate::migrations::flyway_crc32(down);
+            return flyway_row(conn, pg, m, "UNDO_SQL", down_file, &desc, sum, elapsed).await;
+        }
+        Format::Sqitch => return sqitch_event(conn, pg, m, "revert").await,
+    };
+    q.execute(&mut *conn).await.map_err(query_err(doing))?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn flyway_row(
+    conn: &mut AnyConnection,
+    pg: bool,
+    m: &Migration,
+    kind: &str,
+    script: &Path,
+    description: &str,
+    checksum: i32,
+    elapsed: std::time::Duration,
+) -> Result<()> {
+    let installed_by = if pg { "current_user" } else { "''" };
+    let script = script
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO flyway_schema_history (installed_rank, version, description, type, script, \
+         checksum, installed_by, execution_time, success) \
+         SELECT COALESCE(MAX(installed_rank), 0) + 1, $1, $2, $3, $4, $5, {installed_by}, $6, TRUE \
+         FROM flyway_schema_history"
+    )))
+    .bind(m.version.clone())
+    .bind(description.to_string())
+    .bind(kind.to_string())
+    .bind(script)
+    .bind(checksum)
+    .bind(elapsed.as_millis().min(i32::MAX as u128) as i32)
+    .execute(&mut *conn)
+    .await
+    .map_err(query_err(format!(
+        "recording V{} ({kind}) in flyway_schema_history",
+        m.version
+    )))?;
+    Ok(())
+}
+
+async fn sqitch_event(
+    conn: &mut AnyConnection,
+    pg: bool,
+    m: &Migration,
+    event: &str,
+) -> Result<()> {
+    let s = m.sqitch.as_ref().ok_or_else(|| {
+        history_err(
+            Format::Sqitch,
+            format!("V{} was not read from a sqitch plan", m.version),
+        )
+    })?;
+    let (committer_name, committer_email) = committer();
+    let doing = format!("recording the {event} of {} in the sqitch registry", m.name);
+    let ts = |p: &str| {
+        if pg {
+            format!("CAST({p} AS TIMESTAMPTZ)")
+        } else {
+            p.to_string()
+        }
+    };
+    let list = |items: &[String]| {
+        if pg {
+            format!(
+                "{{{}}}",
+                items
+                    .iter()
+                    .map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\"")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        } else {
+            items.join(" ")
+        }
+    };
+    let arr = |p: &str| {
+        if pg {
+            format!("CAST({p} AS TEXT[])")
+        } else {
+            p.to_string()
+        }
+    };
+    let err = |d: &str| query_err(format!("{doing}: {d}"));
+
+    sqlx::query(
+        "INSERT INTO sqitch.releases (version, installer_name, installer_email) \
+         SELECT 1.1, $1, $2 WHERE NOT EXISTS (SELECT 1 FROM sqitch.releases)",
+    )
+    .bind(committer_name.clone())
+    .bind(committer_email.clone())
+    .execute(&mut *conn)
+    .await
+    .map_err(err("releases"))?;
+    sqlx::query(
+        "INSERT INTO sqitch.projects (project, uri, creator_name, creator_email) \
+         SELECT $1, $2, $3, $4 WHERE NOT EXISTS \
+         (SELECT 1 FROM sqitch.projects WHERE project = $1)",
+    )
+    .bind(s.project.clone())
+    .bind(s.uri.clone())
+    .bind(committer_name.clone())
+    .bind(committer_email.clone())
+    .execute(&mut *conn)
+    .await
+    .map_err(err("projects"))?;
+
+    if event == "deploy" {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO sqitch.changes (change_id, script_hash, change, project, note, \
+             committer_name, committer_email, planned_at, planner_name, planner_email) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, {}, $9, $10)",
+            ts("$8")
+        )))
+        .bind(s.change_id.clone())
+        .bind(tool_checksum(Format::Sqitch, m).to_text())
+        .bind(m.name.clone())
+        .bind(s.project.clone())
+        .bind(s.note.clone())
+        .bind(committer_name.clone())
+        .bind(committer_email.clone())
+        .bind(s.planned_at.clone())
+        .bind(s.planner_name.clone())
+        .bind(s.planner_email.clone())
+        .execute(&mut *conn)
+        .await
+        .map_err(err("changes"))?;
+    } else {
+        sqlx::query("DELETE FROM sqitch.changes WHERE change_id = $1")
+            .bind(s.change_id.clone())
+            .execute(&mut *conn)
+            .await
+            .map_err(err("changes"))?;
+    }
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO sqitch.events (event, change_id, change, project, note, requires, \
+         conflicts, tags, committer_name, committer_email, planned_at, planner_name, \
+         planner_email) VALUES ($1, $2, $3, $4, $5, {}, {}, {}, $9, $10, {}, $12, $13)",
+        arr("$6"),
+        arr("$7"),
+        arr("$8"),
+        ts("$11")
+    )))
+    .bind(event.to_string())
+    .bind(s.change_id.clone())
+    .bind(m.name.clone())
+    .bind(s.project.clone())
+    .bind(s.note.clone())
+    .bind(list(&s.requires))
+    .bind(list(&s.conflicts))
+    .bind(list(
+        &s.tags.iter().map(|t| format!("@{t}")).collect::<Vec<_>>(),
+    ))
+    .bind(committer_name)
+    .bind(committer_email)
+    .bind(s.planned_at.clone())
+    .bind(s.planner_name.clone())
+    .bind(s.planner_email.clone())
+    .execute(&mut *conn)
+    .await
+    .map_err(err("events"))?;
+    Ok(())
+}

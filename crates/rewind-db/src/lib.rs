@@ -1,0 +1,89 @@
+//! Database migrations in the formats teams already use.
+//!
+//! - [`migrations`] reads a migrations directory in one tool's own layout (sqlx, diesel,
+//!   golang-migrate, Flyway, refinery, sqitch) into [`Migration`]s in apply order, and
+//!   computes the checksum each tool stores.
+//! - [`history`] reads and writes that tool's own history table (or sqitch's registry), so
+//!   the team's tool agrees with what rewind did.
+//! - [`runner`] applies and reverts migrations, each batch in one transaction, on SQLite
+//!   and PostgreSQL through sqlx's `Any` driver.
+//!
+//! Connect with [`connect`] (it installs the `Any` drivers); a SQLite URL gets
+//! `mode=rwc` so the file is created when missing.
+
+use std::path::PathBuf;
+
+pub mod history;
+pub mod migrations;
+pub mod runner;
+
+pub use migrations::{Format, Migration, SqitchChange};
+pub use runner::{Phase, applied, apply, revert};
+
+/// Everything that can go wrong, naming the file or migration concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {reason}", file.display())]
+    BadFile { file: PathBuf, reason: String },
+    #[error("cannot tell the migration format of {}: {reason}", dir.display())]
+    Detect { dir: PathBuf, reason: String },
+    #[error("no down script for V{version} ({name}, {})", file.display())]
+    NoDown {
+        version: String,
+        name: String,
+        file: PathBuf,
+    },
+    #[error("unknown version {0}: it is not in the migrations directory")]
+    UnknownVersion(String),
+    #[error("migration V{version} ({name}, {}) failed{}: {source}", file.display(), if *down { " to revert" } else { "" })]
+    Migration {
+        version: String,
+        name: String,
+        file: PathBuf,
+        down: bool,
+        source: sqlx::Error,
+    },
+    #[error("migration V{version} ({name}, {}) cannot run inside rewind's transaction: {reason}", file.display())]
+    NotTransactional {
+        version: String,
+        name: String,
+        file: PathBuf,
+        reason: String,
+    },
+    #[error("{doing}: {source}")]
+    Query { doing: String, source: sqlx::Error },
+    #[error("history table {table}: {detail}")]
+    History { table: String, detail: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn query_err(doing: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Error {
+    let doing = doing.into();
+    move |source| Error::Query { doing, source }
+}
+
+/// Connects to `url` (`sqlite://…` or `postgres://…`) through sqlx's `Any` driver.
+/// A SQLite database file is created when missing.
+pub async fn connect(url: &str) -> Result<sqlx::AnyPool> {
+    sqlx::any::install_default_drivers();
+    let url = if url.starts_with("sqlite:") && !url.contains("mode=") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}mode=rwc")
+    } else {
+        url.to_string()
+    };
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .map_err(query_err(format!(
+            "connecting to {}",
+            url.split('@').next_back().unwrap_or("")
+        )))
+}

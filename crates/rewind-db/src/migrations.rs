@@ -1,0 +1,1001 @@
+//! Reading a migrations directory in the layout of the tool a team already uses.
+//!
+//! | format | layout | version stored by the tool |
+//! |---|---|---|
+//! | sqlx | `<n>_<name>.sql` (simple, no down) or `<n>_<name>.up.sql` + `.down.sql` | `n` as a 64-bit integer |
+//! | diesel | `<version>_<name>/up.sql` + `down.sql` | the part before the first `_` with `-` removed |
+//! | golang-migrate | `<n>_<name>.up.sql` + `.down.sql` | `n` as an unsigned integer |
+//! | Flyway | `V<version>__<desc>.sql`, undo `U<version>__<desc>.sql` | the version with `_` written as `.` |
+//! | refinery | `V<n>__<name>.sql` | `n` as a 32-bit integer |
+//! | sqitch | `sqitch.plan` + `deploy/`, `revert/`, `verify/<change>.sql` | the change name (and its id) |
+//!
+//! Numeric versions are normalised the way the tool parses them (`0001` → `1`), so they
+//! compare equal to what the tool wrote in its history table. Sqitch changes have no
+//! version: their [`Migration::version`] is their position in the plan, zero-padded
+//! (`0001`, `0002` …), and [`Migration::name`] is the change name the registry stores.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// The tool whose layout and history table a migrations directory follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    Sqlx,
+    Diesel,
+    GolangMigrate,
+    Flyway,
+    Refinery,
+    Sqitch,
+}
+
+impl Format {
+    pub const ALL: [Format; 6] = [
+        Format::Sqlx,
+        Format::Diesel,
+        Format::GolangMigrate,
+        Format::Flyway,
+        Format::Refinery,
+        Format::Sqitch,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Sqlx => "sqlx",
+            Format::Diesel => "diesel",
+            Format::GolangMigrate => "golang-migrate",
+            Format::Flyway => "flyway",
+            Format::Refinery => "refinery",
+            Format::Sqitch => "sqitch",
+        }
+    }
+
+    /// The history table the tool keeps (for sqitch: the registry's `changes` table).
+    pub fn history_table(self) -> &'static str {
+        match self {
+            Format::Sqlx => "_sqlx_migrations",
+            Format::Diesel => "__diesel_schema_migrations",
+            Format::GolangMigrate => "schema_migrations",
+            Format::Flyway => "flyway_schema_history",
+            Format::Refinery => "refinery_schema_history",
+            Format::Sqitch => "sqitch.changes",
+        }
+    }
+
+    /// Tells the format from the directory's contents, when only one format fits.
+    ///
+    /// `<n>_<name>.up.sql` fits both sqlx and golang-migrate, and `V<n>__<name>.sql` fits
+    /// both Flyway and refinery; such directories are ambiguous unless something else
+    /// decides (a simple `<n>_<name>.sql` file → sqlx; an undo `U…` file, a dotted version
+    /// or a `flyway.conf`/`flyway.toml` → Flyway). Ambiguity is an error naming the
+    /// candidates: pass the format explicitly then.
+    pub fn detect(dir: &Path) -> Result<Format> {
+        let detect_err = |reason: String| Error::Detect {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        if dir.join("sqitch.plan").is_file() {
+            return Ok(Format::Sqitch);
+        }
+        let entries = read_dir(dir)?;
+        let mut subdir_with_up = false;
+        let (mut up_down, mut simple, mut flyway_like, mut undo, mut dotted, mut conf) =
+            (false, false, false, false, false, false);
+        for (path, is_dir) in &entries {
+            let name = file_name(path);
+            if *is_dir {
+                if path.join("up.sql").is_file() {
+                    subdir_with_up = true;
+                }
+                continue;
+            }
+            if name == "flyway.conf" || name == "flyway.toml" {
+                conf = true;
+            }
+            if !name.ends_with(".sql") {
+                continue;
+            }
+            if let Some((prefix, rest)) = name.split_once("__") {
+                let (kind, version) = prefix.split_at(prefix.len().min(1));
+                if (kind == "V" || kind == "U") && !rest.is_empty() {
+                    flyway_like = true;
+                    undo |= kind == "U";
+                    dotted |= version.contains('.') || version.contains('_');
+                    continue;
+                }
+            }
+            if name.ends_with(".up.sql") || name.ends_with(".down.sql") {
+                up_down = true;
+            } else if name
+                .split_once('_')
+                .is_some_and(|(v, _)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            {
+                simple = true;
+            }
+        }
+        let mut found = Vec::new();
+        if subdir_with_up {
+            found.push("diesel (<version>_<name>/up.sql)");
+        }
+        if flyway_like {
+            found.push("Flyway/refinery (V<version>__<name>.sql)");
+        }
+        if up_down || simple {
+            found.push("sqlx/golang-migrate (<version>_<name>[.up|.down].sql)");
+        }
+        match found.len() {
+            0 => return Err(detect_err("no migrations found".into())),
+            1 => {}
+            _ => return Err(detect_err(format!("mixed layouts: {}", found.join(", ")))),
+        }
+        if subdir_with_up {
+            Ok(Format::Diesel)
+        } else if flyway_like {
+            if undo || dotted || conf {
+                Ok(Format::Flyway)
+            } else {
+                Err(detect_err(
+                    "V<n>__<name>.sql fits both Flyway and refinery; say which".into(),
+                ))
+            }
+        } else if simple {
+            Ok(Format::Sqlx)
+        } else {
+            Err(detect_err(
+                "<n>_<name>.up.sql/.down.sql fits both sqlx and golang-migrate; say which".into(),
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown migration format {s:?}"))
+    }
+}
+
+/// One migration, in the tool's own terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// The version as the tool stores it (see the module table); sorts with
+    /// [`cmp_versions`].
+    pub version: String,
+    /// The name or description part of the file name (sqitch: the change name).
+    pub name: String,
+    /// The up (deploy) script.
+    pub up: String,
+    /// The down (revert/undo) script, when the format and the directory have one.
+    pub down: Option<String>,
+    /// The up script's file.
+    pub file: PathBuf,
+    /// The down script's file.
+    pub down_file: Option<PathBuf>,
+    /// sqitch only: what the registry needs about the change.
+    pub sqitch: Option<SqitchChange>,
+}
+
+impl Migration {
+    /// True when there is no down script, or it is only whitespace and comments: running it
+    /// would not undo anything, so rollback tooling must treat it as missing.
+    pub fn down_is_empty(&self) -> bool {
+        self.down.as_deref().is_none_or(sql_is_empty)
+    }
+}
+
+/// What sqitch's registry records about a change, from `sqitch.plan`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqitchChange {
+    pub project: String,
+    pub uri: Option<String>,
+    /// The change id: SHA-1 over the change's canonical description (see
+    /// [`sqitch_change_id`]).
+    pub change_id: String,
+    pub requires: Vec<String>,
+    pub conflicts: Vec<String>,
+    /// Tags declared right after this change in the plan (without `@`).
+    pub tags: Vec<String>,
+    pub planned_at: String,
+    pub planner_name: String,
+    pub planner_email: String,
+    pub note: String,
+    pub verify: Option<String>,
+}
+
+/// True when `sql` holds only whitespace, `-- …` line comments and `/* … */` block comments.
+pub fn sql_is_empty(sql: &str) -> bool {
+    let mut rest = sql.trim_start_matches('\u{feff}');
+    loop {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return true;
+        }
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            match after.split_once("*/") {
+                Some((_, r)) => rest = r,
+                None => return true,
+            }
+        } else {
+            return false;
+        }
+    }
+}
+
+/// Compares two versions: `.`-separated parts, each numerically when both are digits
+/// (of any length), else as text.
+pub fn cmp_versions(a: &str, b: &str) -> Ordering {
+    let mut pa = a.split('.');
+    let mut pb = b.split('.');
+    loop {
+        match (pa.next(), pb.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+                let ord = if digits(x) && digits(y) {
+                    let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+                    x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+                } else {
+                    x.cmp(y)
+                };
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+            }
+        }
+    }
+}
+
+/// Reads `dir` in `format`, in apply order.
+pub fn read(dir: &Path, format: Format) -> Result<Vec<Migration>> {
+    let mut list = match format {
+        Format::Sqlx => read_flat(dir, format)?,
+        Format::GolangMigrate => read_flat(dir, format)?,
+        Format::Flyway | Format::Refinery => read_versioned(dir, format)?,
+        Format::Diesel => read_diesel(dir)?,
+        Format::Sqitch => return read_sqitch(dir),
+    };
+    list.sort_by(|a, b| cmp_versions(&a.version, &b.version));
+    Ok(list)
+}
+
+/// Reads `dir` after [`Format::detect`].
+pub fn read_detected(dir: &Path) -> Result<(Format, Vec<Migration>)> {
+    let format = Format::detect(dir)?;
+    Ok((format, read(dir, format)?))
+}
+
+fn bad(file: &Path, reason: impl Into<String>) -> Error {
+    Error::BadFile {
+        file: file.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, bool)>> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        let is_dir = path.is_dir();
+        if file_name(&path).starts_with('.') {
+            continue;
+        }
+        out.push((path, is_dir));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses a decimal version the way the tool does (`0001` → `1`), within `max`.
+fn int_version(file: &Path, text: &str, max: u64) -> Result<String> {
+    let n: u64 = text
+        .parse()
+        .ok()
+        .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| bad(file, format!("version {text:?} is not a whole number")))?;
+    if n > max {
+        return Err(bad(
+            file,
+            format!("version {n} is too large (at most {max})"),
+        ));
+    }
+    Ok(n.to_string())
+}
+
+#[derive(Default)]
+struct Pair {
+    name: String,
+    up: Option<(PathBuf, String)>,
+    down: Option<(PathBuf, String)>,
+}
+
+fn insert_part(
+    pairs: &mut BTreeMap<String, Pair>,
+    path: &Path,
+    version: String,
+    name: &str,
+    is_down: bool,
+) -> Result<()> {
+    let pair = pairs.entry(version.clone()).or_default();
+    if pair.name.is_empty() {
+        pair.name = name.to_string();
+    } else if pair.name != name {
+        return Err(bad(
+            path,
+            format!(
+                "version {version} is also used by a migration named {:?}",
+                pair.name
+            ),
+        ));
+    }
+    let slot = if is_down {
+        &mut pair.down
+    } else {
+        &mut pair.up
+    };
+    if let Some((other, _)) = slot {
+        return Err(bad(
+            path,
+            format!("duplicate version {version} (also {})", other.display()),
+        ));
+    }
+    *slot = Some((path.to_path_buf(), read_text(path)?));
+    Ok(())
+}
+
+fn finish_pairs(pairs: BTreeMap<String, Pair>) -> Result<Vec<Migration>> {
+    let mut out = Vec::new();
+    for (version, pair) in pairs {
+        let Some((file, up)) = pair.up else {
+            let (down_file, _) = pair.down.expect("a pair has an up or a down");
+            return Err(bad(
+                &down_file,
+                format!("a down script without an up script for version {version}"),
+            ));
+        };
+        // A missing down file is allowed (golang-migrate and sqlx accept it): "no down".
+        let (down_file, down) = match pair.down {
+            Some((f, d)) => (Some(f), Some(d)),
+            None => (None, None),
+        };
+        out.push(Migration {
+            version,
+            name: pair.name,
+            up,
+            down,
+            file,
+            down_file,
+            sqitch: None,
+        });
+    }
+    Ok(out)
+}
+
+/// sqlx and golang-migrate: `<n>_<name>.sql`, `<n>_<name>.up.sql`, `<n>_<name>.down.sql`.
+fn read_flat(dir: &Path, format: Format) -> Result<Vec<Migration>> {
+    let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
+    let mut simple: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (path, is_dir) in read_dir(dir)? {
+        let fname = file_name(&path);
+        if is_dir || !fname.ends_with(".sql") {
+            continue;
+        }
+        let Some((v, rest)) = fname.split_once('_') else {
+            return Err(bad(&path, "expected <version>_<name>.sql"));
+        };
+        let (stem, is_down, is_simple) = if let Some(s) = rest.strip_suffix(".up.sql") {
+            (s, false, false)
+        } else if let Some(s) = rest.strip_suffix(".down.sql") {
+            (s, true, false)
+        } else {
+            (rest.strip_suffix(".sql").unwrap_or(rest), false, true)
+        };
+        if is_simple && format == Format::GolangMigrate {
+            return Err(bad(
+                &path,
+                "golang-migrate needs <version>_<name>.up.sql or .down.sql",
+            ));
+        }
+        if stem.is_empty() {
+            return Err(bad(&path, "the migration has no name"));
+        }
+        let max = if format == Format::Sqlx {
+            i64::MAX as u64
+        } else {
+            u64::MAX
+        };
+        let version = int_version(&path, v, max)?;
+        // sqlx's description replaces `_` with spaces; golang-migrate keeps the name.
+        let name = if format == Format::Sqlx {
+            stem.replace('_', " ")
+        } else {
+            stem.to_string()
+        };
+        if is_simple {
+            simple.insert(version.clone(), path.clone());
+        } else if let Some(other) = simple.get(&version) {
+            return Err(bad(
+                &path,
+                format!("duplicate version {version} (also {})", other.display()),
+            ));
+        }
+        if is_simple && pairs.contains_key(&version) {
+            return Err(bad(&path, format!("duplicate version {version}")));
+        }
+        insert_part(&mut pairs, &path, version, &name, is_down)?;
+    }
+    finish_pairs(pairs)
+}
+
+/// Flyway (`V`/`U`) and refinery (`V`): `<prefix><version>__<description>.sql`.
+fn read_versioned(dir: &Path, format: Format) -> Result<Vec<Migration>> {
+    let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
+    for (path, is_dir) in read_dir(dir)? {
+        let fname = file_name(&path);
+        if is_dir || !(fname.ends_with(".sql")) {
+            continue;
+        }
+        if fname.starts_with("R__") {
+            return Err(bad(&path, "repeatable migrations (R__) are not supported"));
+        }
+        let stem = fname.strip_suffix(".sql").unwrap_or(&fname);
+        let Some((prefix, desc)) = stem.split_once("__") else {
+            return Err(bad(&path, "expected V<version>__<description>.sql"));
+        };
+        let (kind, v) = prefix.split_at(prefix.len().min(1));
+        let is_down = match (kind, format) {
+            ("V", _) => false,
+            ("U", Format::Flyway) => true,
+            ("U", _) => {
+                return Err(bad(
+                    &path,
+                    "refinery's unversioned (U) migrations are not supported",
+                ));
+            }
+            _ => return Err(bad(&path, "expected a V (or, for Flyway, U) prefix")),
+        };
+        if desc.is_empty() {
+            return Err(bad(&path, "the migration has no description"));
+        }
+        let version = if format == Format::Refinery {
+            int_version(&path, v, i32::MAX as u64)?
+        } else {
+            let dotted = v.replace('_', ".");
+            if dotted.is_empty()
+                || !dotted
+                    .split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(bad(&path, format!("version {v:?} is not a Flyway version")));
+            }
+            dotted
+        };
+        // Flyway shows the description with `_` as spaces; refinery keeps the name.
+        let name = if format == Format::Flyway {
+            desc.replace('_', " ")
+        } else {
+            desc.to_string()
+        };
+        if !is_down {
+            insert_part(&mut pairs, &path, version, &name, false)?;
+        } else {
+            // An undo may word its description differently; it pairs by version only.
+            let pair = pairs.entry(version.clone()).or_default();
+            if let Some((other, _)) = &pair.down {
+                return Err(bad(
+                    &path,
+                    format!(
+                        "duplicate undo for version {version} (also {})",
+                        other.display()
+                    ),
+                ));
+            }
+            pair.down = Some((path.clone(), read_text(&path)?));
+        }
+    }
+    finish_pairs(pairs)
+}
+
+/// diesel: `<version>_<name>/up.sql` and `down.sql`.
+fn read_diesel(dir: &Path) -> Result<Vec<Migration>> {
+    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (path, is_dir) in read_dir(dir)? {
+        if !is_dir {
+            continue;
+        }
+        let dname = file_name(&path);
+        let up_file = path.join("up.sql");
+        let down_file = path.join("down.sql");
+        if !up_file.is_file() {
+            if down_file.is_file() {
+                return Err(bad(&down_file, "a down.sql without an up.sql"));
+            }
+            return Err(bad(&path, "a migration directory without up.sql"));
+        }
+        let Some((v, name)) = dname.split_once('_') else {
+            return Err(bad(&path, "expected <version>_<name>"));
+        };
+        let version = v.replace('-', "");
+        if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
+            return Err(bad(
+                &path,
+                "expected <version>_<name> with a numeric version (dashes allowed)",
+            ));
+        }
+        if version.len() > 50 {
+            return Err(bad(
+                &path,
+                "the version is longer than diesel's 50 characters",
+            ));
+        }
+        if let Some(other) = seen.insert(version.clone(), path.clone()) {
+            return Err(bad(
+                &path,
+                format!("duplicate version {version} (also {})", other.display()),
+            ));
+        }
+        let (down, down_file) = if down_file.is_file() {
+            (Some(read_text(&down_file)?), Some(down_file))
+        } else {
+            (None, None)
+        };
+        out.push(Migration {
+            version,
+            name: name.to_string(),
+            up: read_text(&up_file)?,
+            down,
+            file: up_file,
+            down_file,
+            sqitch: None,
+        });
+    }
+    Ok(out)
+}
+
+/// sqitch: `sqitch.plan` lists changes in order; `%pragma` lines set the project, `@tag`
+/// lines tag the change before them, `#` lines are comments.
+///
+/// Not supported (an error naming the line): reworked changes (a name planned twice, whose
+/// earlier scripts live in `deploy/<change>@<tag>.sql`) and `-change` revert entries.
+fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
+    let plan_file = dir.join("sqitch.plan");
+    let plan = read_text(&plan_file)?;
+    let mut project = None;
+    let mut uri = None;
+    let mut out: Vec<Migration> = Vec::new();
+    for (i, raw) in plan.lines().enumerate() {
+        let at_line = |reason: &str| bad(&plan_file, format!("line {}: {reason}", i + 1));
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(pragma) = line.strip_prefix('%') {
+            let (key, value) = pragma.split_once('=').unwrap_or((pragma, ""));
+            match key.trim() {
+                "project" => project = Some(value.trim().to_string()),
+                "uri" => uri = Some(value.trim().to_string()),
+                _ => {}
+            }
+            continue;
+        }
+        if let Some(tag) = line.strip_prefix('@') {
+            let name = tag.split_whitespace().next().unwrap_or("");
+            let Some(last) = out.last_mut() else {
+                return Err(at_line("a tag before any change"));
+            };
+            if let Some(s) = last.sqitch.as_mut() {
+                s.tags.push(name.to_string());
+            }
+            continue;
+        }
+        if line.starts_with('-') {
+            return Err(at_line("revert entries (-change) are not supported"));
+        }
+        let line = line.strip_prefix('+').unwrap_or(line);
+        let Some(project) = project.clone() else {
+            return Err(at_line("a change before the %project pragma"));
+        };
+        let (head, note) = match line.split_once(" #") {
+            Some((h, n)) => (h.trim(), n.trim().to_string()),
+            None => (line, String::new()),
+        };
+        let (name, rest) = head.split_once(char::is_whitespace).unwrap_or((head, ""));
+        let mut rest = rest.trim_start();
+        let (mut requires, mut conflicts) = (Vec::new(), Vec::new());
+        if let Some(deps) = rest.strip_prefix('[') {
+            let (deps, after) = deps
+                .split_once(']')
+                .ok_or_else(|| at_line("unclosed [ in the dependencies"))?;
+            for dep in deps.split_whitespace() {
+                match dep.strip_prefix('!') {
+                    Some(c) => conflicts.push(c.to_string()),
+                    None => requires.push(dep.to_string()),
+                }
+            }
+            rest = after.trim_start();
+        }
+        let (planned_at, planner) = rest
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| at_line("expected: change [deps] timestamp planner <email>"))?;
+        let (planner_name, email) = planner
+            .split_once('<')
+            .ok_or_else(|| at_line("the planner has no <email>"))?;
+        let planner_email = email
+            .strip_suffix('>')
+            .or_else(|| email.split_once('>').map(|(e, _)| e))
+            .ok_or_else(|| at_line("unclosed <email>"))?;
+        if name.is_empty() {
+            return Err(at_line("a change without a name"));
+        }
+        if out.iter().any(|m| m.name == name) {
+            return Err(at_line(&format!(
+                "change {name:?} is planned twice (reworked changes are not supported)"
+            )));
+        }
+        let deploy = dir.join("deploy").join(format!("{name}.sql"));
+        let revert = dir.join("revert").join(format!("{name}.sql"));
+        let verify = dir.join("verify").join(format!("{name}.sql"));
+        if !deploy.is_file() {
+            return Err(bad(
+                &deploy,
+                format!("missing deploy script for change {name}"),
+            ));
+        }
+        let parent = out
+            .last()
+            .and_then(|m| m.sqitch.as_ref())
+            .map(|s| s.change_id.clone());
+        let mut change = SqitchChange {
+            project,
+            uri: uri.clone(),
+            change_id: String::new(),
+            requires,
+            conflicts,
+            tags: Vec::new(),
+            planned_at: planned_at.to_string(),
+            planner_name: planner_name.trim().to_string(),
+            planner_email: planner_email.to_string(),
+            note,
+            verify: if verify.is_file() {
+                Some(read_text(&verify)?)
+            } else {
+                None
+            },
+        };
+        change.change_id = sqitch_change_id(name, &change, parent.as_deref());
+        let (down, down_file) = if revert.is_file() {
+            (Some(read_text(&revert)?), Some(revert))
+        } else {
+            (None, None)
+        };
+        out.push(Migration {
+            version: format!("{:04}", out.len() + 1),
+            name: name.to_string(),
+            up: read_text(&deploy)?,
+            down,
+            file: deploy,
+            down_file,
+            sqitch: Some(change),
+        });
+    }
+    // A revert script without a planned change.
+    let revert_dir = dir.join("revert");
+    if revert_dir.is_dir() {
+        for (path, is_dir) in read_dir(&revert_dir)? {
+            let fname = file_name(&path);
+            if is_dir || !fname.ends_with(".sql") {
+                continue;
+            }
+            let change = fname.trim_end_matches(".sql");
+            if !out.iter().any(|m| m.name == change) {
+                return Err(bad(
+                    &path,
+                    format!(
+                        "a revert script for change {change:?}, which sqitch.plan does not plan"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sqitch's change id, as we understand it: the SHA-1 of `change <len>\0<info>` (the
+/// git-object convention), where `<info>` is
+///
+/// ```text
+/// project <project>
+/// uri <uri>                  (only with a %uri pragma)
+/// change <name>
+/// parent <previous change id> (not for the first change)
+/// planner <name> <<email>>
+/// date <planned_at>
+/// requires                   (only with dependencies; then one "  + dep" line each)
+/// conflicts                  (likewise, "  - dep")
+///
+/// <note>                     (only with a note)
+/// ```
+///
+/// Assumption: reconstructed from memory of App::Sqitch::Plan::Change, not checked against
+/// the sqitch binary; the registry round-trip in this crate does not depend on it matching.
+pub fn sqitch_change_id(name: &str, c: &SqitchChange, parent: Option<&str>) -> String {
+    use sha1::Digest;
+    let mut info = format!("project {}\n", c.project);
+    if let Some(uri) = &c.uri {
+        info.push_str(&format!("uri {uri}\n"));
+    }
+    info.push_str(&format!("change {name}\n"));
+    if let Some(p) = parent {
+        info.push_str(&format!("parent {p}\n"));
+    }
+    info.push_str(&format!(
+        "planner {} <{}>\ndate {}",
+        c.planner_name, c.planner_email, c.planned_at
+    ));
+    if !c.requires.is_empty() {
+        info.push_str("\nrequires");
+        for r in &c.requires {
+            info.push_str(&format!("\n  + {r}"));
+        }
+    }
+    if !c.conflicts.is_empty() {
+        info.push_str("\nconflicts");
+        for r in &c.conflicts {
+            info.push_str(&format!("\n  - {r}"));
+        }
+    }
+    if !c.note.is_empty() {
+        info.push_str(&format!("\n\n{}", c.note));
+    }
+    let mut h = sha1::Sha1::new();
+    h.update(format!("change {}\0", info.len()).as_bytes());
+    h.update(info.as_bytes());
+    hex::encode(h.finalize())
+}
+
+// ---- checksums -------------------------------------------------------------------------
+
+/// What a tool stores to notice that an applied migration's file changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checksum {
+    /// sqlx: SHA-384 of the up script's exact text (`_sqlx_migrations.checksum`). sqlx can
+    /// be told to ignore characters (`migrate.ignored-chars` in `sqlx.toml`); this is the
+    /// default, nothing ignored, so a CRLF checkout changes it.
+    Sha384(Vec<u8>),
+    /// Flyway: CRC32 over the script's lines, each without its line terminator, a leading
+    /// BOM removed (`flyway_schema_history.checksum`, a signed 32-bit integer). Reading
+    /// line by line makes it blind to CRLF versus LF.
+    Crc32(i32),
+    /// refinery: SipHash-1-3 (keys 0) of `name`, `version` (i32) and the SQL, hashed with
+    /// Rust's `Hash` (a `str` writes its bytes then `0xff`; an i32 its 4 little-endian
+    /// bytes), stored as decimal text. Assumption from memory of refinery's source.
+    SipHash13(u64),
+    /// sqitch: SHA-1 (hex) of the deploy script (`changes.script_hash`).
+    Sha1(String),
+    /// diesel and golang-migrate store no checksum.
+    None,
+}
+
+impl Checksum {
+    /// The value as the history table holds it, as text (hex for hashes).
+    pub fn to_text(&self) -> String {
+        match self {
+            Checksum::Sha384(b) => hex::encode(b),
+            Checksum::Crc32(c) => c.to_string(),
+            Checksum::SipHash13(h) => h.to_string(),
+            Checksum::Sha1(s) => s.clone(),
+            Checksum::None => String::new(),
+        }
+    }
+}
+
+/// The checksum `format` stores for an up script `sql` (see [`Checksum`]).
+pub fn tool_checksum(format: Format, m: &Migration) -> Checksum {
+    checksum_of(format, &m.version, &m.name, &m.up)
+}
+
+fn checksum_of(format: Format, version: &str, name: &str, sql: &str) -> Checksum {
+    match format {
+        Format::Sqlx => {
+            use sha2::Digest;
+            Checksum::Sha384(sha2::Sha384::digest(sql.as_bytes()).to_vec())
+        }
+        Format::Flyway => Checksum::Crc32(flyway_crc32(sql)),
+        Format::Refinery => {
+            let mut bytes = Vec::with_capacity(name.len() + sql.len() + 6);
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.push(0xff);
+            bytes.extend_from_slice(&version.parse::<i32>().unwrap_or(0).to_le_bytes());
+            bytes.extend_from_slice(sql.as_bytes());
+            bytes.push(0xff);
+            Checksum::SipHash13(siphash13(&bytes))
+        }
+        Format::Sqitch => {
+            use sha1::Digest;
+            Checksum::Sha1(hex::encode(sha1::Sha1::digest(sql.as_bytes())))
+        }
+        Format::Diesel | Format::GolangMigrate => Checksum::None,
+    }
+}
+
+/// Flyway's checksum of a script (see [`Checksum::Crc32`]).
+pub fn flyway_crc32(sql: &str) -> i32 {
+    const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    let mut digest = CRC32.digest();
+    let text = sql.strip_prefix('\u{feff}').unwrap_or(sql);
+    for line in text.lines() {
+        // `str::lines` strips "\n" and "\r\n", like Java's BufferedReader.readLine.
+        digest.update(line.as_bytes());
+    }
+    digest.finalize() as i32
+}
+
+/// A checksum that does not change with line endings (CRLF and LF alike), a leading BOM or
+/// trailing whitespace at the end of the file: SHA-256 (hex) of the lines joined by `\n`.
+/// Use it to tell a real edit from a checkout that only changed line endings.
+pub fn normalized_checksum(sql: &str) -> String {
+    use sha2::Digest;
+    let text = sql.strip_prefix('\u{feff}').unwrap_or(sql);
+    let mut h = sha2::Sha256::new();
+    for (i, line) in text.trim_end().lines().enumerate() {
+        if i > 0 {
+            h.update(b"\n");
+        }
+        h.update(line.trim_end_matches('\r').as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// SipHash-1-3 with both keys 0 (what `siphasher::sip::SipHasher13::new()` computes).
+fn siphash13(data: &[u8]) -> u64 {
+    let (k0, k1) = (0u64, 0u64);
+    let mut v0 = k0 ^ 0x736f_6d65_7073_6575;
+    let mut v1 = k1 ^ 0x646f_7261_6e64_6f6d;
+    let mut v2 = k0 ^ 0x6c79_6765_6e65_7261;
+    let mut v3 = k1 ^ 0x7465_6462_7974_6573;
+    let round = |v0: &mut u64, v1: &mut u64, v2: &mut u64, v3: &mut u64| {
+        *v0 = v0.wrapping_add(*v1);
+        *v1 = v1.rotate_left(13);
+        *v1 ^= *v0;
+        *v0 = v0.rotate_left(32);
+        *v2 = v2.wrapping_add(*v3);
+        *v3 = v3.rotate_left(16);
+        *v3 ^= *v2;
+        *v0 = v0.wrapping_add(*v3);
+        *v3 = v3.rotate_left(21);
+        *v3 ^= *v0;
+        *v2 = v2.wrapping_add(*v1);
+        *v1 = v1.rotate_left(17);
+        *v1 ^= *v2;
+        *v2 = v2.rotate_left(32);
+    };
+    let chunks = data.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let m = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        v3 ^= m;
+        round(&mut v0, &mut v1, &mut v2, &mut v3);
+        v0 ^= m;
+    }
+    let mut last = (data.len() as u64 & 0xff) << 56;
+    for (i, b) in tail.iter().enumerate() {
+        last |= u64::from(*b) << (8 * i);
+    }
+    v3 ^= last;
+    round(&mut v0, &mut v1, &mut v2, &mut v3);
+    v0 ^= last;
+    v2 ^= 0xff;
+    for _ in 0..3 {
+        round(&mut v0, &mut v1, &mut v2, &mut v3);
+    }
+    v0 ^ v1 ^ v2 ^ v3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_down_scripts() {
+        assert!(sql_is_empty(""));
+        assert!(sql_is_empty("  \n-- nothing to undo\n/* really */\n"));
+        assert!(!sql_is_empty("-- drop it\nDROP TABLE t;"));
+    }
+
+    #[test]
+    fn versions_sort_numerically() {
+        assert_eq!(cmp_versions("2", "10"), Ordering::Less);
+        assert_eq!(cmp_versions("1.10", "1.9"), Ordering::Greater);
+        assert_eq!(cmp_versions("001", "1"), Ordering::Equal);
+    }
+
+    #[test]
+    fn checksums_and_line_endings() {
+        let lf = "CREATE TABLE t (id INT);\nINSERT INTO t VALUES (1);\n";
+        let crlf = lf.replace('\n', "\r\n");
+        assert_eq!(flyway_crc32(lf), flyway_crc32(&crlf));
+        assert_eq!(normalized_checksum(lf), normalized_checksum(&crlf));
+        assert_ne!(
+            normalized_checksum(lf),
+            normalized_checksum("CREATE TABLE u;")
+        );
+        let m = |up: &str| Migration {
+            version: "1".into(),
+            name: "init".into(),
+            up: up.into(),
+            down: None,
+            file: "1_init.sql".into(),
+            down_file: None,
+            sqitch: None,
+        };
+        // sqlx hashes the exact bytes: a CRLF checkout is drift to sqlx.
+        assert_ne!(
+            tool_checksum(Format::Sqlx, &m(lf)),
+            tool_checksum(Format::Sqlx, &m(&crlf))
+        );
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn siphash13_matches_std() {
+        // std's `DefaultHasher::new()` is SipHash-1-3 with zero keys today, like siphasher's
+        // `SipHasher13::new()` that refinery uses; check ours against it, through `Hash`.
+        use std::hash::{Hash, Hasher};
+        for data in ["", "a", "12345678", "CREATE TABLE users (id INT);\n"] {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            h.write(data.as_bytes());
+            assert_eq!(h.finish(), siphash13(data.as_bytes()));
+        }
+        let m = Migration {
+            version: "3".into(),
+            name: "add_index".into(),
+            up: "CREATE INDEX i ON t (c);".into(),
+            down: None,
+            file: "V3__add_index.sql".into(),
+            down_file: None,
+            sqitch: None,
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        m.name.hash(&mut h);
+        3i32.hash(&mut h);
+        m.up.as_str().hash(&mut h);
+        assert_eq!(
+            tool_checksum(Format::Refinery, &m),
+            Checksum::SipHash13(h.finish())
+        );
+    }
+}

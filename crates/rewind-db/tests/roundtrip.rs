@@ -1,0 +1,557 @@
+//! Round trips through each tool's layout and history table, on SQLite and PostgreSQL.
+//!
+//! PostgreSQL comes from `REWIND_TEST_PG_URL` (scripts/test starts a throwaway cluster);
+//! each test creates its own databases with `CREATE DATABASE`. Without the variable the
+//! PostgreSQL tests fail: nothing is skipped silently.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rewind_db::migrations::{self, Format, Migration};
+use rewind_db::{Phase, applied, apply, revert};
+use sqlx::{AnyPool, Row};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+struct Target {
+    kind: Kind,
+    url: String,
+    pool: AnyPool,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn pg_url() -> String {
+    std::env::var("REWIND_TEST_PG_URL")
+        .unwrap_or_else(|_| panic!("REWIND_TEST_PG_URL is not set: run scripts/test"))
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+async fn fresh(kind: Kind, label: &str) -> Target {
+    match kind {
+        Kind::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("app.db").display());
+            let pool = rewind_db::connect(&url).await.unwrap();
+            Target {
+                kind,
+                url,
+                pool,
+                _dir: Some(dir),
+            }
+        }
+        Kind::Postgres => {
+            let admin_url = pg_url();
+            let admin = rewind_db::connect(&admin_url).await.unwrap();
+            let name = format!(
+                "rw_{}_{}_{}",
+                label.replace('-', "_"),
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst)
+            );
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&admin)
+                .await
+                .unwrap();
+            admin.close().await;
+            let base = admin_url.rsplit_once('/').expect("a database in the URL").0;
+            let url = format!("{base}/{name}");
+            let pool = rewind_db::connect(&url).await.unwrap();
+            Target {
+                kind,
+                url,
+                pool,
+                _dir: None,
+            }
+        }
+    }
+}
+
+/// The schema without the tool's history table (and without sqitch's registry).
+async fn schema(t: &Target, format: Format) -> String {
+    let history = format.history_table();
+    match t.kind {
+        Kind::Sqlite => {
+            let mut out = String::new();
+            let rows = sqlx::query(
+                "SELECT m.name || ' ' || p.name || ' ' || p.type || ' notnull=' || \
+                 CAST(p.\"notnull\" AS TEXT) || ' pk=' || CAST(p.pk AS TEXT) || ' default=' || \
+                 COALESCE(p.dflt_value, '') \
+                 FROM sqlite_master m, pragma_table_info(m.name) p \
+                 WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name <> $1 \
+                 ORDER BY m.name, p.cid",
+            )
+            .bind(history.to_string())
+            .fetch_all(&t.pool)
+            .await
+            .unwrap();
+            for r in rows {
+                out.push_str(&format!("table {}\n", r.get::<String, _>(0)));
+            }
+            let rows = sqlx::query(
+                "SELECT m.name || ' ON ' || m.tbl_name || ' (' || ii.name || ')' \
+                 FROM sqlite_master m, pragma_index_info(m.name) ii \
+                 WHERE m.type = 'index' AND m.tbl_name <> $1 ORDER BY m.name, ii.seqno",
+            )
+            .bind(history.to_string())
+            .fetch_all(&t.pool)
+            .await
+            .unwrap();
+            for r in rows {
+                out.push_str(&format!("index {}\n", r.get::<String, _>(0)));
+            }
+            out
+        }
+        Kind::Postgres => {
+            let mut cmd = std::process::Command::new("pg_dump");
+            cmd.args([
+                "--schema-only",
+                "--no-owner",
+                "--no-privileges",
+                "-N",
+                "sqitch",
+            ]);
+            if !history.contains('.') {
+                cmd.args(["-T", &format!("public.{history}")]);
+            }
+            cmd.arg(&t.url);
+            let out = cmd.output().expect("pg_dump runs");
+            assert!(
+                out.status.success(),
+                "pg_dump failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                // pg_dump 15.14+ brackets its output with \\restrict <random key>.
+                .filter(|l| {
+                    !l.starts_with("--")
+                        && !l.starts_with("\\restrict")
+                        && !l.starts_with("\\unrestrict")
+                        && !l.trim().is_empty()
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    }
+}
+
+/// Whether the history table exists at all.
+async fn history_exists(t: &Target, format: Format) -> bool {
+    let table = format.history_table();
+    let sql = match t.kind {
+        Kind::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1",
+        Kind::Postgres => "SELECT table_name FROM information_schema.tables WHERE table_name = $1",
+    };
+    sqlx::query(sql)
+        .bind(table.to_string())
+        .fetch_optional(&t.pool)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+fn versions(ms: &[Migration]) -> Vec<String> {
+    ms.iter().map(|m| m.version.clone()).collect()
+}
+
+fn no_progress(_: &Migration, _: Phase) {}
+
+/// Apply all 3; revert one at a time, each time comparing with a fresh database that had
+/// only the remaining ones applied; revert the rest; re-apply everything.
+async fn roundtrip(kind: Kind, format: Format, dir: &str) {
+    let migs = migrations::read(&fixture(dir), format).unwrap();
+    assert_eq!(migs.len(), 3, "{dir}: three migrations");
+    assert!(
+        migs.iter().all(|m| !m.down_is_empty()),
+        "{dir}: all have downs"
+    );
+    let v = versions(&migs);
+
+    // References: a fresh database with only the first k applied.
+    let mut reference = Vec::new();
+    for k in 0..=3 {
+        let t = fresh(kind, dir).await;
+        if k > 0 {
+            let done = apply(&t.pool, format, &migs, Some(&v[k - 1]), no_progress)
+                .await
+                .unwrap();
+            assert_eq!(done, v[..k]);
+        }
+        reference.push(schema(&t, format).await);
+    }
+    assert_ne!(
+        reference[2], reference[3],
+        "the third migration changes the schema"
+    );
+
+    let t = fresh(kind, dir).await;
+    let mut journal = Vec::new();
+    let done = apply(&t.pool, format, &migs, None, |m, p| {
+        journal.push((m.version.clone(), p))
+    })
+    .await
+    .unwrap();
+    assert_eq!(done, v);
+    assert_eq!(
+        journal.len(),
+        9,
+        "applying, applied, committed for each: {journal:?}"
+    );
+    assert_eq!(journal[0], (v[0].clone(), Phase::Applying));
+    assert_eq!(journal[8], (v[2].clone(), Phase::Committed));
+    assert_eq!(applied(&t.pool, format, &migs).await.unwrap(), v);
+    assert_eq!(schema(&t, format).await, reference[3]);
+    // Applying again does nothing.
+    assert!(
+        apply(&t.pool, format, &migs, None, no_progress)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    for k in (0..3).rev() {
+        let down_to = if k == 0 {
+            None
+        } else {
+            Some(v[k - 1].as_str())
+        };
+        let reverted = revert(&t.pool, format, &migs, down_to, no_progress)
+            .await
+            .unwrap();
+        assert_eq!(
+            reverted,
+            vec![v[k].clone()],
+            "{dir} {kind:?}: revert to {k}"
+        );
+        assert_eq!(
+            schema(&t, format).await,
+            reference[k],
+            "{dir} {kind:?}: schema at {k}"
+        );
+        assert_eq!(
+            applied(&t.pool, format, &migs).await.unwrap(),
+            v[..k],
+            "{dir} {kind:?}: history at {k}"
+        );
+    }
+
+    // After undoing everything, everything applies again.
+    apply(&t.pool, format, &migs, None, no_progress)
+        .await
+        .unwrap();
+    assert_eq!(schema(&t, format).await, reference[3]);
+    assert_eq!(applied(&t.pool, format, &migs).await.unwrap(), v);
+    check_tool_rows(&t, format, &migs).await;
+}
+
+/// A few checks of the rows as the tool itself reads them.
+async fn check_tool_rows(t: &Target, format: Format, migs: &[Migration]) {
+    let texts = |sql: &'static str| {
+        let pool = t.pool.clone();
+        async move {
+            // A pooled connection sees sqitch's SQLite registry only once attached.
+            let mut conn = pool.acquire().await.unwrap();
+            rewind_db::history::prepare(&mut conn, format)
+                .await
+                .unwrap();
+            sqlx::query(sql)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    match format {
+        Format::GolangMigrate => {
+            let rows = texts(
+                "SELECT CAST(version AS TEXT) || ' ' || CASE WHEN dirty THEN 'dirty' ELSE 'clean' END \
+                 FROM schema_migrations",
+            )
+            .await;
+            assert_eq!(rows, ["3 clean"]);
+        }
+        Format::Flyway => {
+            let rows = texts(
+                "SELECT version || ' ' || type || ' ' || script FROM flyway_schema_history \
+                 ORDER BY installed_rank",
+            )
+            .await;
+            assert_eq!(rows.len(), 9, "{rows:?}");
+            assert_eq!(rows[0], "1 SQL V1__create_users.sql");
+            assert_eq!(rows[3], "2 UNDO_SQL U2__undo_index_email.sql");
+            assert_eq!(rows[8], "2 SQL V2__index_email.sql");
+            let sums = texts(
+                "SELECT CAST(checksum AS TEXT) FROM flyway_schema_history \
+                 WHERE type = 'SQL' AND version = '1' ORDER BY installed_rank LIMIT 1",
+            )
+            .await;
+            assert_eq!(sums[0], migrations::flyway_crc32(&migs[0].up).to_string());
+        }
+        Format::Sqitch => {
+            // Events within one transaction may share a SQLite timestamp: compare sorted.
+            let mut rows = texts("SELECT event || ' ' || change FROM sqitch.events").await;
+            rows.sort();
+            assert_eq!(rows.len(), 9, "{rows:?}");
+            assert_eq!(rows.iter().filter(|r| r.starts_with("deploy")).count(), 6);
+            assert!(rows.contains(&"revert index_email".to_string()));
+            let mut ids = texts("SELECT change_id FROM sqitch.changes").await;
+            ids.sort();
+            let mut expected: Vec<String> = migs
+                .iter()
+                .map(|m| m.sqitch.as_ref().unwrap().change_id.clone())
+                .collect();
+            expected.sort();
+            assert_eq!(ids, expected);
+        }
+        Format::Sqlx => {
+            let rows = texts(
+                "SELECT CAST(version AS TEXT) || ' ' || description FROM _sqlx_migrations \
+                 ORDER BY version",
+            )
+            .await;
+            assert_eq!(rows[0], "20240101000001 create users");
+        }
+        Format::Diesel => {
+            let rows =
+                texts("SELECT version FROM __diesel_schema_migrations ORDER BY version").await;
+            assert_eq!(rows, ["20240101000000", "20240102000000", "20240103000000"]);
+        }
+        Format::Refinery => {}
+    }
+}
+
+/// Formats without down scripts: apply works, revert is refused before anything runs.
+async fn no_down(kind: Kind, format: Format, dir: &str) {
+    let migs = migrations::read(&fixture(dir), format).unwrap();
+    assert_eq!(migs.len(), 3);
+    assert!(migs.iter().all(|m| m.down_is_empty()));
+    let v = versions(&migs);
+    let t = fresh(kind, dir).await;
+    assert_eq!(
+        apply(&t.pool, format, &migs, Some(&v[1]), no_progress)
+            .await
+            .unwrap(),
+        v[..2]
+    );
+    assert_eq!(applied(&t.pool, format, &migs).await.unwrap(), v[..2]);
+    let before = schema(&t, format).await;
+    let err = revert(&t.pool, format, &migs, Some(&v[0]), no_progress)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no down script for V2"),
+        "unexpected error: {err}"
+    );
+    assert_eq!(schema(&t, format).await, before);
+    assert_eq!(applied(&t.pool, format, &migs).await.unwrap(), v[..2]);
+    apply(&t.pool, format, &migs, None, no_progress)
+        .await
+        .unwrap();
+    assert_eq!(applied(&t.pool, format, &migs).await.unwrap(), v);
+}
+
+/// A failing migration in the middle of a batch leaves schema and history as before.
+async fn failing_batch(kind: Kind) {
+    let format = Format::Sqlx;
+    let migs = migrations::read(&fixture("failing"), format).unwrap();
+    assert_eq!(versions(&migs), ["1", "2", "3", "4"]);
+
+    // Nothing applied yet: even the history table's creation is rolled back.
+    let t = fresh(kind, "failing").await;
+    let empty = schema(&t, format).await;
+    let err = apply(&t.pool, format, &migs, None, no_progress)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("V3 (broken"), "{err}");
+    assert_eq!(schema(&t, format).await, empty);
+    assert!(!history_exists(&t, format).await);
+
+    // One applied: a batch of 2 (fine), 3 (fails), 4 leaves only 1.
+    apply(&t.pool, format, &migs, Some("1"), no_progress)
+        .await
+        .unwrap();
+    let before = schema(&t, format).await;
+    let mut phases = Vec::new();
+    let err = apply(&t.pool, format, &migs, None, |m, p| {
+        phases.push((m.version.clone(), p))
+    })
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("V3 (broken") && text.contains("3_broken.up.sql"),
+        "{text}"
+    );
+    assert!(
+        text.contains("no_such_table"),
+        "the SQL error is named: {text}"
+    );
+    assert_eq!(schema(&t, format).await, before);
+    assert!(!before.contains("orders"));
+    assert_eq!(applied(&t.pool, format, &migs).await.unwrap(), ["1"]);
+    assert!(matches!(phases.last(), Some((v, Phase::RolledBack)) if v == "3"));
+    assert!(phases.iter().all(|(_, p)| *p != Phase::Committed));
+}
+
+macro_rules! roundtrip_tests {
+    ($($name:ident: $kind:expr, $format:expr, $dir:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            roundtrip($kind, $format, $dir).await;
+        }
+    )*};
+}
+
+roundtrip_tests! {
+    sqlx_sqlite: Kind::Sqlite, Format::Sqlx, "sqlx";
+    sqlx_postgres: Kind::Postgres, Format::Sqlx, "sqlx";
+    diesel_sqlite: Kind::Sqlite, Format::Diesel, "diesel";
+    diesel_postgres: Kind::Postgres, Format::Diesel, "diesel";
+    golang_migrate_sqlite: Kind::Sqlite, Format::GolangMigrate, "golang-migrate";
+    golang_migrate_postgres: Kind::Postgres, Format::GolangMigrate, "golang-migrate";
+    flyway_sqlite: Kind::Sqlite, Format::Flyway, "flyway";
+    flyway_postgres: Kind::Postgres, Format::Flyway, "flyway";
+    sqitch_sqlite: Kind::Sqlite, Format::Sqitch, "sqitch";
+    sqitch_postgres: Kind::Postgres, Format::Sqitch, "sqitch";
+}
+
+#[tokio::test]
+async fn refinery_no_down_sqlite() {
+    no_down(Kind::Sqlite, Format::Refinery, "refinery").await;
+}
+#[tokio::test]
+async fn refinery_no_down_postgres() {
+    no_down(Kind::Postgres, Format::Refinery, "refinery").await;
+}
+#[tokio::test]
+async fn sqlx_simple_no_down_sqlite() {
+    no_down(Kind::Sqlite, Format::Sqlx, "sqlx-simple").await;
+}
+#[tokio::test]
+async fn sqlx_simple_no_down_postgres() {
+    no_down(Kind::Postgres, Format::Sqlx, "sqlx-simple").await;
+}
+#[tokio::test]
+async fn failing_batch_sqlite() {
+    failing_batch(Kind::Sqlite).await;
+}
+#[tokio::test]
+async fn failing_batch_postgres() {
+    failing_batch(Kind::Postgres).await;
+}
+
+#[test]
+fn detect_formats() {
+    let detect = |d: &str| Format::detect(&fixture(d)).map_err(|e| e.to_string());
+    assert_eq!(detect("diesel").unwrap(), Format::Diesel);
+    assert_eq!(detect("flyway").unwrap(), Format::Flyway);
+    assert_eq!(detect("sqitch").unwrap(), Format::Sqitch);
+    assert_eq!(detect("sqlx-simple").unwrap(), Format::Sqlx);
+    let ambiguous = detect("sqlx").unwrap_err();
+    assert!(ambiguous.contains("sqlx and golang-migrate"), "{ambiguous}");
+    let ambiguous = detect("refinery").unwrap_err();
+    assert!(ambiguous.contains("Flyway and refinery"), "{ambiguous}");
+}
+
+#[test]
+fn read_formats() {
+    let flyway = migrations::read(&fixture("flyway"), Format::Flyway).unwrap();
+    assert_eq!(versions(&flyway), ["1", "1.1", "2"]);
+    assert_eq!(flyway[1].name, "add email");
+    let sqitch = migrations::read(&fixture("sqitch"), Format::Sqitch).unwrap();
+    let names: Vec<_> = sqitch.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["create_users", "add_email", "index_email"]);
+    let s = sqitch[1].sqitch.as_ref().unwrap();
+    assert_eq!(s.requires, ["create_users"]);
+    assert_eq!(s.tags, ["v1.0"]);
+    assert_eq!(s.planner_name, "Alice Example");
+    assert_eq!(s.note, "Email column");
+    assert!(sqitch[0].sqitch.as_ref().unwrap().verify.is_some());
+    let golang = migrations::read(&fixture("golang-migrate"), Format::GolangMigrate).unwrap();
+    assert_eq!(versions(&golang), ["1", "2", "3"]);
+    assert_eq!(golang[0].name, "create_users");
+}
+
+#[test]
+fn malformed_directories_name_the_file() {
+    let case = |files: &[(&str, &str)], format: Format| {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        migrations::read(dir.path(), format)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = case(&[("abc_init.sql", "SELECT 1;")], Format::Sqlx);
+    assert!(
+        e.contains("abc_init.sql") && e.contains("not a whole number"),
+        "{e}"
+    );
+    let e = case(
+        &[("1_a.up.sql", "SELECT 1;"), ("2_b.down.sql", "SELECT 1;")],
+        Format::GolangMigrate,
+    );
+    assert!(
+        e.contains("2_b.down.sql") && e.contains("without an up"),
+        "{e}"
+    );
+    let e = case(&[("1_a.sql", "x"), ("01_b.sql", "y")], Format::Sqlx);
+    assert!(e.contains("1"), "{e}");
+    let e = case(&[("V1__a.sql", "x"), ("V01__a.sql", "y")], Format::Refinery);
+    assert!(e.contains("duplicate version 1"), "{e}");
+    let e = case(&[("U3__undo.sql", "x")], Format::Flyway);
+    assert!(
+        e.contains("U3__undo.sql") && e.contains("without an up"),
+        "{e}"
+    );
+    let e = case(&[("R__views.sql", "x")], Format::Flyway);
+    assert!(e.contains("R__views.sql"), "{e}");
+    let e = case(&[("2024_x/down.sql", "x")], Format::Diesel);
+    assert!(
+        e.contains("down.sql") && e.contains("without an up.sql"),
+        "{e}"
+    );
+    let e = case(
+        &[
+            (
+                "sqitch.plan",
+                "%project=p\na 2024-01-01T00:00:00Z A <a@b>\n",
+            ),
+            ("deploy/a.sql", "x"),
+            ("revert/b.sql", "y"),
+        ],
+        Format::Sqitch,
+    );
+    assert!(e.contains("b.sql") && e.contains("does not plan"), "{e}");
+}
+
+#[test]
+fn empty_down_counts_as_no_down() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("1_a.up.sql"), "CREATE TABLE a (x INT);").unwrap();
+    std::fs::write(
+        dir.path().join("1_a.down.sql"),
+        "-- nothing\n\n/* to do */\n",
+    )
+    .unwrap();
+    let migs = migrations::read(dir.path(), Format::GolangMigrate).unwrap();
+    assert!(migs[0].down.is_some());
+    assert!(migs[0].down_is_empty());
+}
