@@ -64,6 +64,25 @@ impl SqliteStore {
             .await
             .map_err(open_err)?;
 
+        // Most opens find the schema current: one query says so, and the migrator (several
+        // queries and checksums of every embedded file) is skipped.
+        let latest = common::SQLITE_MIGRATIONS
+            .0
+            .iter()
+            .map(|m| m.0)
+            .max()
+            .unwrap_or(0);
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT max(version) FROM _sqlx_migrations WHERE success AND \
+             (SELECT count(*) FROM sqlite_master WHERE name = '_sqlx_migrations') > 0",
+        )
+        .fetch_one(&pool)
+        .await
+        .ok()
+        .flatten();
+        if current == Some(latest) {
+            return Ok(SqliteStore { pool, location });
+        }
         let migrator = Migrator::new(common::SQLITE_MIGRATIONS)
             .await
             .map_err(|source| StoreError::Migrate {
