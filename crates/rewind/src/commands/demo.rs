@@ -62,11 +62,11 @@ pub async fn run(fault: &str, keep: bool, printer: &Printer) -> CliResult<ExitCo
     let (fault_line, fault_text) = fault_toml(fault);
     write(
         &dir.join("build/v1/demo.toml"),
-        "version = \"v1\"\nbase-latency-ms = 10\n",
+        "version = \"v1\"\nbase-latency-ms = 20\n",
     )?;
     write(
         &dir.join("build/v2/demo.toml"),
-        &format!("version = \"v2\"\nbase-latency-ms = 10\n{fault_line}"),
+        &format!("version = \"v2\"\nbase-latency-ms = 20\n{fault_line}"),
     )?;
     write(
         &dir.join("app/restart.sh"),
@@ -185,6 +185,7 @@ rate = 5
         .and_then(rewind_core::parse_ts);
     let mut timeline = String::from("timeline of v2 (seconds after its deploy started)\n");
     let mut evidence = Value::Null;
+    let mut trigger = Value::Null;
     for e in &entries {
         let (Some(t0), Some(at)) = (t0, e["at"].as_str().and_then(rewind_core::parse_ts)) else {
             continue;
@@ -199,6 +200,7 @@ rate = 5
             "watch.start" => "v2 is live; monitoring window opens".to_string(),
             "incident.open" => {
                 evidence = e["details"]["evidence"].clone();
+                trigger = e["details"]["trigger"].clone();
                 format!(
                     "incident opened — {}",
                     e["details"]["summary"].as_str().unwrap_or("")
@@ -247,7 +249,7 @@ rate = 5
     printer.text(&verdict);
     printer.json_value(&serde_json::json!({
         "ok": ok, "fault": fault, "seconds": started.elapsed().as_secs_f64(),
-        "v2_seconds": v2_seconds, "problems": problems, "evidence": evidence,
+        "v2_seconds": v2_seconds, "problems": problems, "trigger": trigger, "evidence": evidence,
         "directory": if keep { Some(dir.display().to_string()) } else { None },
     }));
     if keep {

@@ -40,16 +40,35 @@ pub async fn run(env: &Env, runs_limit: i64, printer: &Printer) -> CliResult<Exi
             short_time(&r.created_at),
         ]);
     }
+    let incidents = env.store.incidents(&env.name).await?;
+    let mut it = super::table();
+    it.set_header(vec![
+        "incident", "release", "trigger", "status", "opened", "summary",
+    ]);
+    for i in &incidents {
+        it.add_row(vec![
+            i.id.clone(),
+            i.release.clone(),
+            i.trigger.clone(),
+            i.status.to_string(),
+            short_time(&i.opened_at),
+            i.summary.chars().take(80).collect(),
+        ]);
+    }
     if ledger.releases.is_empty() {
         printer.text(format!(
             "no releases recorded in {} yet; `rewind deploy RELEASE` records the first",
             env.name
         ));
     } else {
-        printer.text(format!(
+        let mut text = format!(
             "releases of {} (newest first)\n{rel}\n\nruns (newest first)\n{rt}",
             env.name
-        ));
+        );
+        if !incidents.is_empty() {
+            text.push_str(&format!("\n\nincidents (newest first)\n{it}"));
+        }
+        printer.text(text);
     }
     printer.json_value(&json!({
         "environment": env.name,
@@ -60,6 +79,7 @@ pub async fn run(env: &Env, runs_limit: i64, printer: &Printer) -> CliResult<Exi
             "status": r.status, "actor": r.actor, "created_at": r.created_at,
             "updated_at": r.updated_at, "error": r.error,
         })).collect::<Vec<_>>(),
+        "incidents": incidents,
     }));
     Ok(ExitCode::SUCCESS)
 }

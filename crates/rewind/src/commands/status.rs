@@ -66,6 +66,8 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
     }
     let lock = env.store.lock_holder(&env.name).await?;
     let unfinished = env.store.unfinished_run(&env.name).await?;
+    let last_incident = env.store.incidents(&env.name).await?.into_iter().next();
+    let watch = env.store.active_watch(&env.name).await?;
     let location = super::state_location(&env.config);
 
     let mut text = format!(
@@ -102,6 +104,25 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
             r.id, r.kind, r.release, r.status
         ));
     }
+    if let Some(w) = &watch {
+        text.push_str(&format!(
+            "\n\nwatching: {} since {} (window {}); `rewind watch` attaches to it",
+            w.release,
+            super::short_time(&w.started_at),
+            crate::watch::human(std::time::Duration::from_secs_f64(w.window_secs.max(0.0)))
+        ));
+    }
+    if let Some(i) = &last_incident {
+        text.push_str(&format!(
+            "\n\nlast incident: {} on {} ({} trigger, {}, {}): {}",
+            i.id,
+            i.release,
+            i.trigger,
+            i.status,
+            super::short_time(&i.opened_at),
+            i.summary
+        ));
+    }
     printer.text(text);
     printer.json_value(&json!({
         "environment": env.name,
@@ -112,6 +133,8 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         "components": comps,
         "lock": lock,
         "unfinished_run": unfinished.map(|r| json!({"id": r.id, "kind": r.kind, "release": r.release, "status": r.status})),
+        "watching": watch,
+        "last_incident": last_incident,
     }));
     Ok(ExitCode::SUCCESS)
 }

@@ -11,11 +11,14 @@ use crate::common::*;
 
 #[test]
 fn the_demo_detects_and_rolls_back_every_fault_kind() {
-    for (fault, trigger) in [
-        ("errors", "availability"),
-        ("slow", "latency"),
-        ("down", "not-ready"),
-        ("checkout", "check"),
+    // Each fault may legitimately trip more than one trigger (a 5xx is also a failed request,
+    // and three in a row trip the critical check); whichever has the evidence first fires.
+    // What matters is that it is one caused by this fault, and that v2 was rolled back.
+    for (fault, triggers) in [
+        ("errors", &["availability", "errors", "check"][..]),
+        ("slow", &["latency"][..]),
+        ("down", &["not-ready"][..]),
+        ("checkout", &["check", "availability", "errors"][..]),
     ] {
         let out = Command::new(BIN)
             .args(["--json", "demo", "--fault", fault])
@@ -27,9 +30,14 @@ fn the_demo_detects_and_rolls_back_every_fault_kind() {
         assert_eq!(out.status.code(), Some(0), "{fault}\n{stdout}\n{stderr}");
         let j: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(j["ok"], true, "{fault}: {j:#}");
+        let fired = j["trigger"].as_str().unwrap_or("none");
         assert!(
-            stderr.contains(&format!("{trigger} trigger fired")),
-            "{fault}: expected the {trigger} trigger\n{stderr}"
+            triggers.contains(&fired),
+            "{fault}: expected one of {triggers:?}, {fired} fired\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("{fired} trigger fired")),
+            "{fault}\n{stderr}"
         );
         assert!(
             stderr.contains("audit chain of demo holds"),
@@ -148,12 +156,17 @@ impl Drop for Shop {
     }
 }
 
+/// For the tests of a healthy release: a p95 estimated from one second of baseline on a
+/// loaded test machine is too noisy for a 30 % regression bound (the α guarantee holds for the
+/// bound, not for its estimate), so these tests only flag a 4× slowdown.
+const HEALTHY: &str = "latency-regression = \"300%\"\n";
+
 const PROBES: &str = "[[watch.probe]]\nname = \"checkout\"\nurl = \"http://127.0.0.1:PORT/checkout\"\nrate = 40\nexpect-body = \"order placed\"\nrelease-header = \"x-release\"\ncritical = true\n";
 
 #[test]
 fn a_healthy_release_runs_its_window_and_becomes_good() {
     let shop = Shop::new(&format!(
-        "[watch]\nwindow = \"3s\"\nbaseline = \"1s\"\n\n{PROBES}"
+        "[watch]\nwindow = \"3s\"\nbaseline = \"1s\"\n{HEALTHY}\n{PROBES}"
     ));
     shop.deploy("v1", false).ok();
     let started = Instant::now();
@@ -230,6 +243,16 @@ fn a_bad_release_is_rolled_back_and_the_incident_records_the_evidence() {
             ("v3".into(), "rolled-back".into())
         ]
     );
+    // The incident is on the record: history and status show it.
+    let h = shop.run(&["--json", "history"]).json();
+    let incidents = h["incidents"].as_array().unwrap();
+    assert_eq!(incidents.len(), 1);
+    assert_eq!(incidents[0]["status"], "rolled-back");
+    assert_eq!(incidents[0]["trigger"], "errors");
+    assert!(incidents[0]["rollback_run"].as_str().is_some());
+    let st = shop.run(&["status"]);
+    st.ok();
+    assert!(st.stdout.contains("last incident"), "{}", st.all());
     shop.run(&["audit", "verify"]).ok();
 }
 
@@ -249,7 +272,7 @@ fn alert_only_opens_an_incident_and_changes_nothing() {
 #[test]
 fn a_killed_watcher_is_taken_over_by_rewind_watch() {
     let shop = Shop::new(&format!(
-        "[watch]\nwindow = \"5s\"\nbaseline = \"1s\"\n\n{PROBES}"
+        "[watch]\nwindow = \"5s\"\nbaseline = \"1s\"\n{HEALTHY}\n{PROBES}"
     ));
     shop.deploy("v1", false).ok();
     let mut child = shop
