@@ -445,6 +445,52 @@ impl Consecutive {
 
 /// The q-quantile of a sample, linearly interpolated between order statistics (type 7, the
 /// default of R and NumPy). NaNs are ignored. `None` for an empty sample or `q ∉ [0, 1]`.
+/// A distribution-free upper confidence bound, at level `1 − delta`, for the `q`-quantile of the
+/// distribution a sample came from: the order statistic `X_(k)` with the smallest `k` such that
+/// `P(Binomial(n, q) ≥ k) ≤ delta` (the event `X_(k) < ξ_q` is exactly "at least `k` of the `n`
+/// draws fall below `ξ_q`"). The latency trigger compares against this rather than the point
+/// estimate, so that a baseline that happened to come out low cannot turn into false alarms:
+/// with it, the trigger's overall false-alarm rate is at most `delta` plus the test's own α.
+///
+/// `None` when the sample is too small for any order statistic to bound the quantile at this
+/// level (e.g. fewer than 59 values for p95 at `delta` = 5 %).
+pub fn quantile_upper_bound(sample: &[f64], q: f64, delta: f64) -> Option<f64> {
+    if !(q > 0.0 && q < 1.0) || !(delta > 0.0 && delta < 1.0) {
+        return None;
+    }
+    let mut v: Vec<f64> = sample.iter().copied().filter(|x| !x.is_nan()).collect();
+    let n = v.len();
+    if n == 0 {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    // Upper tail P(Bin(n, q) ≥ k), accumulated from k = n downwards in log space.
+    let (lq, l1q) = (q.ln(), (1.0 - q).ln());
+    let mut log_pmf = n as f64 * lq; // P(Bin = n)
+    let mut log_tail = log_pmf;
+    let log_delta = delta.ln();
+    if log_tail > log_delta {
+        return None; // even the maximum does not bound it at this level
+    }
+    let mut k = n;
+    while k > 1 {
+        // pmf(k − 1) = pmf(k) · k / (n − k + 1) · (1 − q) / q
+        log_pmf += (k as f64).ln() - ((n - k + 1) as f64).ln() + l1q - lq;
+        let next = log_add(log_tail, log_pmf);
+        if next > log_delta {
+            break;
+        }
+        log_tail = next;
+        k -= 1;
+    }
+    Some(v[k - 1])
+}
+
+fn log_add(a: f64, b: f64) -> f64 {
+    let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+    hi + (lo - hi).exp().ln_1p()
+}
+
 pub fn quantile(sample: &[f64], q: f64) -> Option<f64> {
     if !(0.0..=1.0).contains(&q) {
         return None;
@@ -603,6 +649,54 @@ fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
         }
     }
     h
+}
+
+#[cfg(test)]
+mod ucb_tests {
+    use super::*;
+
+    #[test]
+    fn the_upper_bound_needs_enough_data_and_sits_above_the_point_estimate() {
+        let small: Vec<f64> = (1..=50).map(f64::from).collect();
+        assert_eq!(
+            quantile_upper_bound(&small, 0.95, 0.05),
+            None,
+            "0.95^50 > 5 %"
+        );
+        let sample: Vec<f64> = (1..=200).map(f64::from).collect();
+        let ub = quantile_upper_bound(&sample, 0.95, 0.05).unwrap();
+        let point = quantile(&sample, 0.95).unwrap();
+        assert!(ub > point && ub <= 200.0, "{ub} vs {point}");
+        // Exactly n = 59 is the smallest p95 sample bounded at 5 %: by its maximum.
+        let s59: Vec<f64> = (1..=59).map(f64::from).collect();
+        assert_eq!(quantile_upper_bound(&s59, 0.95, 0.05), Some(59.0));
+    }
+
+    #[test]
+    fn the_bound_covers_the_true_quantile_at_least_1_minus_delta_of_the_time() {
+        // Uniform(0, 1): the true p95 is 0.95. Seeded, many repetitions.
+        let mut state: u64 = 0x0123_4567_89ab_cdef;
+        let mut next = || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let (reps, n, delta) = (4000, 200, 0.05);
+        let mut misses = 0;
+        for _ in 0..reps {
+            let sample: Vec<f64> = (0..n).map(|_| next()).collect();
+            if quantile_upper_bound(&sample, 0.95, delta).unwrap() < 0.95 {
+                misses += 1;
+            }
+        }
+        let rate = misses as f64 / reps as f64;
+        assert!(
+            rate <= delta,
+            "the bound missed the true p95 in {rate} of samples"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Stream simulation, the peer detectors and the report.
 
-use rewind_core::stats::{QuantileTest, RateTest, quantile};
+use rewind_core::stats::{QuantileTest, RateTest, quantile, quantile_upper_bound};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -459,7 +459,11 @@ fn latency_stream(rng: &mut Rng, rps: u32, scale: f64, stop_early: bool) -> Time
     // Ranks are looked up in log space, where the lognormal is spread evenly over buckets.
     let ranks = RankIndex::new(baseline.iter().map(|x| x.ln()).collect());
 
-    let mut test = QuantileTest::new(base_p95, LAT_Q, LAT_REGRESSION, ALPHA).expect("valid");
+    // rewind, as the product runs it: half of α for an upper confidence bound of the baseline
+    // p95, half for the sequential test (see `stats::quantile_upper_bound`).
+    let base_ucb =
+        quantile_upper_bound(&baseline, LAT_Q, ALPHA / 2.0).expect("baseline large enough");
+    let mut test = QuantileTest::new(base_ucb, LAT_Q, LAT_REGRESSION, ALPHA / 2.0).expect("valid");
     // The SPRT is told the true share of requests slower than the bound.
     let p_true = normal_sf(((bound / scale).ln() - mu) / LAT_SIGMA);
     let p0 = 1.0 - LAT_Q;

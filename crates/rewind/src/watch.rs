@@ -72,17 +72,20 @@ impl Evaluator {
         let alpha = cfg.alpha;
         let q = cfg.latency_quantile.0;
         let mut signals = BTreeMap::new();
+        // The latency trigger spends half its α on the baseline: it compares with an upper
+        // confidence bound (level 1 − α/2) of the baseline quantile, and runs its sequential
+        // test at α/2, so a baseline that came out low cannot push false alarms above α.
         let latency_test = |name: &str| -> (Option<QuantileTest>, Option<f64>, Option<f64>) {
             let base = baseline
                 .get(name)
-                .and_then(|b| b["latency_ms"].as_f64())
+                .and_then(|b| b["latency_bound_ms"].as_f64())
                 .filter(|v| *v > 0.0)
                 .or_else(|| {
                     cfg.latency_objective
                         .map(|d| d.as_secs_f64() * 1000.0 / (1.0 + cfg.latency_regression))
                 });
             match base {
-                Some(b) => match QuantileTest::new(b, q, cfg.latency_regression, alpha) {
+                Some(b) => match QuantileTest::new(b, q, cfg.latency_regression, alpha / 2.0) {
                     Ok(t) => {
                         let bound = t.bound();
                         (Some(t), Some(bound), Some(b))
@@ -261,7 +264,7 @@ impl Evaluator {
                             trigger: "latency".into(),
                             signal: s.signal.clone(),
                             summary: format!(
-                                "p{} latency of {} regressed more than {}: {} of {} requests slower than {:.0} ms (baseline p{} {:.0} ms, now {:.0} ms)",
+                                "p{} latency of {} regressed more than {}: {} of {} requests slower than {:.0} ms (baseline p{} at most {:.0} ms, now {:.0} ms)",
                                 (q * 100.0).round(),
                                 s.signal,
                                 pct(self.cfg.latency_regression),
@@ -430,6 +433,7 @@ impl Evaluator {
                 "failed": st.tally.failed,
                 "server_errors": st.tally.server_errors,
                 "latency_ms": rewind_core::stats::quantile(&st.tally.latencies, self.cfg.latency_quantile.0).map(round),
+                "latency_bound_ms": rewind_core::stats::quantile_upper_bound(&st.tally.latencies, self.cfg.latency_quantile.0, self.cfg.alpha / 2.0).map(round),
             })))
             .collect::<serde_json::Map<_, _>>())
     }

@@ -40,16 +40,18 @@ pub async fn baseline(env: &Env, printer: &Printer) -> CliResult<Baseline> {
         rewind_core::units::format_duration(cfg.baseline)
     ));
     let b = sample_baseline(cfg, &current, cfg.baseline, &env.redactor).await;
+    let q = cfg.latency_quantile.0 * 100.0;
     for (name, v) in &b {
+        let latency = match (v["latency_ms"].as_f64(), v["latency_bound_ms"].as_f64()) {
+            (Some(l), Some(u)) => format!("p{q:.0} {l:.0} ms (upper bound {u:.0} ms)"),
+            (Some(l), None) => format!(
+                "p{q:.0} {l:.0} ms — too few requests to bound it, so no latency trigger (raise `baseline` or the probe's `rate`)"
+            ),
+            _ => "-".to_string(),
+        };
         printer.note(format!(
-            "  {name}: {} requests, {} failed, p{:.0} {}",
-            v["requests"],
-            v["failed"],
-            cfg.latency_quantile.0 * 100.0,
-            v["latency_ms"]
-                .as_f64()
-                .map(|l| format!("{l:.0} ms"))
-                .unwrap_or_else(|| "-".into())
+            "  {name}: {} requests, {} failed, {latency}",
+            v["requests"], v["failed"]
         ));
     }
     Ok(b)
