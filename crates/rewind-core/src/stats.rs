@@ -455,7 +455,7 @@ impl Consecutive {
 /// `None` when the sample is too small for any order statistic to bound the quantile at this
 /// level (e.g. fewer than 59 values for p95 at `delta` = 5 %).
 pub fn quantile_upper_bound(sample: &[f64], q: f64, delta: f64) -> Option<f64> {
-    if !(q > 0.0 && q < 1.0) || !(delta > 0.0 && delta < 1.0) {
+    if !(q > 0.0 && q < 1.0 && delta > 0.0 && delta < 1.0) {
         return None;
     }
     let mut v: Vec<f64> = sample.iter().copied().filter(|x| !x.is_nan()).collect();
