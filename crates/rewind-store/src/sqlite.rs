@@ -52,17 +52,33 @@ impl SqliteStore {
             })
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
-            .connect_with(options)
-            .await
-            .map_err(open_err)?;
-        // Make sure this is a database at all before migrating it.
-        sqlx::query("SELECT count(*) FROM sqlite_master")
-            .execute(&pool)
-            .await
-            .map_err(open_err)?;
+        // Opening a file another process is creating (or migrating) at this very moment can
+        // meet "database is locked" before the busy timeout applies (switching to WAL takes a
+        // lock of its own): wait a little and try again.
+        let mut attempt: u64 = 0;
+        let pool = loop {
+            let opened = async {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
+                    .connect_with(options.clone())
+                    .await?;
+                // Make sure this is a database at all before migrating it.
+                sqlx::query("SELECT count(*) FROM sqlite_master")
+                    .execute(&pool)
+                    .await?;
+                Ok::<_, sqlx::Error>(pool)
+            }
+            .await;
+            match opened {
+                Ok(pool) => break pool,
+                Err(e) if is_busy(&e) && attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
+                }
+                Err(e) => return Err(open_err(e)),
+            }
+        };
 
         // Most opens find the schema current: one query says so, and the migrator (several
         // queries and checksums of every embedded file) is skipped.
@@ -122,3 +138,13 @@ impl SqliteStore {
 }
 
 impl_store!(SqliteStore, sqlx::Sqlite);
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6): another connection holds the lock right now.
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            matches!(d.code().as_deref(), Some("5") | Some("6") | Some("517"))
+        }
+        _ => false,
+    }
+}
