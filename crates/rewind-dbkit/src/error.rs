@@ -63,8 +63,8 @@ pub(crate) fn db(
     }
 }
 
-/// Replacement for a hidden value.
-pub const MASK: &str = "***";
+pub use rewind_core::redact::MASK;
+use rewind_core::redact::redact_url_passwords;
 
 /// Masks `secret` (as written and percent-encoded) and the password of every
 /// `scheme://user:password@host` in `text`.
@@ -78,30 +78,6 @@ pub fn redact(text: &str, secret: Option<&str>) -> String {
             out = out.replace(&encoded, MASK);
         }
     }
-    out
-}
-
-fn redact_url_passwords(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("://") {
-        let (head, tail) = rest.split_at(pos + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c == '/' || c == '?' || c.is_whitespace() || c == '"' || c == '\'')
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at => {
-                out.push_str(&authority[..=colon]);
-                out.push_str(MASK);
-                out.push_str(&authority[at..]);
-            }
-            _ => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
     out
 }
 
