@@ -84,7 +84,7 @@ impl Component for CommandComponent {
         self.read_current(cx).await
     }
 
-    async fn restore_point(&self, cx: &Ctx) -> Result<Snapshot> {
+    async fn restore_point(&self, cx: &Ctx, _backup: Option<&str>) -> Result<Snapshot> {
         // A `current` command that fails (nothing deployed yet, platform unreachable) does
         // not stop the deploy: the restore point records that the version was unknown, and why.
         let (version, error) = match self.read_current(cx).await {

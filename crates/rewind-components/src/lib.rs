@@ -9,6 +9,7 @@ use rewind_core::redact::Redactor;
 
 pub mod command;
 pub mod crash;
+pub mod database;
 pub mod host;
 pub mod proc;
 pub mod ready;
@@ -70,10 +71,34 @@ pub struct Snapshot {
 }
 
 /// What every action needs besides the action itself.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Ctx {
     pub environment: String,
     pub redactor: Redactor,
+    /// The release the environment runs (before the run changes it), when known: a database
+    /// whose migrations directory holds `{release}` reads its level with that release's files.
+    pub current_release: Option<String>,
+    /// Progress lines for the run's journal (and the person watching).
+    pub notes: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// For a data check against this run's restore point: the row counts it recorded.
+    pub baseline_counts: Option<std::collections::BTreeMap<String, i64>>,
+}
+
+impl Ctx {
+    pub fn new(environment: &str, redactor: Redactor) -> Ctx {
+        Ctx {
+            environment: environment.to_string(),
+            redactor,
+            ..Ctx::default()
+        }
+    }
+
+    /// Sends a progress line, if anyone listens.
+    pub fn note(&self, line: impl Into<String>) {
+        if let Some(n) = &self.notes {
+            let _ = n.send(line.into());
+        }
+    }
 }
 
 /// One component kind.
@@ -84,8 +109,9 @@ pub trait Component: Send + Sync {
     /// The version running now, read live (not from the ledger). `None` when the
     /// component cannot tell (a command component without `current`).
     async fn current(&self, cx: &Ctx) -> Result<Option<String>>;
-    /// What is needed to put the component back: taken before any change.
-    async fn restore_point(&self, cx: &Ctx) -> Result<Snapshot>;
+    /// What is needed to put the component back: taken before any change. `backup` (a
+    /// reason) asks a database for a full backup in it; other kinds ignore it.
+    async fn restore_point(&self, cx: &Ctx, backup: Option<&str>) -> Result<Snapshot>;
     /// Checks that an action could be carried out now (the release directory of a rollback
     /// target is still on disk, an artifact exists …) without changing anything.
     async fn precheck(&self, cx: &Ctx, action: &Action) -> Result<()>;
@@ -99,6 +125,8 @@ pub fn build(name: &str, config: &ComponentConfig) -> Box<dyn Component> {
     match config {
         ComponentConfig::ReleaseDir(c) => Box::new(release_dir::ReleaseDir::new(name, c.clone())),
         ComponentConfig::Command(c) => Box::new(command::CommandComponent::new(name, c.clone())),
+        ComponentConfig::Sqlite(c) => Box::new(database::Database::new(name, false, c.clone())),
+        ComponentConfig::Postgres(c) => Box::new(database::Database::new(name, true, c.clone())),
     }
 }
 

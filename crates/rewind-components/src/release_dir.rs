@@ -334,7 +334,7 @@ impl Component for ReleaseDir {
         self.current_release()
     }
 
-    async fn restore_point(&self, _cx: &Ctx) -> Result<Snapshot> {
+    async fn restore_point(&self, _cx: &Ctx, _backup: Option<&str>) -> Result<Snapshot> {
         let current = self.current_release()?;
         let mut on_disk: Vec<String> = std::fs::read_dir(self.releases_dir())
             .map(|rd| {

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod dbplan;
 pub mod model;
 pub mod plan;
 pub mod redact;

@@ -83,6 +83,7 @@ string_enum!(
     RunKind {
         Deploy => "deploy",
         Rollback => "rollback",
+        Restore => "restore",
     }
 );
 
@@ -176,6 +177,10 @@ pub struct Step {
     pub action: Action,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub effects: Vec<LedgerEffect>,
+    /// Run even when an earlier step failed (undoing a write freeze): after a failure the
+    /// executor still runs every later `always` step before it reports the failure.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub always: bool,
 }
 
 /// Which user command of a `command` component to run.
@@ -192,8 +197,42 @@ pub enum CommandHook {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Action {
-    /// Record what the component runs now, before anything changes.
-    RestorePoint { component: String },
+    /// Record what the component runs now, before anything changes. For a database,
+    /// `backup` (the reason) asks for a full backup in the restore point.
+    RestorePoint {
+        component: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backup: Option<String>,
+    },
+    /// Apply a database's pending migrations (from `release`'s migrations directory) up to
+    /// and including `to`, in one transaction.
+    Migrate {
+        component: String,
+        release: String,
+        to: String,
+    },
+    /// Revert a database's migrations newer than `to` with their down scripts (read from
+    /// `release`'s migrations directory, the release being left), in one transaction.
+    Revert {
+        component: String,
+        release: String,
+        to: String,
+    },
+    /// Stop writes to a database (read-only or the user's freeze command).
+    Freeze { component: String },
+    /// Undo [`Action::Freeze`].
+    Unfreeze { component: String },
+    /// Put a database back from a backup or to a point in time.
+    Restore {
+        component: String,
+        source: RestoreSource,
+    },
+    /// Data-integrity checks: row counts against a baseline, foreign-key orphans, the
+    /// component's SQL assertions.
+    DataCheck {
+        component: String,
+        baseline: CountBaseline,
+    },
     /// Copy an artifact (directory or .tar.gz) into `<root>/releases/<release>/`.
     Stage {
         component: String,
@@ -224,10 +263,46 @@ pub enum Action {
     Record,
 }
 
+/// Where a database restore comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "kebab-case")]
+pub enum RestoreSource {
+    /// A backup file rewind made (its metadata as recorded when it was made).
+    Backup {
+        path: String,
+        kind: String,
+        checksum: String,
+        bytes: u64,
+        created_at: String,
+        /// The migration level the database had when the backup was taken.
+        level: String,
+    },
+    /// pgBackRest point-in-time recovery to `time` (RFC 3339, UTC).
+    PointInTime { time: String },
+}
+
+/// What row counts are compared with after a database rollback.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "counts", rename_all = "kebab-case")]
+pub enum CountBaseline {
+    /// No comparison (a point-in-time restore: the counts at that time are not known).
+    None,
+    /// The counts in the restore point this run took of the component.
+    RestorePoint,
+    /// Counts known when the plan was made (a backup's).
+    Known { tables: BTreeMap<String, i64> },
+}
+
 impl Action {
     pub fn component(&self) -> Option<&str> {
         match self {
-            Action::RestorePoint { component }
+            Action::Migrate { component, .. }
+            | Action::Revert { component, .. }
+            | Action::Freeze { component }
+            | Action::Unfreeze { component }
+            | Action::Restore { component, .. }
+            | Action::DataCheck { component, .. } => Some(component),
+            Action::RestorePoint { component, .. }
             | Action::Stage { component, .. }
             | Action::Switch { component, .. }
             | Action::Restart { component }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::{ComponentConfig, Config};
+use crate::dbplan::{DbDecision, DbDeployFacts, DbRollbackFacts};
 use crate::model::{Action, CommandHook, LedgerEffect, Release, ReleaseState, Step};
 
 /// Why a plan cannot be made. Every variant says what to do instead.
@@ -93,6 +94,7 @@ fn component_steps_to(
                         artifact: artifact.map(str::to_string),
                     },
                     effects: vec![],
+                    always: false,
                 });
             }
             steps.push(Step {
@@ -106,6 +108,7 @@ fn component_steps_to(
                     release: release.into(),
                 },
                 effects: vec![],
+                always: false,
             });
             if let Some(restart) = &rd.restart {
                 steps.push(Step {
@@ -115,12 +118,15 @@ fn component_steps_to(
                         component: name.into(),
                     },
                     effects: vec![],
+                    always: false,
                 });
             }
             if let Some(ready) = &rd.ready {
                 steps.push(ready_step(name, ready, rd.ready_timeout));
             }
         }
+        // Databases have steps of their own (`dbplan`), chosen from what the database holds.
+        ComponentConfig::Sqlite(_) | ComponentConfig::Postgres(_) => return steps,
         ComponentConfig::Command(c) => {
             let (word, cmd) = match hook {
                 CommandHook::Deploy => ("deploy", &c.deploy),
@@ -138,6 +144,7 @@ fn component_steps_to(
                     release: release.into(),
                 },
                 effects: vec![],
+                always: false,
             });
             if let Some(ready) = &c.ready {
                 steps.push(ready_step(name, ready, c.ready_timeout));
@@ -168,36 +175,57 @@ fn ready_step(name: &str, ready: &crate::config::Readiness, timeout: std::time::
             component: name.into(),
         },
         effects: vec![],
+        always: false,
     }
 }
 
-fn restore_point_step(name: &str) -> Step {
+fn restore_point_step(name: &str, backup: Option<String>) -> Step {
     Step {
         id: format!("{name}.restore-point"),
-        title: format!("{name}: record a restore point (what runs now)"),
+        title: match &backup {
+            Some(why) => format!("{name}: record a restore point with a full backup ({why})"),
+            None => format!("{name}: record a restore point (what runs now)"),
+        },
         action: Action::RestorePoint {
             component: name.into(),
+            backup,
         },
         effects: vec![],
+        always: false,
     }
 }
 
 /// The steps of deploying `release`: restore points of every component first, then each
 /// component in config order, then the ledger, then pruning old release directories.
-/// `artifacts` maps component name → artifact path given on the command line.
+/// `artifacts` maps component name → artifact path given on the command line; `db` holds
+/// what the caller read about every database component.
 pub fn deploy_plan(
     config: &Config,
     ledger: &Ledger,
     release: &str,
     artifacts: &BTreeMap<String, String>,
+    db: &BTreeMap<String, DbDeployFacts>,
     watch: bool,
 ) -> Vec<Step> {
     let mut steps: Vec<Step> = config
         .components
         .iter()
-        .map(|(name, _)| restore_point_step(name))
+        .map(|(name, cfg)| {
+            let backup = match (cfg.database(), db.get(name)) {
+                (Some(d), Some(f)) => f.backup_reason(d),
+                (Some(_), None) => Some("nothing is known about the pending migrations".into()),
+                _ => None,
+            };
+            restore_point_step(name, backup)
+        })
         .collect();
     for (name, cfg) in &config.components {
+        if cfg.database().is_some() {
+            if let Some(f) = db.get(name) {
+                steps.extend(crate::dbplan::deploy_steps(name, release, f));
+            }
+            continue;
+        }
         steps.extend(component_steps_to(
             name,
             cfg,
@@ -231,6 +259,7 @@ pub fn deploy_plan(
                 },
             },
         ],
+        always: false,
     });
     let mut protect = vec![release.to_string()];
     if let Some(good) = ledger.last_good() {
@@ -256,6 +285,7 @@ pub fn deploy_plan(
                     known: known.clone(),
                 },
                 effects: vec![],
+                always: false,
             });
         }
     }
@@ -271,6 +301,8 @@ pub struct RollbackTarget {
     pub components: Vec<String>,
     /// True when every component ends at `to`, so `to` becomes the current release.
     pub whole: bool,
+    /// Component → the version the target release records for it (a database: its level).
+    pub versions: BTreeMap<String, String>,
 }
 
 /// Chooses the target of a rollback: `to` if given, else the most recent known-good
@@ -344,28 +376,47 @@ pub fn rollback_target(
     }
     // Whole when, afterwards, every configured component runs the target.
     let whole = config.components.iter().all(|(name, _)| {
-        components.contains(name)
-            || ledger.deployed.get(name).map(String::as_str) == Some(target.name.as_str())
+        components.contains(name) || ledger.deployed.get(name) == target.components.get(name)
     });
     Ok(RollbackTarget {
         from: current,
         to: target.name.clone(),
         components,
         whole,
+        versions: target.components.clone(),
     })
 }
 
-/// The steps of a rollback to `target`: for each moving component (reverse config order) a
-/// restore point, then its steps; then the ledger.
-pub fn rollback_plan(config: &Config, target: &RollbackTarget) -> Vec<Step> {
+/// The steps of a rollback to `target`: for each moving application component (reverse
+/// config order) a restore point, then its steps; each database component's steps come from
+/// its decision (`db`: facts and decision per database component); then the ledger.
+pub fn rollback_plan(
+    config: &Config,
+    target: &RollbackTarget,
+    db: &BTreeMap<String, (DbRollbackFacts, DbDecision)>,
+) -> Vec<Step> {
     let mut steps = Vec::new();
     for name in &target.components {
-        steps.push(restore_point_step(name));
+        if config.component(name).and_then(|c| c.database()).is_none() {
+            steps.push(restore_point_step(name, None));
+        }
     }
     for name in &target.components {
         let cfg = config
             .component(name)
             .expect("rollback_target checked the names");
+        if let Some(d) = cfg.database() {
+            if let Some((facts, decision)) = db.get(name) {
+                steps.extend(crate::dbplan::rollback_steps(
+                    name,
+                    d,
+                    &target.from,
+                    facts,
+                    decision,
+                ));
+            }
+            continue;
+        }
         steps.extend(component_steps_to(
             name,
             cfg,
@@ -403,6 +454,7 @@ pub fn rollback_plan(config: &Config, target: &RollbackTarget) -> Vec<Step> {
         },
         action: Action::Record,
         effects,
+        always: false,
     });
     steps
 }

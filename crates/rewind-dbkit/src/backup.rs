@@ -311,8 +311,10 @@ impl PgUrl {
     }
 
     pub fn connect_options(&self) -> Result<PgConnectOptions> {
-        let mut o =
-            PgConnectOptions::from_str(self.as_str()).map_err(|e| Error::Url(e.to_string()))?;
+        let mut o = PgConnectOptions::from_str(self.as_str())
+            .map_err(|e| Error::Url(e.to_string()))?
+            .application_name("rewind")
+            .options([("default_transaction_read_only", "off")]);
         if let Some(p) = &self.password {
             o = o.password(p);
         }
@@ -387,6 +389,12 @@ async fn run_pg_tool(tool: &str, url: &PgUrl, args: Vec<OsString>) -> Result<()>
     if let Some(p) = url.password() {
         cmd.env("PGPASSWORD", p);
     }
+    // rewind's own sessions must write while the database is frozen read-only
+    // (`default_transaction_read_only`), and are named so a freeze spares them.
+    cmd.env(
+        "PGOPTIONS",
+        "-c default_transaction_read_only=off -c application_name=rewind",
+    );
     if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
         cmd.env("PGCONNECT_TIMEOUT", "15");
     }
@@ -679,4 +687,88 @@ mod tests {
         let e = find_pg_tool("pg_surely_not_a_tool").unwrap_err();
         assert!(e.to_string().contains("postgresql-client"), "{e}");
     }
+}
+
+// ---- backups with their row counts ---------------------------------------------------------
+
+/// Rows per table of a SQLite database file (a snapshot), opened read-only.
+pub async fn sqlite_file_counts(path: &Path) -> Result<BTreeMap<String, i64>> {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(sqlite_options(path).read_only(true))
+        .await
+        .map_err(db(format!("opening {}", path.display()), None))?;
+    let counts = pool.row_counts().await;
+    pool.close().await;
+    counts
+}
+
+/// `pg_dump -Fc` of `url` into `dest`, together with the row count of every table *in the
+/// same snapshot*: a read-only repeatable-read transaction exports its snapshot, counts the
+/// rows, and pg_dump dumps that snapshot (`--snapshot`). So the counts describe exactly what
+/// the dump holds, even while other sessions write.
+pub async fn pg_dump_with_counts(
+    url: &str,
+    dest: &Path,
+) -> Result<(BackupInfo, BTreeMap<String, i64>)> {
+    let parsed = PgUrl::parse(url)?;
+    let secret = parsed.password();
+    if dest.exists() {
+        return Err(Error::Invalid(format!("{} already exists", dest.display())));
+    }
+    let mut conn = sqlx::postgres::PgConnection::connect_with(&parsed.connect_options()?)
+        .await
+        .map_err(db("connecting to PostgreSQL", secret))?;
+    let ctx = "exporting a snapshot for the backup";
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut conn)
+        .await
+        .map_err(db(ctx, secret))?;
+    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(db(ctx, secret))?;
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text
+           FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind IN ('r', 'p')
+            AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+            AND n.nspname NOT LIKE 'pg\\_%'
+          ORDER BY 1, 2",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .map_err(db("listing tables", secret))?;
+    let mut counts = BTreeMap::new();
+    for (schema, table) in tables {
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            crate::inspect::quote_ident(&schema),
+            crate::inspect::quote_ident(&table)
+        );
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db(format!("counting rows of {schema}.{table}"), secret))?;
+        counts.insert(format!("{schema}.{table}"), n);
+    }
+    let tmp = temp_beside(dest, "partial");
+    let args: Vec<OsString> = vec![
+        "--format=custom".into(),
+        "--no-password".into(),
+        format!("--snapshot={snapshot}").into(),
+        "--file".into(),
+        tmp.clone().into_os_string(),
+        format!("--dbname={}", parsed.as_str()).into(),
+    ];
+    let dumped = run_pg_tool("pg_dump", &parsed, args).await;
+    let _ = sqlx::query("COMMIT").execute(&mut conn).await;
+    let _ = conn.close().await;
+    if let Err(e) = dumped {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let info = finish_file(tmp, dest.to_path_buf(), BackupKind::PgDumpCustom).await?;
+    Ok((info, counts))
 }

@@ -11,8 +11,8 @@ pub mod error;
 pub mod inspect;
 
 pub use backup::{
-    BackupInfo, BackupKind, PgUrl, Progress, VerifyReport, pg_dump, pg_restore, pg_verify,
-    sqlite_restore, sqlite_snapshot, sqlite_verify,
+    BackupInfo, BackupKind, PgUrl, Progress, VerifyReport, pg_dump, pg_dump_with_counts,
+    pg_restore, pg_verify, sqlite_file_counts, sqlite_restore, sqlite_snapshot, sqlite_verify,
 };
 pub use classify::{Classification, Finding, FindingKind, Impact, classify, down_is_empty};
 pub use error::{Error, Result};

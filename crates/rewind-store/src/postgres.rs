@@ -28,7 +28,11 @@ impl PostgresStore {
             location: location.clone(),
             source: scrub(e, url),
         };
-        let options = PgConnectOptions::from_str(url).map_err(open_err)?;
+        // The name lets a database freeze (which ends the other sessions of a database) spare
+        // rewind's own state connections when the state lives in that same database.
+        let options = PgConnectOptions::from_str(url)
+            .map_err(open_err)?
+            .application_name("rewind-state");
         // One connection first, so a wrong address or password fails at once instead of
         // after the pool's acquire timeout.
         PgConnection::connect_with(&options)

@@ -63,11 +63,12 @@ pub enum Command {
         #[arg(long, value_name = "RUN_ID")]
         run: Option<String>,
     },
-    /// Show the exact steps a rollback would take; nothing is changed.
+    /// Show the exact steps a rollback (or, with --deploy, a deploy) would take; nothing is
+    /// changed.
     #[command(
-        after_help = "Takes the same options as `rewind rollback`, and shows an unfinished run that a rollback\nwould resume first."
+        after_help = "Takes the same options as `rewind rollback`, and shows an unfinished run that a rollback\nwould resume first. For database components it shows the decision (leave alone, revert\nmigrations, restore a backup or a point in time) and why.\n\n`rewind plan --deploy v1.5.0` shows a deploy instead: every pending migration classified\n(additive or destructive, down script or not), checksum drift, and the restore points."
     )]
-    Plan(TargetArgs),
+    Plan(PlanArgs),
     /// Roll back to the last known-good release (or --to RELEASE).
     #[command(
         after_help = "Examples:\n  rewind rollback                      # asks, then goes to the last known-good release\n  rewind rollback --yes --to v1.2.0\n  rewind rollback --yes --component frontend\n\nAn unfinished rollback is resumed first; an unfinished deploy is abandoned (its release is\nmarked failed). Exit 3 when another run holds the lock."
@@ -94,6 +95,14 @@ pub enum Command {
     DemoService {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Database backups: take one, list them, prove one restores, restore one.
+    #[command(
+        after_help = "Examples:\n  rewind backup create\n  rewind backup list --json\n  rewind backup verify              # the newest backup, restored into a scratch database\n  rewind backup restore 20261121T140312 --yes\n\nDeploys and rollbacks take their own backups (backup = \"always\" or when a migration is\ndestructive); the oldest beyond keep-backups are removed."
+    )]
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
     },
     /// Finish an interrupted run (after a crash, kill -9 or Ctrl-C).
     #[command(
@@ -134,6 +143,60 @@ pub struct TargetArgs {
     /// Allow a target that is marked failed or rolled-back.
     #[arg(long)]
     pub force: bool,
+    /// Databases: the data is corrupted; restore the newest backup taken at the target's
+    /// migration level instead of reverting migrations.
+    #[arg(long)]
+    pub restore: bool,
+    /// Databases: restore to this point in time through pgBackRest. Needs an explicit time
+    /// zone: 2026-11-21T14:03:00Z, …+01:00 or …[Europe/Paris].
+    #[arg(long, value_name = "TIME", conflicts_with = "restore")]
+    pub to_time: Option<String>,
+    /// Databases: revert migrations even where that loses data (a destructive migration, an
+    /// empty down script) because no backup exists.
+    #[arg(long)]
+    pub revert_anyway: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Show the plan of deploying RELEASE instead of a rollback.
+    #[arg(long, value_name = "RELEASE", conflicts_with_all = ["to", "components", "force", "restore", "to_time", "revert_anyway"])]
+    pub deploy: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a full backup of every database component (or --component NAME) now.
+    Create {
+        #[arg(long, value_name = "NAME")]
+        component: Option<String>,
+    },
+    /// The backups kept, oldest first.
+    List {
+        #[arg(long, value_name = "NAME")]
+        component: Option<String>,
+    },
+    /// Restore a backup (default: the newest) into a scratch database and run the data checks
+    /// there: a real restore, not a checksum. Exit 1 when it does not hold.
+    Verify {
+        /// The backup's id (or a unique prefix).
+        id: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        component: Option<String>,
+    },
+    /// Put a database back from a backup: stop writes, back up what is there now, restore,
+    /// check the data, allow writes.
+    Restore {
+        /// The backup's id (or a unique prefix).
+        id: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        component: Option<String>,
+        /// Do it (without it, the steps are shown and nothing changes).
+        #[arg(short, long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]

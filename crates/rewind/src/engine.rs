@@ -215,15 +215,18 @@ impl Executor<'_> {
             .iter()
             .map(|(n, c)| (n.as_str(), rewind_components::build(n, c)))
             .collect();
-        let cx = Ctx {
-            environment: self.env.clone(),
-            redactor: self.redactor.clone(),
-        };
+        let mut cx = Ctx::new(&self.env, self.redactor.clone());
+        cx.current_release = run.from_release.clone();
         let total = run.steps.len();
         let mut reports = Vec::new();
         // The step whose `begin` line was already written with the previous step's `done`.
         let mut begun: Option<usize> = None;
+        // After a failure only the `always` steps still run; the failure is reported after them.
+        let mut failure: Option<(String, String)> = None;
         for (i, step) in run.steps.iter().enumerate() {
+            if failure.is_some() && !step.always {
+                continue;
+            }
             if finished.contains(&(i as i64)) {
                 reports.push(StepReport {
                     index: i,
@@ -235,7 +238,7 @@ impl Executor<'_> {
                 });
                 continue;
             }
-            if self.interrupt.load(Ordering::SeqCst) || lock.lost() {
+            if failure.is_none() && (self.interrupt.load(Ordering::SeqCst) || lock.lost()) {
                 return Ok((
                     RunEnd::Interrupted {
                         next_step: step.id.clone(),
@@ -255,34 +258,74 @@ impl Executor<'_> {
                 .note(format!("[{}/{total}] {}", i + 1, step.title));
             let started = Instant::now();
             let mut effects = step.effects.clone();
-            let result = match &step.action {
-                Action::Record => Ok(Outcome::Done("recorded".into())),
-                Action::RestorePoint { component } => match components.get(component.as_str()) {
-                    Some(c) => c.restore_point(&cx).await.map(|snap| {
-                        let summary = format!(
-                            "{component} runs {}",
-                            snap.version
-                                .clone()
-                                .unwrap_or_else(|| "an unknown version".into())
-                        );
-                        effects.push(LedgerEffect::RestorePoint {
-                            component: component.clone(),
-                            kind: c.kind().to_string(),
-                            version: snap.version,
-                            data: snap.data,
-                        });
-                        Outcome::Done(summary)
-                    }),
-                    None => Err(missing(component)),
-                },
-                action => {
-                    let name = action.component().unwrap_or_default();
-                    match components.get(name) {
-                        Some(c) => c.apply(&cx, action).await,
-                        None => Err(missing(name)),
+            let (notes_tx, mut notes_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            let mut cx = cx.clone();
+            cx.notes = Some(notes_tx);
+            if let Action::DataCheck { component, .. } = &step.action {
+                cx.baseline_counts = self
+                    .store
+                    .restore_points(&self.env, Some(&run.id))
+                    .await?
+                    .into_iter()
+                    .rev()
+                    .find(|p| &p.component == component)
+                    .and_then(|p| {
+                        serde_json::from_value(p.data["backup"]["row_counts"].clone()).ok()
+                    });
+            }
+            let act = async {
+                match &step.action {
+                    Action::Record => Ok((Outcome::Done("recorded".into()), None)),
+                    Action::RestorePoint { component, backup } => {
+                        match components.get(component.as_str()) {
+                            Some(c) => c.restore_point(&cx, backup.as_deref()).await.map(|snap| {
+                                let mut summary = format!(
+                                    "{component} runs {}",
+                                    snap.version
+                                        .clone()
+                                        .unwrap_or_else(|| "an unknown version".into())
+                                );
+                                if let Some(file) = snap.data["backup"]["file"].as_str() {
+                                    summary.push_str(&format!(
+                                        "; backup {file} ({} bytes)",
+                                        snap.data["backup"]["bytes"]
+                                    ));
+                                }
+                                let effect = LedgerEffect::RestorePoint {
+                                    component: component.clone(),
+                                    kind: c.kind().to_string(),
+                                    version: snap.version,
+                                    data: snap.data,
+                                };
+                                (Outcome::Done(summary), Some(effect))
+                            }),
+                            None => Err(missing(component)),
+                        }
+                    }
+                    action => {
+                        let name = action.component().unwrap_or_default();
+                        match components.get(name) {
+                            Some(c) => c.apply(&cx, action).await.map(|o| (o, None)),
+                            None => Err(missing(name)),
+                        }
                     }
                 }
             };
+            // Progress lines go to the journal (and the screen) while the action runs.
+            tokio::pin!(act);
+            let result = loop {
+                tokio::select! {
+                    r = &mut act => break r,
+                    Some(line) = notes_rx.recv() => self.note(run, key, &line).await?,
+                }
+            };
+            while let Ok(line) = notes_rx.try_recv() {
+                self.note(run, key, &line).await?;
+            }
+            let result = result.map(|(outcome, effect)| {
+                effects.extend(effect);
+                outcome
+            });
             let seconds = started.elapsed().as_secs_f64();
             match result {
                 Ok(outcome) => {
@@ -292,7 +335,8 @@ impl Executor<'_> {
                     crash::point("after-action", &step.id);
                     // The next step's `begin` goes into the same commit, unless the run is
                     // about to stop at this boundary.
-                    let stopping = self.interrupt.load(Ordering::SeqCst) || lock.lost();
+                    let stopping =
+                        self.interrupt.load(Ordering::SeqCst) || lock.lost() || failure.is_some();
                     let next = (!stopping)
                         .then(|| {
                             run.steps
@@ -367,17 +411,27 @@ impl Executor<'_> {
                         message: message.clone(),
                         seconds: round3(seconds),
                     });
-                    return Ok((
-                        RunEnd::Failed {
-                            step: step.id.clone(),
-                            error: message,
-                        },
-                        reports,
-                    ));
+                    begun = None;
+                    if failure.is_none() {
+                        failure = Some((step.id.clone(), message));
+                    }
                 }
             }
         }
-        Ok((RunEnd::Succeeded, reports))
+        match failure {
+            Some((step, error)) => Ok((RunEnd::Failed { step, error }, reports)),
+            None => Ok((RunEnd::Succeeded, reports)),
+        }
+    }
+
+    /// A progress line of step `key`: on screen and in the journal.
+    async fn note(&self, run: &Run, key: (i64, &str), line: &str) -> CliResult<()> {
+        let line = self.redactor.redact(line);
+        self.printer.note(format!("      {line}"));
+        self.store
+            .journal_append(&run.id, Some(key), JournalEvent::Note, &line)
+            .await?;
+        Ok(())
     }
 }
 

@@ -121,6 +121,8 @@ impl std::fmt::Display for StateLocation {
 pub enum ComponentConfig {
     ReleaseDir(ReleaseDirConfig),
     Command(CommandConfig),
+    Sqlite(DatabaseConfig),
+    Postgres(DatabaseConfig),
 }
 
 impl ComponentConfig {
@@ -128,8 +130,137 @@ impl ComponentConfig {
         match self {
             ComponentConfig::ReleaseDir(_) => "release-dir",
             ComponentConfig::Command(_) => "command",
+            ComponentConfig::Sqlite(_) => "sqlite",
+            ComponentConfig::Postgres(_) => "postgres",
         }
     }
+
+    /// The database settings of a `sqlite` or `postgres` component.
+    pub fn database(&self) -> Option<&DatabaseConfig> {
+        match self {
+            ComponentConfig::Sqlite(d) | ComponentConfig::Postgres(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// Default number of database backups kept per component.
+pub const DEFAULT_KEEP_BACKUPS: u32 = 5;
+
+/// `kind = "sqlite"` or `kind = "postgres"`: a database whose version is its migration level
+/// (the newest applied migration, read from the migration tool's own history table).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseConfig {
+    pub connection: DbConnection,
+    /// The migrations directory, absolute; `{release}` in it is replaced by the release name
+    /// (e.g. `/srv/app/releases/{release}/migrations`).
+    pub migrations: String,
+    /// The migration tool's format (`sqlx`, `diesel`, `golang-migrate`, `flyway`,
+    /// `refinery`, `sqitch`); `None`: detected from the directory.
+    pub format: Option<String>,
+    pub policy: DbPolicy,
+    pub backup: BackupPolicy,
+    /// Where backups are written (absolute).
+    pub backup_dir: PathBuf,
+    pub keep_backups: u32,
+    pub freeze: Freeze,
+    /// How far a table's row count may fall below the restore point's count after a
+    /// rollback, as a fraction (0 = not at all).
+    pub row_count_tolerance: Fraction,
+    /// Custom SQL assertions run after every database rollback and restore.
+    pub checks: Vec<SqlCheck>,
+    /// Point-in-time recovery through pgBackRest (PostgreSQL only).
+    pub pitr: Option<PitrConfig>,
+    #[serde(with = "crate::units::serde_duration")]
+    pub command_timeout: Duration,
+}
+
+/// A fraction (0.05 = 5 %), compared by value so configs stay `Eq`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Fraction(pub f64);
+
+impl Eq for Fraction {}
+
+/// How rewind reaches a database. URLs may hold a password: `Debug` hides it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DbConnection {
+    /// A SQLite file (absolute).
+    Path(PathBuf),
+    /// A `postgres://` URL written in the config.
+    Url(String),
+    /// The name of an environment variable holding the URL (read when the component acts).
+    UrlEnv(String),
+}
+
+impl std::fmt::Debug for DbConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbConnection::Path(p) => write!(f, "Path({})", p.display()),
+            DbConnection::Url(u) => write!(f, "Url({})", crate::redact::redact_url_passwords(u)),
+            DbConnection::UrlEnv(e) => write!(f, "UrlEnv({e})"),
+        }
+    }
+}
+
+/// `policy`: what a rollback may do to the schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DbPolicy {
+    /// Revert migrations with their down scripts when the data allows it.
+    Revert,
+    /// Never run down scripts (seed 001): a bad migration is fixed by a new one; only a
+    /// restore (backup or point in time) goes back.
+    ForwardOnly,
+}
+
+/// `backup`: when a deploy's restore point includes a full backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackupPolicy {
+    /// Before every deploy and every rollback (the seeds' default).
+    Always,
+    /// Only when a pending migration is destructive or cannot be reverted (a rollback's
+    /// restore point always has one).
+    Destructive,
+}
+
+/// `freeze`: how writes are stopped during a database rollback or restore.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "how")]
+pub enum Freeze {
+    /// Writes are not stopped.
+    None,
+    /// PostgreSQL: `ALTER DATABASE … SET default_transaction_read_only = on`, and the
+    /// database's other sessions are ended so they reconnect read-only.
+    ReadOnly,
+    /// User commands (stop the writers, start them again).
+    Command { freeze: String, unfreeze: String },
+}
+
+/// `[[components.NAME.check]]`: a SQL assertion, a query returning one value that is true
+/// (or 1) when the data is sound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlCheck {
+    pub name: String,
+    pub sql: String,
+}
+
+/// `[components.NAME.pitr]`: point-in-time recovery through pgBackRest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PitrConfig {
+    pub stanza: String,
+    /// pgBackRest's config file (`--config`); `None`: its default.
+    pub config: Option<PathBuf>,
+    /// The OS user that runs pgbackrest and the stop/start commands (e.g. `postgres`).
+    pub run_as: Option<String>,
+    /// The server's data directory.
+    pub data_dir: PathBuf,
+    /// Stops the PostgreSQL server.
+    pub stop: String,
+    /// Starts it (and returns once it accepts connections).
+    pub start: String,
 }
 
 /// `kind = "release-dir"`: the Capistrano layout, `<root>/releases/<release>/` and a

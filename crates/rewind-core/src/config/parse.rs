@@ -14,12 +14,14 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    CheckConfig, CheckKind, CommandConfig, ComponentConfig, Config, DEFAULT_ALPHA,
+    BackupPolicy, CheckConfig, CheckKind, CommandConfig, ComponentConfig, Config, DEFAULT_ALPHA,
     DEFAULT_AVAILABILITY, DEFAULT_BASELINE, DEFAULT_CHECK_TIMEOUT, DEFAULT_COMMAND_TIMEOUT,
-    DEFAULT_CONSECUTIVE, DEFAULT_ERRORS_ABOVE, DEFAULT_KEEP, DEFAULT_LATENCY_REGRESSION,
-    DEFAULT_LOCK_STALE_AFTER, DEFAULT_PROBE_RATE, DEFAULT_PROBE_TIMEOUT, DEFAULT_READY_TIMEOUT,
-    DEFAULT_SIGNAL_INTERVAL, DEFAULT_WINDOW, EnvironmentConfig, ProbeConfig, PrometheusConfig,
-    Quantile, Readiness, ReleaseDirConfig, StateLocation, WatchConfig, WatchPolicy,
+    DEFAULT_CONSECUTIVE, DEFAULT_ERRORS_ABOVE, DEFAULT_KEEP, DEFAULT_KEEP_BACKUPS,
+    DEFAULT_LATENCY_REGRESSION, DEFAULT_LOCK_STALE_AFTER, DEFAULT_PROBE_RATE,
+    DEFAULT_PROBE_TIMEOUT, DEFAULT_READY_TIMEOUT, DEFAULT_SIGNAL_INTERVAL, DEFAULT_WINDOW,
+    DatabaseConfig, DbConnection, DbPolicy, EnvironmentConfig, Fraction, Freeze, PitrConfig,
+    ProbeConfig, PrometheusConfig, Quantile, Readiness, ReleaseDirConfig, SqlCheck, StateLocation,
+    WatchConfig, WatchPolicy,
 };
 use crate::redact::redact_url_passwords;
 use crate::units::{Percent, format_duration, parse_duration, parse_percent_above_100};
@@ -216,6 +218,35 @@ const COMMAND_KEYS: &[&str] = &[
     "secret-env",
     "command-timeout",
 ];
+const DATABASE_KEYS: &[&str] = &[
+    "kind",
+    "path",
+    "url",
+    "url-env",
+    "migrations",
+    "format",
+    "policy",
+    "backup",
+    "backup-dir",
+    "keep-backups",
+    "freeze",
+    "freeze-command",
+    "unfreeze-command",
+    "row-count-tolerance",
+    "check",
+    "pitr",
+    "command-timeout",
+];
+const DB_CHECK_KEYS: &[&str] = &["name", "sql"];
+const PITR_KEYS: &[&str] = &["stanza", "config", "run-as", "data-dir", "stop", "start"];
+const MIGRATION_FORMATS: &[&str] = &[
+    "sqlx",
+    "diesel",
+    "golang-migrate",
+    "flyway",
+    "refinery",
+    "sqitch",
+];
 const WATCH_KEYS: &[&str] = &[
     "window",
     "policy",
@@ -257,9 +288,9 @@ const CHECK_KINDS: &[&str] = &["functional", "database"];
 const MIN_WINDOW: Duration = Duration::from_secs(1);
 const MIN_SIGNAL_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_PROBE_RATE: f64 = 1000.0;
-const KINDS: &[&str] = &["release-dir", "command"];
+const KINDS: &[&str] = &["release-dir", "command", "sqlite", "postgres"];
 /// Kinds that are planned but not built yet: named so that the error can say so.
-const FUTURE_KINDS: &[&str] = &["sqlite", "postgres", "files", "git", "kubernetes"];
+const FUTURE_KINDS: &[&str] = &["files", "git", "kubernetes"];
 const MIN_LOCK_STALE_AFTER: Duration = Duration::from_secs(5);
 const MIN_KEEP: i64 = 2;
 const MINIMAL_COMPONENT: &str =
@@ -793,6 +824,20 @@ fn read_component(
             });
             c.map(ComponentConfig::Command)
         }
+        "sqlite" | "postgres" => {
+            let postgres = kind == "postgres";
+            let c = read_database(cx, &mut f, name, postgres);
+            f.finish(cx, DATABASE_KEYS, |k| {
+                RELEASE_DIR_KEYS
+                    .contains(&k)
+                    .then(|| format!("`{k}` is a key of kind = \"release-dir\" components"))
+            });
+            if postgres {
+                c.map(ComponentConfig::Postgres)
+            } else {
+                c.map(ComponentConfig::Sqlite)
+            }
+        }
         other => {
             let known = KINDS.join(", ");
             let hint = match suggest(other, KINDS) {
@@ -874,6 +919,334 @@ fn read_command(cx: &mut Cx<'_>, f: &mut Fields<'_, '_>) -> Option<CommandConfig
         secret_env: secret_env?,
         command_timeout: command_timeout?.0,
     })
+}
+
+fn read_database(
+    cx: &mut Cx<'_>,
+    f: &mut Fields<'_, '_>,
+    name: &str,
+    postgres: bool,
+) -> Option<DatabaseConfig> {
+    let path = f.string(cx, "path", false);
+    let url = f.string(cx, "url", false);
+    let url_env = f.string(cx, "url-env", false);
+    let mut ok = true;
+    let connection = if postgres {
+        if let Some((_, span)) = &path {
+            cx.error(
+                span.clone(),
+                "path is for kind = \"sqlite\"; a PostgreSQL database is reached by url or url-env",
+                Some(
+                    "write url-env = \"DATABASE_URL\" (the password stays out of the file)".into(),
+                ),
+            );
+            ok = false;
+        }
+        match (&url, &url_env) {
+            (Some((u, span)), None) => {
+                let lower = u.to_ascii_lowercase();
+                if !(lower.starts_with("postgres://") || lower.starts_with("postgresql://")) {
+                    cx.error(
+                        span.clone(),
+                        format!("url {:?} is not a postgres:// URL", redact_url_passwords(u)),
+                        Some("write url = \"postgres://app@db.internal:5432/app\"".into()),
+                    );
+                    ok = false;
+                }
+                Some(DbConnection::Url(u.clone()))
+            }
+            (None, Some((e, span))) => {
+                if e.is_empty()
+                    || e.starts_with(|c: char| c.is_ascii_digit())
+                    || !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    cx.error(
+                        span.clone(),
+                        format!("url-env: {e:?} is not an environment variable name"),
+                        Some("write url-env = \"DATABASE_URL\"".into()),
+                    );
+                    ok = false;
+                }
+                Some(DbConnection::UrlEnv(e.clone()))
+            }
+            (Some(_), Some((_, span))) => {
+                cx.error(
+                    span.clone(),
+                    "set either url or url-env, not both",
+                    Some("keep url-env, so the password stays out of the file".into()),
+                );
+                None
+            }
+            (None, None) => {
+                if !f.has("url") && !f.has("url-env") {
+                    cx.missing(
+                        f.header.clone(),
+                        format!("{}: url or url-env is required", f.what),
+                        Some("add url-env = \"DATABASE_URL\" (or url = \"postgres://…\")".into()),
+                    );
+                }
+                None
+            }
+        }
+    } else {
+        for (key, v) in [("url", &url), ("url-env", &url_env)] {
+            if let Some((_, span)) = v {
+                cx.error(
+                    span.clone(),
+                    format!("{key} is for kind = \"postgres\"; a SQLite database is a file"),
+                    Some("write path = \"data/app.db\"".into()),
+                );
+                ok = false;
+            }
+        }
+        match &path {
+            Some((p, _)) => Some(DbConnection::Path(cx.resolve(p))),
+            None => {
+                if !f.has("path") {
+                    cx.missing(
+                        f.header.clone(),
+                        format!("{}: path is required (the SQLite database file)", f.what),
+                        Some("add path = \"data/app.db\"".into()),
+                    );
+                }
+                None
+            }
+        }
+    };
+    let migrations = f.string(cx, "migrations", true);
+    let format = f.one_of(
+        cx,
+        "format",
+        &[
+            "detect",
+            MIGRATION_FORMATS[0],
+            MIGRATION_FORMATS[1],
+            MIGRATION_FORMATS[2],
+            MIGRATION_FORMATS[3],
+            MIGRATION_FORMATS[4],
+            MIGRATION_FORMATS[5],
+        ],
+        "detect",
+    );
+    let policy = f.one_of(cx, "policy", &["revert", "forward-only"], "revert");
+    let backup = f.one_of(cx, "backup", &["always", "destructive"], "always");
+    let backup_dir = f.string(cx, "backup-dir", false);
+    let keep_backups = if f.has("keep-backups") {
+        f.integer(
+            cx,
+            "keep-backups",
+            1..=10_000,
+            i64::from(DEFAULT_KEEP_BACKUPS),
+        )
+        .map(|(n, _)| n as u32)
+    } else {
+        Some(DEFAULT_KEEP_BACKUPS)
+    };
+    let freeze_default = if postgres { "read-only" } else { "none" };
+    let freeze_kinds: &[&'static str] = if postgres {
+        &["read-only", "command", "none"]
+    } else {
+        &["command", "none"]
+    };
+    let freeze = f.one_of(cx, "freeze", freeze_kinds, freeze_default);
+    let freeze_command = f.string(cx, "freeze-command", false);
+    let unfreeze_command = f.string(cx, "unfreeze-command", false);
+    let freeze = match freeze {
+        Some(("command", span)) => match (&freeze_command, &unfreeze_command) {
+            (Some((a, _)), Some((b, _))) => Some(Freeze::Command {
+                freeze: a.clone(),
+                unfreeze: b.clone(),
+            }),
+            _ => {
+                if !f.has("freeze-command") || !f.has("unfreeze-command") {
+                    cx.error(
+                        span,
+                        "freeze = \"command\" needs both freeze-command and unfreeze-command",
+                        Some("add freeze-command = \"systemctl stop app-workers\" and unfreeze-command = \"systemctl start app-workers\"".into()),
+                    );
+                }
+                None
+            }
+        },
+        Some((other, _)) => {
+            for (key, v) in [
+                ("freeze-command", &freeze_command),
+                ("unfreeze-command", &unfreeze_command),
+            ] {
+                if let Some((_, span)) = v {
+                    cx.error(
+                        span.clone(),
+                        format!(
+                            "{key} is only used with freeze = \"command\" (freeze is {other:?})"
+                        ),
+                        Some("write freeze = \"command\", or remove the line".into()),
+                    );
+                    ok = false;
+                }
+            }
+            Some(match other {
+                "read-only" => Freeze::ReadOnly,
+                _ => Freeze::None,
+            })
+        }
+        None => None,
+    };
+    let tolerance = match f.get("row-count-tolerance") {
+        None => Some(0.0),
+        Some(v) => {
+            let span = v.span();
+            match v.get_ref().as_str().map(crate::units::parse_percent) {
+                Some(Ok(p)) => Some(p.fraction()),
+                Some(Err(e)) => {
+                    cx.error(
+                        span,
+                        format!("row-count-tolerance: {e}"),
+                        Some("write row-count-tolerance = \"1%\"".into()),
+                    );
+                    None
+                }
+                None => {
+                    cx.error(
+                        span,
+                        format!(
+                            "row-count-tolerance must be a percentage string, found {}",
+                            a_type(v.get_ref())
+                        ),
+                        Some("write row-count-tolerance = \"1%\"".into()),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let checks = read_db_checks(cx, f, name);
+    let pitr = read_pitr(cx, f, name, postgres);
+    let command_timeout = f.duration(cx, "command-timeout", DEFAULT_COMMAND_TIMEOUT);
+    let backup_dir = match bad_if_present(f, "backup-dir", backup_dir)? {
+        Some(d) => cx.resolve(&d),
+        None => cx.resolve(&format!(".rewind/backups/{name}")),
+    };
+    if !ok {
+        return None;
+    }
+    let migrations = migrations?.0;
+    Some(DatabaseConfig {
+        connection: connection?,
+        migrations: if Path::new(&migrations).is_absolute() {
+            migrations
+        } else {
+            cx.resolve(&migrations).to_string_lossy().into_owned()
+        },
+        format: match format?.0 {
+            "detect" => None,
+            other => Some(other.to_string()),
+        },
+        policy: match policy?.0 {
+            "forward-only" => DbPolicy::ForwardOnly,
+            _ => DbPolicy::Revert,
+        },
+        backup: match backup?.0 {
+            "destructive" => BackupPolicy::Destructive,
+            _ => BackupPolicy::Always,
+        },
+        backup_dir,
+        keep_backups: keep_backups?,
+        freeze: freeze?,
+        row_count_tolerance: Fraction(tolerance?),
+        checks: checks?,
+        pitr: pitr?,
+        command_timeout: command_timeout?.0,
+    })
+}
+
+fn read_db_checks(cx: &mut Cx<'_>, f: &Fields<'_, '_>, component: &str) -> Option<Vec<SqlCheck>> {
+    let Some(value) = f.get("check") else {
+        return Some(Vec::new());
+    };
+    let what = format!("[[components.{component}.check]]");
+    let Some(items) = value.get_ref().as_array() else {
+        cx.error(
+            value.span(),
+            format!(
+                "components.{component}.check must be a list of tables, each starting with {what}"
+            ),
+            Some(format!(
+                "write {what} on its own line, with name = \"…\" and sql = \"SELECT …\" under it"
+            )),
+        );
+        return None;
+    };
+    let mut out: Vec<SqlCheck> = Vec::new();
+    let mut ok = true;
+    for item in items.iter() {
+        let Some(t) = item.get_ref().as_table() else {
+            cx.error(item.span(), format!("{what} must be a table"), None);
+            ok = false;
+            continue;
+        };
+        let mut cf = Fields::new(t, &what, item.span());
+        let name = cf.string(cx, "name", true);
+        let sql = cf.string(cx, "sql", true);
+        cf.finish(cx, DB_CHECK_KEYS, |_| None);
+        match (name, sql) {
+            (Some((n, span)), Some((q, _))) => {
+                if out.iter().any(|c| c.name == n) {
+                    cx.error(
+                        span,
+                        format!("check name {n:?} is used twice in {what}"),
+                        Some("give each check a name of its own".into()),
+                    );
+                    ok = false;
+                } else {
+                    out.push(SqlCheck { name: n, sql: q });
+                }
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn read_pitr(
+    cx: &mut Cx<'_>,
+    f: &Fields<'_, '_>,
+    component: &str,
+    postgres: bool,
+) -> Option<Option<PitrConfig>> {
+    let Some(value) = f.get("pitr") else {
+        return Some(None);
+    };
+    let what = format!("[components.{component}.pitr]");
+    if !postgres {
+        cx.error(
+            value.span(),
+            format!(
+                "{what}: point-in-time recovery is for kind = \"postgres\" (through pgBackRest)"
+            ),
+            Some("remove the table; SQLite databases are restored from their backups".into()),
+        );
+        return None;
+    }
+    let Some(t) = value.get_ref().as_table() else {
+        cx.error(value.span(), format!("{what} must be a table"), None);
+        return None;
+    };
+    let mut pf = Fields::new(t, &what, value.span());
+    let stanza = pf.string(cx, "stanza", true);
+    let config = pf.string(cx, "config", false);
+    let run_as = pf.string(cx, "run-as", false);
+    let data_dir = pf.string(cx, "data-dir", true);
+    let stop = pf.string(cx, "stop", true);
+    let start = pf.string(cx, "start", true);
+    pf.finish(cx, PITR_KEYS, |_| None);
+    Some(Some(PitrConfig {
+        stanza: stanza?.0,
+        config: config.map(|(c, _)| cx.resolve(&c)),
+        run_as: run_as.map(|(r, _)| r),
+        data_dir: cx.resolve(&data_dir?.0),
+        stop: stop?.0,
+        start: start?.0,
+    }))
 }
 
 /// For an optional key: `Some(None)` when absent, `None` when present but invalid.

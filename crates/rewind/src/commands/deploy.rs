@@ -194,8 +194,13 @@ async fn deploy_locked(
             .hint(format!("releases are never redeployed under the same name; to go back to it run `rewind rollback --to {release}`, or deploy under a new name")));
     }
     let ledger = env.ledger().await?;
-    let steps = rewind_core::plan::deploy_plan(&env.config, &ledger, release, artifacts, watch);
+    let db = super::db::deploy_facts(env, release).await?;
+    let steps =
+        rewind_core::plan::deploy_plan(&env.config, &ledger, release, artifacts, &db, watch);
     precheck(env, &steps).await?;
+    if !db.is_empty() {
+        printer.note(super::db::describe_deploy_facts(&db).trim_start());
+    }
     let actor = host::actor();
     let new_run = NewRun {
         id: run_id.to_string(),
@@ -211,7 +216,14 @@ async fn deploy_locked(
         .config
         .components
         .iter()
-        .map(|(n, _)| (n.clone(), release.to_string()))
+        .map(|(n, _)| {
+            // A database's version is its migration level.
+            let version = db
+                .get(n)
+                .map(|f| f.target_level.clone())
+                .unwrap_or_else(|| release.to_string());
+            (n.clone(), version)
+        })
         .collect();
     let new_release = NewRelease {
         name: release.to_string(),
@@ -224,6 +236,7 @@ async fn deploy_locked(
             "from": ledger.current,
             "artifacts": artifacts,
             "steps": new_run.steps.len(),
+            "databases": db,
         }));
     let run = match env
         .store
@@ -243,13 +256,53 @@ async fn deploy_locked(
     super::rollback::execute_and_close(env, &run, lock, printer, false).await
 }
 
+/// `rewind plan --deploy RELEASE`: the steps of a deploy, the pending migrations classified,
+/// drift; nothing changed.
+pub async fn plan(env: &Env, release: &str, printer: &Printer) -> CliResult<ExitCode> {
+    validate_release_name(release)?;
+    if let Some(existing) = env.store.release(&env.name, release).await? {
+        return Err(usage(format!(
+            "release `{release}` is already recorded (state {})",
+            existing.state
+        ))
+        .hint("releases are never redeployed under the same name"));
+    }
+    let ledger = env.ledger().await?;
+    let db = super::db::deploy_facts(env, release).await?;
+    let steps =
+        rewind_core::plan::deploy_plan(&env.config, &ledger, release, &BTreeMap::new(), &db, false);
+    let mut text = format!(
+        "deploy of {release} to {} (from {}):",
+        env.name,
+        ledger.current.as_deref().unwrap_or("nothing")
+    );
+    for (i, s) in steps.iter().enumerate() {
+        text.push_str(&format!(
+            "\n  {:>2}. {}",
+            i + 1,
+            env.redactor.redact(&s.title)
+        ));
+    }
+    let dbtext = super::db::describe_deploy_facts(&db);
+    if !dbtext.is_empty() {
+        text.push_str(&format!("\n\ndatabases:{}", dbtext));
+    }
+    text.push_str("\n\nnothing was changed; `rewind deploy` carries this out");
+    printer.text(env.redactor.redact(&text));
+    printer.json_value(&json!({
+        "environment": env.name,
+        "release": release,
+        "from": ledger.current,
+        "steps": steps.iter().enumerate().map(|(i, s)| json!({"index": i + 1, "id": s.id, "title": env.redactor.redact(&s.title), "action": s.action})).collect::<Vec<_>>(),
+        "databases": db,
+    }));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Checks what can be checked before anything is recorded: artifacts exist and are of a
 /// usable type, rollback targets are on disk.
 pub async fn precheck(env: &Env, steps: &[rewind_core::Step]) -> CliResult<()> {
-    let cx = rewind_components::Ctx {
-        environment: env.name.clone(),
-        redactor: env.redactor.clone(),
-    };
+    let cx = rewind_components::Ctx::new(&env.name, env.redactor.clone());
     let mut staged = std::collections::BTreeSet::new();
     let mut problems = Vec::new();
     for step in steps {

@@ -16,6 +16,7 @@ use crate::output::Printer;
 
 mod audit;
 mod check;
+mod db;
 mod demo;
 mod deploy;
 mod history;
@@ -37,7 +38,16 @@ pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
                 None => history::run(&env, runs, printer).await,
             }
         }
-        Command::Plan(args) => rollback::plan(&Env::load(&cli.config).await?, args, printer).await,
+        Command::Plan(args) => {
+            let env = Env::load(&cli.config).await?;
+            match args.deploy {
+                Some(release) => deploy::plan(&env, &release, printer).await,
+                None => rollback::plan(&env, args.target, printer).await,
+            }
+        }
+        Command::Backup { command } => {
+            db::backup(&Env::load(&cli.config).await?, command, printer).await
+        }
         Command::Rollback(args) => {
             rollback::rollback(&Env::load(&cli.config).await?, args, printer).await
         }
@@ -99,6 +109,17 @@ impl Env {
         let config = load_config(path)?;
         let location = state_location(&config);
         let mut redactor = Redactor::from_env(&secret_env(&config));
+        // Database passwords, from the config or from the url-env variable.
+        for (_, c) in &config.components {
+            let url = match c.database().map(|d| &d.connection) {
+                Some(rewind_core::config::DbConnection::Url(u)) => Some(u.clone()),
+                Some(rewind_core::config::DbConnection::UrlEnv(v)) => std::env::var(v).ok(),
+                _ => None,
+            };
+            if let Some(pw) = url.as_deref().and_then(url_password) {
+                redactor.add(pw);
+            }
+        }
         if let StateLocation::Postgres(url) = &location
             && let Some(pw) = url_password(url)
         {
@@ -157,6 +178,7 @@ fn secret_env(config: &Config) -> Vec<String> {
         match c {
             ComponentConfig::ReleaseDir(r) => out.extend(r.secret_env.iter().cloned()),
             ComponentConfig::Command(c) => out.extend(c.secret_env.iter().cloned()),
+            ComponentConfig::Sqlite(_) | ComponentConfig::Postgres(_) => {}
         }
     }
     out

@@ -5,6 +5,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use rewind_components::host;
+use std::collections::BTreeMap;
+
+use rewind_core::dbplan::{DbDecision, DbRollbackFacts};
 use rewind_core::plan::{self, PlanError, RollbackTarget};
 use rewind_core::{LedgerEffect, NewAudit, NewRun, ReleaseState, Run, RunKind, RunStatus, Step};
 use serde_json::json;
@@ -24,7 +27,12 @@ fn plan_error(e: PlanError) -> CliError {
     }
 }
 
-async fn make_plan(env: &Env, args: &TargetArgs) -> CliResult<(RollbackTarget, Vec<Step>)> {
+type DbDecisions = BTreeMap<String, (DbRollbackFacts, DbDecision)>;
+
+async fn make_plan(
+    env: &Env,
+    args: &TargetArgs,
+) -> CliResult<(RollbackTarget, Vec<Step>, DbDecisions)> {
     if let Some(to) = &args.to {
         super::validate_release_name(to)?;
     }
@@ -38,8 +46,9 @@ async fn make_plan(env: &Env, args: &TargetArgs) -> CliResult<(RollbackTarget, V
         args.force,
     )
     .map_err(plan_error)?;
-    let steps = plan::rollback_plan(&env.config, &target);
-    Ok((target, steps))
+    let db = super::db::rollback_decisions(env, &target, args).await?;
+    let steps = plan::rollback_plan(&env.config, &target, &db);
+    Ok((target, steps, db))
 }
 
 fn describe_unfinished(run: &Run, done: usize) -> String {
@@ -73,7 +82,7 @@ async fn steps_done(env: &Env, run: &Run) -> CliResult<usize> {
 }
 
 /// The plan as a person reads it: header, then numbered steps (secrets masked).
-fn describe(env: &Env, target: &RollbackTarget, steps: &[Step]) -> String {
+fn describe(env: &Env, target: &RollbackTarget, steps: &[Step], db: &DbDecisions) -> String {
     let mut text = format!(
         "rollback of {} from {} to {}{}:",
         env.name,
@@ -85,6 +94,9 @@ fn describe(env: &Env, target: &RollbackTarget, steps: &[Step]) -> String {
             format!(" (only {})", target.components.join(", "))
         }
     );
+    for (name, (_, d)) in db {
+        text.push_str(&format!("\n  {name}: {}", d.reason()));
+    }
     for (i, s) in steps.iter().enumerate() {
         text.push_str(&format!(
             "\n  {:>2}. {}",
@@ -114,6 +126,7 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         match run.kind {
             RunKind::Rollback => text.push_str("  `rewind rollback` resumes it first; its remaining steps:\n"),
             RunKind::Deploy => text.push_str("  `rewind rollback` abandons it (the release is marked failed); `rewind resume` would finish it instead\n"),
+            RunKind::Restore => text.push_str("  finish it first with `rewind resume`\n"),
         }
         if run.kind == RunKind::Rollback {
             for (i, s) in run.steps.iter().enumerate().skip(done) {
@@ -127,7 +140,7 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         unfinished_json = json!({"id": run.id, "kind": run.kind, "release": run.release, "status": run.status, "steps_done": done, "steps": run.steps.len()});
     }
     let planned = make_plan(env, &args).await;
-    let (target, steps) = match planned {
+    let (target, steps, db) = match planned {
         Ok(p) => p,
         // With an unfinished rollback there may be nothing further to plan.
         Err(e) if unfinished.is_some() => {
@@ -137,7 +150,7 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         }
         Err(e) => return Err(e),
     };
-    text.push_str(&describe(env, &target, &steps));
+    text.push_str(&describe(env, &target, &steps, &db));
     text.push_str("\nnothing was changed; run `rewind rollback` to carry this out");
     if let Err(e) = super::deploy::precheck(env, &steps).await {
         text.push_str(&format!(
@@ -153,6 +166,7 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         "to": target.to,
         "components": target.components,
         "whole": target.whole,
+        "databases": db.iter().map(|(n, (f, d))| (n.clone(), json!({"facts": f, "decision": d}))).collect::<serde_json::Map<_, _>>(),
         "steps": steps_json(&steps),
     }));
     Ok(ExitCode::SUCCESS)
@@ -196,6 +210,13 @@ async fn rollback_locked(
     if let Some(open) = env.store.unfinished_run(&env.name).await? {
         let done = steps_done(env, &open).await?;
         match open.kind {
+            RunKind::Restore => {
+                return Err(crate::error::blocked(format!(
+                    "{}; a rollback cannot start on top of it",
+                    describe_unfinished(&open, done)
+                ))
+                .hint("finish it with `rewind resume`"));
+            }
             RunKind::Rollback => {
                 printer.note(format!("resuming: {}", describe_unfinished(&open, done)));
                 env.store
@@ -241,9 +262,9 @@ async fn rollback_locked(
             }
         }
     }
-    let (target, steps) = make_plan(env, &args.target).await?;
+    let (target, steps, db) = make_plan(env, &args.target).await?;
     super::deploy::precheck(env, &steps).await?;
-    let shown = describe(env, &target, &steps);
+    let shown = describe(env, &target, &steps, &db);
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             return Err(
@@ -388,6 +409,7 @@ pub async fn execute_and_close(
                     run.from_release.as_deref().unwrap_or("?"),
                     run.release
                 ),
+                RunKind::Restore => format!("restored the database of {}", env.name),
             };
             printer.text(format!(
                 "{} in {seconds:.2}s (run {})",
@@ -407,7 +429,7 @@ pub async fn execute_and_close(
                         release: run.release.clone(),
                     },
                 ],
-                RunKind::Rollback => vec![],
+                RunKind::Rollback | RunKind::Restore => vec![],
             };
             env.store
                 .finish_run(
@@ -429,6 +451,7 @@ pub async fn execute_and_close(
                 RunKind::Deploy => err
                     .hint(format!("{} is marked failed; go back with `rewind rollback` (see `rewind plan`)", run.release)),
                 RunKind::Rollback => err.hint("fix the cause, then run `rewind rollback` again: steps already done are checked and skipped"),
+                RunKind::Restore => err.hint("fix the cause, then run `rewind backup restore` again (`rewind backup list` shows the backup taken just before)"),
             };
             Err(err.detail(summary("failed", Some(&error), &reports)))
         }

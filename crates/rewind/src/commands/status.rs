@@ -20,10 +20,8 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         .as_deref()
         .and_then(|c| ledger.last_good_before(c))
         .map(|r| r.name.clone());
-    let cx = Ctx {
-        environment: env.name.clone(),
-        redactor: env.redactor.clone(),
-    };
+    let mut cx = Ctx::new(&env.name, env.redactor.clone());
+    cx.current_release = ledger.current.clone();
     let mut comps = Vec::new();
     let mut table = super::table();
     table.set_header(vec!["component", "kind", "recorded", "live", ""]);

@@ -286,6 +286,9 @@ pub async fn on_trigger(
             to: None,
             components: vec![],
             force: false,
+            restore: false,
+            to_time: None,
+            revert_anyway: false,
         },
         yes: true,
     };

@@ -1,0 +1,1049 @@
+//! `kind = "sqlite"` and `kind = "postgres"`: a database whose version is its migration level
+//! (the newest migration its tool's history table records as applied).
+//!
+//! What it does for a run: restore points (the level, and a full backup when asked), apply
+//! migrations, revert them, stop and allow writes, restore a backup or a point in time, and
+//! data checks. Every action checks its postcondition first or is safe to run again: applying
+//! and reverting happen in one transaction each (a kill rolls the whole batch back), a freeze
+//! or an unfreeze sets what it sets again, a restore starts over from the same backup.
+//!
+//! The URL (and its password) is read when an action runs and never printed: every message
+//! goes through the redactor, and tools get the password in `PGPASSWORD` only.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use rewind_core::config::{DatabaseConfig, DbConnection, Freeze};
+use rewind_core::dbplan::{
+    BackupFacts, DbDeployFacts, DbRollbackFacts, DownScript, MigrationFacts, NO_LEVEL,
+};
+use rewind_core::{Action, CountBaseline, RestoreSource};
+use rewind_db::{Format, Migration};
+use rewind_dbkit::{BackupInfo, BackupKind, Inspect, PgUrl};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{Component, ComponentError, Ctx, Outcome, Result, Snapshot, crash, proc};
+
+/// A backup rewind made, as its `.json` sidecar records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupMeta {
+    /// The file stem, e.g. `20261121T140312Z-3fa9c1`.
+    pub id: String,
+    pub component: String,
+    /// `sqlite-snapshot` or `pg-dump-custom`.
+    pub kind: String,
+    pub file: PathBuf,
+    pub bytes: u64,
+    /// BLAKE3 of the file.
+    pub checksum: String,
+    pub created_at: String,
+    /// The migration level when it was taken.
+    pub level: String,
+    /// Why it was taken (`before every deploy`, `by hand` …).
+    pub reason: String,
+    /// Rows per table in the backup.
+    pub row_counts: BTreeMap<String, i64>,
+}
+
+impl BackupMeta {
+    pub fn facts(&self) -> BackupFacts {
+        BackupFacts {
+            source: RestoreSource::Backup {
+                path: self.file.display().to_string(),
+                kind: self.kind.clone(),
+                checksum: self.checksum.clone(),
+                bytes: self.bytes,
+                created_at: self.created_at.clone(),
+                level: self.level.clone(),
+            },
+            row_counts: self.row_counts.clone(),
+            created_at: self.created_at.clone(),
+        }
+    }
+}
+
+fn backup_info(source: &RestoreSource) -> Option<BackupInfo> {
+    match source {
+        RestoreSource::Backup {
+            path,
+            kind,
+            checksum,
+            bytes,
+            created_at,
+            ..
+        } => Some(BackupInfo {
+            kind: if kind == "sqlite-snapshot" {
+                BackupKind::SqliteSnapshot
+            } else {
+                BackupKind::PgDumpCustom
+            },
+            path: PathBuf::from(path),
+            bytes: *bytes,
+            created_at: created_at
+                .parse()
+                .unwrap_or_else(|_| jiff::Timestamp::now()),
+            checksum: checksum.clone(),
+        }),
+        RestoreSource::PointInTime { .. } => None,
+    }
+}
+
+/// What row counts are compared with.
+#[derive(Clone, Copy, Debug)]
+pub enum Baseline<'a> {
+    /// No comparison.
+    None,
+    /// This run's restore point should have had counts, and has none.
+    Missing,
+    /// This run's restore point (before a revert): tables the revert drops may go.
+    RestorePoint(&'a BTreeMap<String, i64>),
+    /// A backup that was restored: every table must be back, with its rows.
+    Backup(&'a BTreeMap<String, i64>),
+}
+
+/// What the data checks found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// Every check, one line each, failing ones first.
+    pub lines: Vec<String>,
+    /// The failing ones.
+    pub failures: Vec<String>,
+}
+
+pub struct Database {
+    name: String,
+    postgres: bool,
+    cfg: DatabaseConfig,
+}
+
+impl Database {
+    pub fn new(name: &str, postgres: bool, cfg: DatabaseConfig) -> Self {
+        Database {
+            name: name.to_string(),
+            postgres,
+            cfg,
+        }
+    }
+
+    pub fn config(&self) -> &DatabaseConfig {
+        &self.cfg
+    }
+
+    fn fail(&self, message: impl std::fmt::Display) -> ComponentError {
+        ComponentError::failed(&self.name, self.scrub(&message.to_string()))
+    }
+
+    /// Masks the URL's password in `text` (tools and drivers may repeat it).
+    fn scrub(&self, text: &str) -> String {
+        let secret = self.url().ok().and_then(|u| {
+            PgUrl::parse(&u)
+                .ok()
+                .and_then(|p| p.password().map(str::to_string))
+        });
+        rewind_dbkit::error::redact(text, secret.as_deref())
+    }
+
+    /// The connection URL, with its password. Never printed.
+    pub fn url(&self) -> Result<String> {
+        match &self.cfg.connection {
+            DbConnection::Path(p) => Ok(format!("sqlite://{}", p.display())),
+            DbConnection::Url(u) => Ok(u.clone()),
+            DbConnection::UrlEnv(var) => match std::env::var(var) {
+                Ok(u) if !u.trim().is_empty() => Ok(u),
+                _ => Err(ComponentError::failed(
+                    &self.name,
+                    format!(
+                        "environment variable {var} (url-env) is not set: export it with the database URL"
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// Where the database is, for a person (no password).
+    pub fn location(&self) -> String {
+        match &self.cfg.connection {
+            DbConnection::Path(p) => p.display().to_string(),
+            DbConnection::Url(u) => rewind_core::redact::redact_url_passwords(u),
+            DbConnection::UrlEnv(var) => match std::env::var(var) {
+                Ok(u) => format!("${var} = {}", rewind_core::redact::redact_url_passwords(&u)),
+                Err(_) => format!("${var} (not set)"),
+            },
+        }
+    }
+
+    fn sqlite_path(&self) -> Option<&Path> {
+        match &self.cfg.connection {
+            DbConnection::Path(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn migrations_dir(&self, release: &str) -> PathBuf {
+        PathBuf::from(self.cfg.migrations.replace("{release}", release))
+    }
+
+    /// Reads `release`'s migrations directory in the configured (or detected) format.
+    pub fn read_migrations(&self, release: &str) -> Result<(Format, Vec<Migration>)> {
+        let dir = self.migrations_dir(release);
+        if !dir.is_dir() {
+            return Err(self.fail(format!(
+                "migrations directory {} does not exist (migrations = {:?})",
+                dir.display(),
+                self.cfg.migrations
+            )));
+        }
+        let read = match &self.cfg.format {
+            Some(f) => {
+                let format: Format = f.parse().map_err(|e: String| self.fail(e))?;
+                rewind_db::migrations::read(&dir, format).map(|m| (format, m))
+            }
+            None => rewind_db::migrations::read_detected(&dir),
+        };
+        read.map_err(|e| match e {
+            rewind_db::Error::Detect { .. } => self.fail(format!(
+                "{e}: set format = \"sqlx\" (or diesel, golang-migrate, flyway, refinery, sqitch) in [components.{}]",
+                self.name
+            )),
+            e => self.fail(e),
+        })
+    }
+
+    /// A connection pool for changes. PostgreSQL sessions are named `rewind` and may write
+    /// while the database is frozen read-only.
+    async fn pool(&self) -> Result<sqlx::AnyPool> {
+        let mut url = self.url()?;
+        if self.postgres {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            url.push(sep);
+            url.push_str(
+                "application_name=rewind&options=-c%20default_transaction_read_only%3Doff",
+            );
+        } else if let Some(dir) = self.sqlite_path().and_then(Path::parent)
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                ComponentError::io(&self.name, format!("creating {}", dir.display()), e)
+            })?;
+        }
+        rewind_db::connect(&url).await.map_err(|e| self.fail(e))
+    }
+
+    async fn pg_pool(&self) -> Result<sqlx::PgPool> {
+        let url = PgUrl::parse(&self.url()?).map_err(|e| self.fail(e))?;
+        let options = url.connect_options().map_err(|e| self.fail(e))?;
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .map_err(|e| self.fail(format!("connecting to {}: {e}", self.location())))
+    }
+
+    async fn sqlite_pool(&self) -> Result<sqlx::SqlitePool> {
+        let path = self.sqlite_path().expect("sqlite component");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(false)
+            .busy_timeout(std::time::Duration::from_secs(30));
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| self.fail(format!("opening {}: {e}", path.display())))
+    }
+
+    /// The versions applied now, in apply order.
+    pub async fn applied(&self, format: Format, migs: &[Migration]) -> Result<Vec<String>> {
+        if let Some(p) = self.sqlite_path()
+            && !p.exists()
+        {
+            return Ok(Vec::new());
+        }
+        let pool = self.pool().await?;
+        let applied = rewind_db::applied(&pool, format, migs).await;
+        pool.close().await;
+        applied.map_err(|e| self.fail(e))
+    }
+
+    /// The level: the newest applied migration (by the directory's order), or `none`.
+    pub async fn level(&self, format: Format, migs: &[Migration]) -> Result<String> {
+        let applied = self.applied(format, migs).await?;
+        Ok(level_of(migs, &applied))
+    }
+
+    /// What a deploy of `release` would do to this database.
+    pub async fn deploy_facts(&self, release: &str) -> Result<DbDeployFacts> {
+        let (format, migs) = self.read_migrations(release)?;
+        let applied = self.applied(format, &migs).await?;
+        let pending: Vec<MigrationFacts> = migs
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .map(classify)
+            .collect();
+        let drift = self.drift(format, &migs, &applied).await?;
+        Ok(DbDeployFacts {
+            format: format.name().to_string(),
+            level_now: level_of(&migs, &applied),
+            target_level: migs
+                .last()
+                .map(|m| m.version.clone())
+                .unwrap_or_else(|| NO_LEVEL.into()),
+            pending,
+            drift,
+        })
+    }
+
+    /// Applied migrations whose file changed since they were applied, one line each.
+    async fn drift(
+        &self,
+        _format: Format,
+        migs: &[Migration],
+        applied: &[String],
+    ) -> Result<Vec<String>> {
+        // Applied versions that the directory no longer has.
+        Ok(applied
+            .iter()
+            .filter(|v| !migs.iter().any(|m| &m.version == *v))
+            .map(|v| format!("{v} is applied but its file is not in the directory"))
+            .collect())
+    }
+
+    /// What a rollback from `from_release` to `target_level` needs to know.
+    pub async fn rollback_facts(
+        &self,
+        from_release: &str,
+        target_level: &str,
+    ) -> Result<DbRollbackFacts> {
+        let (format, migs) = self.read_migrations(from_release)?;
+        let applied = self.applied(format, &migs).await?;
+        let level_now = level_of(&migs, &applied);
+        let target_pos = migs.iter().position(|m| m.version == target_level);
+        if target_level != NO_LEVEL && target_pos.is_none() {
+            return Err(self.fail(format!(
+                "the target's level {target_level} is not in {}: its migration was removed",
+                self.migrations_dir(from_release).display()
+            )));
+        }
+        let to_revert: Vec<MigrationFacts> = migs
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(i, m)| target_pos.is_none_or(|t| *i > t) && applied.contains(&m.version))
+            .map(|(_, m)| classify(m))
+            .collect();
+        let failing_checks = if self.exists() {
+            self.checks(Baseline::None).await?.failures
+        } else {
+            Vec::new()
+        };
+        let backup = self
+            .list_backups()?
+            .into_iter()
+            .rev()
+            .find(|b| b.level == target_level)
+            .map(|b| b.facts());
+        Ok(DbRollbackFacts {
+            level_now,
+            target_level: target_level.to_string(),
+            to_revert,
+            failing_checks,
+            backup,
+            pitr_window: None,
+            now: rewind_core::now_rfc3339(),
+        })
+    }
+
+    /// pgBackRest's recoverable window (RFC 3339, UTC), or `None` without `[pitr]`.
+    pub async fn pitr_window(&self) -> Result<Option<(String, String)>> {
+        match &self.cfg.pitr {
+            None => Ok(None),
+            Some(_) => Err(self.fail("pgBackRest is not wired in this build")),
+        }
+    }
+
+    fn exists(&self) -> bool {
+        self.sqlite_path().is_none_or(Path::exists)
+    }
+
+    /// Takes a full backup into the backup directory, with its sidecar, and prunes old ones
+    /// (beyond `keep-backups`, never those in `protect`).
+    pub async fn backup(&self, reason: &str, level: &str) -> Result<BackupMeta> {
+        let dir = &self.cfg.backup_dir;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ComponentError::io(&self.name, format!("creating {}", dir.display()), e)
+        })?;
+        let now = jiff::Timestamp::now();
+        let id = format!(
+            "{}-{}",
+            now.strftime("%Y%m%dT%H%M%S%.3fZ"),
+            &blake3::hash(format!("{}{}", now.as_nanosecond(), std::process::id()).as_bytes())
+                .to_hex()[..6]
+        );
+        let (info, row_counts) = if self.postgres {
+            let file = dir.join(format!("{id}.dump"));
+            rewind_dbkit::pg_dump_with_counts(&self.url()?, &file)
+                .await
+                .map_err(|e| self.fail(e))?
+        } else {
+            let db = self.sqlite_path().expect("sqlite component");
+            if !db.exists() {
+                return Err(self.fail(format!(
+                    "{} does not exist yet: nothing to back up",
+                    db.display()
+                )));
+            }
+            let file = dir.join(format!("{id}.sqlite"));
+            let info = rewind_dbkit::sqlite_snapshot(db, &file)
+                .await
+                .map_err(|e| self.fail(e))?;
+            let counts = rewind_dbkit::sqlite_file_counts(&file)
+                .await
+                .map_err(|e| self.fail(e))?;
+            (info, counts)
+        };
+        let meta = BackupMeta {
+            id: id.clone(),
+            component: self.name.clone(),
+            kind: match info.kind {
+                BackupKind::SqliteSnapshot => "sqlite-snapshot".into(),
+                BackupKind::PgDumpCustom => "pg-dump-custom".into(),
+            },
+            file: info.path.clone(),
+            bytes: info.bytes,
+            checksum: info.checksum.clone(),
+            created_at: rewind_core::format_ts(info.created_at),
+            level: level.to_string(),
+            reason: reason.to_string(),
+            row_counts,
+        };
+        let sidecar = dir.join(format!("{id}.json"));
+        let tmp = dir.join(format!(".{id}.json.partial"));
+        let text = serde_json::to_string_pretty(&meta).expect("serializable");
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &sidecar))
+            .map_err(|e| {
+                ComponentError::io(&self.name, format!("writing {}", sidecar.display()), e)
+            })?;
+        self.prune_backups()?;
+        Ok(meta)
+    }
+
+    /// Every complete backup in the backup directory, oldest first.
+    pub fn list_backups(&self) -> Result<Vec<BackupMeta>> {
+        let dir = &self.cfg.backup_dir;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(ComponentError::io(
+                    &self.name,
+                    format!("reading {}", dir.display()),
+                    e,
+                ));
+            }
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_sidecar = path.extension().is_some_and(|e| e == "json")
+                && !path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if !is_sidecar {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            match serde_json::from_str::<BackupMeta>(&text) {
+                Ok(m) if m.file.exists() => out.push(m),
+                _ => continue,
+            }
+        }
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Removes the oldest backups beyond `keep-backups`.
+    pub fn prune_backups(&self) -> Result<Vec<String>> {
+        let all = self.list_backups()?;
+        let keep = self.cfg.keep_backups as usize;
+        let mut removed = Vec::new();
+        if all.len() > keep {
+            for old in &all[..all.len() - keep] {
+                let _ = std::fs::remove_file(&old.file);
+                let _ = std::fs::remove_file(self.cfg.backup_dir.join(format!("{}.json", old.id)));
+                removed.push(old.id.clone());
+            }
+        }
+        Ok(removed)
+    }
+
+    /// `backup verify`: restores the backup into a scratch database and runs the data checks
+    /// there (integrity, row counts against the backup's, foreign-key orphans).
+    pub async fn verify_backup(&self, meta: &BackupMeta) -> Result<CheckReport> {
+        let info = backup_info(&meta.facts().source).expect("a backup");
+        let report = if self.postgres {
+            rewind_dbkit::pg_verify(&self.url()?, &info, 2).await
+        } else {
+            rewind_dbkit::sqlite_verify(&info).await
+        }
+        .map_err(|e| self.fail(e))?;
+        let mut out = CheckReport::default();
+        out.lines.push(format!(
+            "restored into a scratch database: {}",
+            report.integrity
+        ));
+        compare_counts(
+            &mut out,
+            &meta.row_counts,
+            &report.row_counts,
+            0.0,
+            true,
+            "the backup's recorded",
+        );
+        Ok(out)
+    }
+
+    /// The data checks: row counts against `baseline`, foreign-key orphans, SQL assertions.
+    pub async fn checks(&self, baseline: Baseline<'_>) -> Result<CheckReport> {
+        let want_counts = !matches!(baseline, Baseline::None | Baseline::Missing);
+        let mut out = CheckReport::default();
+        let (counts, orphans) = if self.postgres {
+            let pool = self.pg_pool().await?;
+            let r = async {
+                let counts = if want_counts {
+                    pool.row_counts().await?
+                } else {
+                    BTreeMap::new()
+                };
+                Ok::<_, rewind_dbkit::Error>((counts, pool.fk_orphans().await?))
+            }
+            .await;
+            pool.close().await;
+            r.map_err(|e| self.fail(e))?
+        } else {
+            let pool = self.sqlite_pool().await?;
+            let r = async {
+                let counts = if want_counts {
+                    pool.row_counts().await?
+                } else {
+                    BTreeMap::new()
+                };
+                Ok::<_, rewind_dbkit::Error>((counts, pool.fk_orphans().await?))
+            }
+            .await;
+            pool.close().await;
+            r.map_err(|e| self.fail(e))?
+        };
+        // The migration tools' own tables change with every revert: not data.
+        let is_bookkeeping = |t: &str| {
+            let bare = t.rsplit('.').next().unwrap_or(t);
+            t.starts_with("sqitch.")
+                || [
+                    "_sqlx_migrations",
+                    "__diesel_schema_migrations",
+                    "schema_migrations",
+                    "flyway_schema_history",
+                    "refinery_schema_history",
+                ]
+                .contains(&bare)
+        };
+        let filter = |m: &BTreeMap<String, i64>| -> BTreeMap<String, i64> {
+            m.iter()
+                .filter(|(t, _)| !is_bookkeeping(t))
+                .map(|(t, n)| (t.clone(), *n))
+                .collect()
+        };
+        let tolerance = self.cfg.row_count_tolerance.0;
+        match baseline {
+            Baseline::None => {}
+            Baseline::Missing => out.lines.push(
+                "row counts: this run's restore point holds no counts (nothing compared)".into(),
+            ),
+            Baseline::RestorePoint(tables) => compare_counts(
+                &mut out,
+                &filter(tables),
+                &filter(&counts),
+                tolerance,
+                false,
+                "the restore point's",
+            ),
+            Baseline::Backup(tables) => compare_counts(
+                &mut out,
+                &filter(tables),
+                &filter(&counts),
+                tolerance,
+                true,
+                "the backup's",
+            ),
+        }
+        let bad: Vec<String> = orphans
+            .iter()
+            .filter(|o| o.orphans > 0)
+            .map(|o| {
+                format!(
+                    "foreign key {} of {} ({}) → {}: {} orphaned row{}",
+                    o.constraint,
+                    o.table,
+                    o.columns.join(", "),
+                    o.references,
+                    o.orphans,
+                    if o.orphans == 1 { "" } else { "s" }
+                )
+            })
+            .collect();
+        if bad.is_empty() {
+            out.lines.push(format!(
+                "foreign keys: {} checked, no orphaned rows",
+                orphans.len()
+            ));
+        } else {
+            out.failures.extend(bad.iter().cloned());
+            out.lines.extend(bad);
+        }
+        for check in &self.cfg.checks {
+            let sql = format!(
+                "SELECT CAST(CASE WHEN ({}) THEN 1 ELSE 0 END AS BIGINT)",
+                check.sql.trim().trim_end_matches(';')
+            );
+            let pool = self.pool().await?;
+            let got: std::result::Result<i64, sqlx::Error> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(&pool)
+                    .await;
+            pool.close().await;
+            match got {
+                Ok(1) => out.lines.push(format!("check {}: holds", check.name)),
+                Ok(_) => {
+                    let l = format!("check {} does not hold: {}", check.name, check.sql);
+                    out.failures.push(l.clone());
+                    out.lines.push(l);
+                }
+                // A check of a table this level does not have (a revert dropped it) says
+                // nothing about the data that is there.
+                Err(e) if undefined_table(&e) => out.lines.push(format!(
+                    "check {}: not run, a table it reads does not exist at this level ({})",
+                    check.name,
+                    self.scrub(&e.to_string())
+                )),
+                Err(e) => {
+                    let l = format!(
+                        "check {} could not run: {}",
+                        check.name,
+                        self.scrub(&e.to_string())
+                    );
+                    out.failures.push(l.clone());
+                    out.lines.push(l);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn freeze(&self, cx: &Ctx, on: bool) -> Result<Outcome> {
+        match &self.cfg.freeze {
+            Freeze::None => Ok(Outcome::Skipped("freeze = \"none\"".into())),
+            Freeze::Command { freeze, unfreeze } => {
+                let cmd = if on { freeze } else { unfreeze };
+                let out = proc::run_shell(
+                    &self.name,
+                    cmd,
+                    None,
+                    &[],
+                    self.cfg.command_timeout,
+                    &cx.redactor,
+                )
+                .await?;
+                proc::expect_success(
+                    &self.name,
+                    if on {
+                        "freeze-command"
+                    } else {
+                        "unfreeze-command"
+                    },
+                    &cx.redactor.redact(cmd),
+                    &out,
+                )?;
+                Ok(Outcome::Done(out.output))
+            }
+            Freeze::ReadOnly => {
+                let pool = self.pg_pool().await?;
+                let r = async {
+                    let db: String = sqlx::query_scalar("SELECT current_database()::text")
+                        .fetch_one(&pool)
+                        .await?;
+                    let ident = rewind_dbkit::inspect::quote_ident(&db);
+                    if on {
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "ALTER DATABASE {ident} SET default_transaction_read_only = on"
+                        )))
+                        .execute(&pool)
+                        .await?;
+                        // Sessions already open keep their setting: end them, so they
+                        // reconnect read-only. rewind's own sessions are spared.
+                        let ended: i64 = sqlx::query_scalar(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                                AND backend_type = 'client backend'
+                                AND coalesce(application_name, '') NOT LIKE 'rewind%'",
+                        )
+                        .fetch_one(&pool)
+                        .await?;
+                        Ok(format!(
+                            "database {db} is read-only for new transactions; {ended} other session{} ended",
+                            if ended == 1 { "" } else { "s" }
+                        ))
+                    } else {
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "ALTER DATABASE {ident} RESET default_transaction_read_only"
+                        )))
+                        .execute(&pool)
+                        .await?;
+                        Ok(format!("database {db} accepts writes again"))
+                    }
+                }
+                .await;
+                pool.close().await;
+                r.map(Outcome::Done).map_err(|e: sqlx::Error| self.fail(e))
+            }
+        }
+    }
+
+    async fn restore(&self, cx: &Ctx, source: &RestoreSource) -> Result<Outcome> {
+        let Some(info) = backup_info(source) else {
+            return self.restore_point_in_time(cx, source).await;
+        };
+        cx.note(format!(
+            "{}: restoring {} ({} bytes)",
+            self.name,
+            info.path.display(),
+            info.bytes
+        ));
+        if self.postgres {
+            self.clear_schemas().await?;
+            rewind_dbkit::pg_restore(&self.url()?, &info, 2)
+                .await
+                .map_err(|e| self.fail(e))?;
+        } else {
+            let path = self.sqlite_path().expect("sqlite component").to_path_buf();
+            let notes = cx.notes.clone();
+            let name = self.name.clone();
+            let mut last = 0u64;
+            rewind_dbkit::sqlite_restore(&info, &path, move |p| {
+                let pct = if p.total == 0 {
+                    100
+                } else {
+                    p.copied * 100 / p.total
+                };
+                if pct >= last + 25 || p.copied == p.total {
+                    last = pct;
+                    if let Some(n) = &notes {
+                        let _ = n.send(format!("{name}: copied {} of {} bytes", p.copied, p.total));
+                    }
+                }
+            })
+            .await
+            .map_err(|e| self.fail(e))?;
+        }
+        Ok(Outcome::Done(format!(
+            "restored {} ({} bytes)",
+            info.path.display(),
+            info.bytes
+        )))
+    }
+
+    /// Before `pg_restore`: drops every user schema and recreates an empty `public`, so the
+    /// database holds exactly what the backup holds afterwards (`pg_restore --clean` alone
+    /// would leave the tables that newer migrations added). In one transaction.
+    async fn clear_schemas(&self) -> Result<()> {
+        let pool = self.pg_pool().await?;
+        let r = async {
+            let mut tx = pool.begin().await?;
+            let schemas: Vec<String> = sqlx::query_scalar(
+                "SELECT nspname::text FROM pg_namespace
+                  WHERE nspname NOT IN ('information_schema')
+                    AND nspname NOT LIKE 'pg\\_%'",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            for s in &schemas {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA {} CASCADE",
+                    rewind_dbkit::inspect::quote_ident(s)
+                )))
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("CREATE SCHEMA public AUTHORIZATION pg_database_owner")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        }
+        .await;
+        pool.close().await;
+        r.map_err(|e| self.fail(format!("clearing the database before the restore: {e}")))
+    }
+
+    async fn restore_point_in_time(&self, _cx: &Ctx, source: &RestoreSource) -> Result<Outcome> {
+        let RestoreSource::PointInTime { time } = source else {
+            unreachable!("backups are restored above");
+        };
+        Err(self.fail(format!(
+            "point-in-time restore to {time}: pgBackRest is not wired in this build"
+        )))
+    }
+}
+
+/// Compares row counts: a table that lost more than `tolerance` of its rows fails; so does a
+/// table that is gone, when `missing_fails` (after a restore every table must be back).
+fn compare_counts(
+    out: &mut CheckReport,
+    before: &BTreeMap<String, i64>,
+    now: &BTreeMap<String, i64>,
+    tolerance: f64,
+    missing_fails: bool,
+    whose: &str,
+) {
+    let mut same = 0;
+    for (table, &was) in before {
+        match now.get(table) {
+            None if missing_fails => {
+                let l = format!("table {table} is missing ({whose} count: {was})");
+                out.failures.push(l.clone());
+                out.lines.push(l);
+            }
+            None => out.lines.push(format!(
+                "table {table} is gone (dropped by the revert; had {was} rows)"
+            )),
+            Some(&n) if n == was => same += 1,
+            Some(&n) => {
+                let lost = (was - n) as f64 / (was.max(1)) as f64;
+                let l = format!(
+                    "table {table}: {n} rows, {whose} count {was} ({:+.1} %)",
+                    (n - was) as f64 * 100.0 / (was.max(1)) as f64
+                );
+                if lost > tolerance + 1e-12 {
+                    out.failures.push(format!(
+                        "{l}, more than the {:.1} % allowed",
+                        tolerance * 100.0
+                    ));
+                }
+                out.lines.push(l);
+            }
+        }
+    }
+    out.lines.insert(
+        0,
+        format!(
+            "row counts: {same} of {} tables match {whose} count",
+            before.len()
+        ),
+    );
+}
+
+fn undefined_table(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.code().as_deref() == Some("42P01") || d.message().starts_with("no such table")
+        }
+        _ => false,
+    }
+}
+
+/// The newest migration (in directory order) that is applied, or `none`.
+fn level_of(migs: &[Migration], applied: &[String]) -> String {
+    migs.iter()
+        .rev()
+        .find(|m| applied.contains(&m.version))
+        .map(|m| m.version.clone())
+        .or_else(|| applied.last().cloned())
+        .unwrap_or_else(|| NO_LEVEL.into())
+}
+
+fn classify(m: &Migration) -> MigrationFacts {
+    let c = rewind_dbkit::classify(&m.up);
+    MigrationFacts {
+        version: m.version.clone(),
+        name: m.name.clone(),
+        destructive: c
+            .destructive
+            .iter()
+            .map(|f| match &f.object {
+                Some(o) => format!("{} {o}: {}", kind_words(f.kind), f.reason),
+                None => format!("{}: {}", kind_words(f.kind), f.reason),
+            })
+            .collect(),
+        loses_data: c.loses_data(),
+        down: match &m.down {
+            None => DownScript::Missing,
+            Some(_) if m.down_is_empty() => DownScript::Empty,
+            Some(_) => DownScript::Present,
+        },
+    }
+}
+
+fn kind_words(k: rewind_dbkit::FindingKind) -> String {
+    serde_json::to_value(k)
+        .ok()
+        .and_then(|v| v.as_str().map(|s| s.replace('-', " ").to_uppercase()))
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Component for Database {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.postgres { "postgres" } else { "sqlite" }
+    }
+
+    async fn current(&self, cx: &Ctx) -> Result<Option<String>> {
+        let release = match (
+            &cx.current_release,
+            self.cfg.migrations.contains("{release}"),
+        ) {
+            (Some(r), _) => r.clone(),
+            (None, false) => String::new(),
+            (None, true) => return Ok(None),
+        };
+        let (format, migs) = self.read_migrations(&release)?;
+        self.level(format, &migs).await.map(Some)
+    }
+
+    async fn restore_point(&self, cx: &Ctx, backup: Option<&str>) -> Result<Snapshot> {
+        self.restore_point_with(cx, backup).await
+    }
+
+    async fn precheck(&self, _cx: &Ctx, action: &Action) -> Result<()> {
+        self.url()?;
+        match action {
+            Action::Migrate { release, .. } | Action::Revert { release, .. } => {
+                self.read_migrations(release).map(|_| ())
+            }
+            Action::Restore { source, .. } => match backup_info(source) {
+                Some(info) if !info.path.is_file() => {
+                    Err(self.fail(format!("backup {} is gone", info.path.display())))
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    async fn apply(&self, cx: &Ctx, action: &Action) -> Result<Outcome> {
+        match action {
+            Action::Migrate { release, to, .. } => {
+                let (format, migs) = self.read_migrations(release)?;
+                let level = self.level(format, &migs).await?;
+                if &level == to {
+                    return Ok(Outcome::Skipped(format!("already at level {to}")));
+                }
+                let pool = self.pool().await?;
+                let notes = cx.notes.clone();
+                let name = self.name.clone();
+                let up_to = (to != NO_LEVEL).then_some(to.as_str());
+                let applied = rewind_db::apply(&pool, format, &migs, up_to, |m, phase| {
+                    if let Some(n) = &notes {
+                        let _ = n.send(format!("{name}: {} {} {phase:?}", m.version, m.name));
+                    }
+                })
+                .await;
+                pool.close().await;
+                let applied = applied.map_err(|e| self.fail(e))?;
+                Ok(Outcome::Done(format!(
+                    "applied {} migration{} ({}); level {level} → {to}",
+                    applied.len(),
+                    if applied.len() == 1 { "" } else { "s" },
+                    applied.join(", ")
+                )))
+            }
+            Action::Revert { release, to, .. } => {
+                let (format, migs) = self.read_migrations(release)?;
+                let level = self.level(format, &migs).await?;
+                if &level == to {
+                    return Ok(Outcome::Skipped(format!("already at level {to}")));
+                }
+                let pool = self.pool().await?;
+                let notes = cx.notes.clone();
+                let name = self.name.clone();
+                let step_id = format!("{}.revert", self.name);
+                let down_to = (to != NO_LEVEL).then_some(to.as_str());
+                let reverted = rewind_db::revert(&pool, format, &migs, down_to, |m, phase| {
+                    if let Some(n) = &notes {
+                        let _ = n.send(format!("{name}: {} {} {phase:?}", m.version, m.name));
+                    }
+                    // The kill tests stop here: one migration reverted, nothing committed.
+                    if phase == rewind_db::Phase::Reverted {
+                        crash::point("mid", &step_id);
+                    }
+                })
+                .await;
+                pool.close().await;
+                let reverted = reverted.map_err(|e| self.fail(e))?;
+                Ok(Outcome::Done(format!(
+                    "reverted {} migration{} ({}); level {level} → {to}",
+                    reverted.len(),
+                    if reverted.len() == 1 { "" } else { "s" },
+                    reverted.join(", ")
+                )))
+            }
+            Action::Freeze { .. } => self.freeze(cx, true).await,
+            Action::Unfreeze { .. } => self.freeze(cx, false).await,
+            Action::Restore { source, .. } => self.restore(cx, source).await,
+            Action::DataCheck { baseline, .. } => {
+                let baseline = match (baseline, &cx.baseline_counts) {
+                    (CountBaseline::RestorePoint, Some(c)) => Baseline::RestorePoint(c),
+                    (CountBaseline::RestorePoint, None) => Baseline::Missing,
+                    (CountBaseline::Known { tables }, _) => Baseline::Backup(tables),
+                    (CountBaseline::None, _) => Baseline::None,
+                };
+                let report = self.checks(baseline).await?;
+                let text = report.lines.join("\n");
+                if report.failures.is_empty() {
+                    Ok(Outcome::Done(text))
+                } else {
+                    Err(self.fail(format!(
+                        "data checks failed:\n  {}",
+                        report.failures.join("\n  ")
+                    )))
+                }
+            }
+            other => Err(ComponentError::Unsupported {
+                component: self.name.clone(),
+                kind: self.kind(),
+                action: format!("{other:?}"),
+            }),
+        }
+    }
+}
+
+impl Database {
+    /// A restore point: the level, and a full backup when `backup` gives a reason.
+    pub async fn restore_point_with(&self, cx: &Ctx, backup: Option<&str>) -> Result<Snapshot> {
+        let release = cx.current_release.clone().unwrap_or_default();
+        let level = match self.read_migrations(&release) {
+            Ok((format, migs)) => Some(self.level(format, &migs).await?),
+            Err(_) => None,
+        };
+        let meta = match backup {
+            Some(reason) if self.exists() => Some(
+                self.backup(reason, level.as_deref().unwrap_or(NO_LEVEL))
+                    .await?,
+            ),
+            _ => None,
+        };
+        Ok(Snapshot {
+            version: level.clone(),
+            data: json!({
+                "level": level,
+                "location": self.location(),
+                "backup": meta,
+            }),
+        })
+    }
+}

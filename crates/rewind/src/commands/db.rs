@@ -1,0 +1,473 @@
+//! Databases in deploy, plan and rollback (the facts the planner needs), and
+//! `rewind backup create|list|verify|restore`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use rewind_components::database::{BackupMeta, Database};
+use rewind_components::{Component, Ctx, host};
+use rewind_core::config::ComponentConfig;
+use rewind_core::dbplan::{self, DbDecision, DbDeployFacts, DbMode, DbRollbackFacts};
+use rewind_core::plan::RollbackTarget;
+use rewind_core::{NewAudit, NewRun, RunKind};
+use serde_json::json;
+
+use super::Env;
+use crate::cli::{BackupCommand, TargetArgs};
+use crate::engine::{LockGuard, new_run_id};
+use crate::error::{CliError, CliResult, blocked, failed, usage};
+use crate::output::Printer;
+
+/// The database components of the config, built.
+pub fn databases(env: &Env) -> Vec<(String, Database)> {
+    env.config
+        .components
+        .iter()
+        .filter_map(|(n, c)| match c {
+            ComponentConfig::Sqlite(d) => Some((n.clone(), Database::new(n, false, d.clone()))),
+            ComponentConfig::Postgres(d) => Some((n.clone(), Database::new(n, true, d.clone()))),
+            _ => None,
+        })
+        .collect()
+}
+
+fn component_err(e: rewind_components::ComponentError) -> CliError {
+    failed(e)
+}
+
+/// What deploying `release` does to every database component.
+pub async fn deploy_facts(env: &Env, release: &str) -> CliResult<BTreeMap<String, DbDeployFacts>> {
+    let mut out = BTreeMap::new();
+    for (name, db) in databases(env) {
+        let facts = db.deploy_facts(release).await.map_err(|e| {
+            usage(env.redactor.redact(&e.to_string())).hint(
+                "nothing was changed; the migrations must be readable and the database reachable to plan",
+            )
+        })?;
+        out.insert(name, facts);
+    }
+    Ok(out)
+}
+
+/// The classification of every pending migration, the drift, and what a rollback would do,
+/// for a person.
+pub fn describe_deploy_facts(facts: &BTreeMap<String, DbDeployFacts>) -> String {
+    let mut text = String::new();
+    for (name, f) in facts {
+        text.push_str(&format!(
+            "\n{name}: {} migrations, level {} → {}",
+            f.format, f.level_now, f.target_level
+        ));
+        if f.pending.is_empty() {
+            text.push_str("\n  no pending migrations");
+        }
+        for m in &f.pending {
+            text.push_str(&format!("\n  {}", m.describe()));
+            if m.revert_loses_data() {
+                text.push_str(
+                    "\n    → reverting it would lose data: the restore point takes a full backup, and a rollback restores it instead",
+                );
+            }
+        }
+        for d in &f.drift {
+            text.push_str(&format!("\n  DRIFT: {d}"));
+        }
+    }
+    text
+}
+
+/// The rollback options that concern databases.
+pub fn mode(args: &TargetArgs) -> CliResult<DbMode> {
+    match (&args.to_time, args.restore) {
+        (Some(t), _) => {
+            let ts = parse_time(t)?;
+            Ok(DbMode::PointInTime(rewind_core::format_ts(ts)))
+        }
+        (None, true) => Ok(DbMode::Restore),
+        (None, false) => Ok(DbMode::Auto),
+    }
+}
+
+/// A time with an explicit zone: `2026-11-21T14:03:00Z`, `…+01:00`, or
+/// `2026-11-21T14:03:00[Europe/Paris]`. A time without one is refused.
+pub fn parse_time(t: &str) -> CliResult<jiff::Timestamp> {
+    let s = t.trim().replacen(' ', "T", 1);
+    if let Ok(ts) = s.parse::<jiff::Timestamp>() {
+        return Ok(ts);
+    }
+    if let Ok(z) = s.parse::<jiff::Zoned>() {
+        return Ok(z.timestamp());
+    }
+    Err(usage(format!(
+        "--to-time {t:?} is not a time with an explicit time zone"
+    ))
+    .hint("write it with an offset or a zone, e.g. 2026-11-21T14:03:00Z, 2026-11-21T15:03:00+01:00 or 2026-11-21T15:03:00[Europe/Paris]; a time without one would be read differently on different machines"))
+}
+
+/// Walks the decision tree for every database component of a rollback.
+pub async fn rollback_decisions(
+    env: &Env,
+    target: &RollbackTarget,
+    args: &TargetArgs,
+) -> CliResult<BTreeMap<String, (DbRollbackFacts, DbDecision)>> {
+    let mode = mode(args)?;
+    let mut out = BTreeMap::new();
+    let dbs = databases(env);
+    if mode != DbMode::Auto
+        && !dbs
+            .iter()
+            .any(|(n, _)| target.components.iter().any(|c| c == n))
+    {
+        return Err(usage(
+            "--restore and --to-time are for database components, and this rollback moves none",
+        ));
+    }
+    for (name, db) in dbs {
+        if !target.components.contains(&name) {
+            continue;
+        }
+        let target_level = target
+            .versions
+            .get(&name)
+            .cloned()
+            .unwrap_or_else(|| dbplan::NO_LEVEL.into());
+        let mut facts = db
+            .rollback_facts(&target.from, &target_level)
+            .await
+            .map_err(|e| failed(env.redactor.redact(&e.to_string())))?;
+        if matches!(mode, DbMode::PointInTime(_)) {
+            facts.pitr_window = db
+                .pitr_window()
+                .await
+                .map_err(|e| failed(env.redactor.redact(&e.to_string())))?;
+        }
+        let decision = dbplan::decide(&name, db.config(), &facts, &mode, args.revert_anyway)
+            .map_err(|e| {
+                CliError::new(crate::error::Class::Failed, e).hint(
+                    "nothing was changed; `rewind backup list` shows the backups, `rewind plan` the steps",
+                )
+            })?;
+        out.insert(name, (facts, decision));
+    }
+    Ok(out)
+}
+
+// ---- rewind backup ------------------------------------------------------------------------
+
+pub async fn backup(env: &Env, cmd: BackupCommand, printer: &Printer) -> CliResult<ExitCode> {
+    match cmd {
+        BackupCommand::Create { component } => create(env, component, printer).await,
+        BackupCommand::List { component } => list(env, component, printer).await,
+        BackupCommand::Verify { id, component } => verify(env, id, component, printer).await,
+        BackupCommand::Restore { id, component, yes } => {
+            restore(env, id, component, yes, printer).await
+        }
+    }
+}
+
+fn pick(env: &Env, component: Option<String>) -> CliResult<Vec<(String, Database)>> {
+    let dbs = databases(env);
+    if dbs.is_empty() {
+        return Err(
+            usage("the config has no sqlite or postgres component: nothing to back up")
+                .hint("add [components.db] with kind = \"sqlite\" or \"postgres\""),
+        );
+    }
+    match component {
+        None => Ok(dbs),
+        Some(c) => {
+            let names: Vec<String> = dbs.iter().map(|(n, _)| n.clone()).collect();
+            let found: Vec<_> = dbs.into_iter().filter(|(n, _)| *n == c).collect();
+            if found.is_empty() {
+                Err(usage(format!("`{c}` is not a database component"))
+                    .hint(format!("database components: {}", names.join(", "))))
+            } else {
+                Ok(found)
+            }
+        }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2} GB", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1} MB", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1} kB", n / 1e3)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// Shows the size of the partial backup file growing while `work` runs (a TTY line, or
+/// nothing when quiet).
+async fn with_progress<T>(
+    printer: &Printer,
+    dir: &std::path::Path,
+    what: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            r = &mut work => return r,
+            _ = tick.tick() => {
+                let bytes: u64 = std::fs::read_dir(dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().contains("rewind-partial"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum();
+                if started.elapsed().as_millis() > 400 {
+                    printer.note(format!("  {what}: {} written ({:.1}s)", human_bytes(bytes), started.elapsed().as_secs_f64()));
+                }
+            }
+        }
+    }
+}
+
+async fn create(env: &Env, component: Option<String>, printer: &Printer) -> CliResult<ExitCode> {
+    let cx = ctx(env).await?;
+    let mut made = Vec::new();
+    for (name, db) in pick(env, component)? {
+        let level = db
+            .current(&cx)
+            .await
+            .map_err(component_err)?
+            .unwrap_or_else(|| dbplan::NO_LEVEL.into());
+        printer.note(format!(
+            "{name}: backing up {} (level {level})",
+            db.location()
+        ));
+        let started = std::time::Instant::now();
+        let meta = with_progress(
+            printer,
+            &db.config().backup_dir,
+            &name,
+            db.backup("by hand (rewind backup create)", &level),
+        )
+        .await
+        .map_err(component_err)?;
+        env.store
+            .audit_append(
+                &env.name,
+                NewAudit::new(&host::actor(), "backup.create").details(json!({
+                    "component": name, "id": meta.id, "bytes": meta.bytes, "level": meta.level,
+                    "checksum": meta.checksum,
+                })),
+            )
+            .await?;
+        printer.text(format!(
+            "{name}: backup {} — {} in {:.2}s, level {}, {} tables ({})",
+            meta.id,
+            human_bytes(meta.bytes),
+            started.elapsed().as_secs_f64(),
+            meta.level,
+            meta.row_counts.len(),
+            meta.file.display()
+        ));
+        made.push(meta);
+    }
+    printer.json_value(&json!({ "backups": made }));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(env: &Env, component: Option<String>, printer: &Printer) -> CliResult<ExitCode> {
+    let mut table = super::table();
+    table.set_header(vec!["component", "id", "taken", "size", "level", "why"]);
+    let mut all: Vec<BackupMeta> = Vec::new();
+    for (_, db) in pick(env, component)? {
+        all.extend(db.list_backups().map_err(component_err)?);
+    }
+    for b in &all {
+        table.add_row(vec![
+            b.component.clone(),
+            b.id.clone(),
+            super::short_time(&b.created_at),
+            human_bytes(b.bytes),
+            b.level.clone(),
+            b.reason.clone(),
+        ]);
+    }
+    if all.is_empty() {
+        printer.text("no backups yet; `rewind backup create` takes one (deploys and rollbacks take their own)");
+    } else {
+        printer.text(table.to_string());
+    }
+    printer.json_value(&json!({ "backups": all }));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn find_backup(
+    env: &Env,
+    id: Option<String>,
+    component: Option<String>,
+) -> CliResult<(String, Database, BackupMeta)> {
+    let mut candidates = Vec::new();
+    for (name, db) in pick(env, component)? {
+        for b in db.list_backups().map_err(component_err)? {
+            if id
+                .as_deref()
+                .is_none_or(|i| b.id == i || b.id.starts_with(i))
+            {
+                candidates.push((name.clone(), b));
+            }
+        }
+    }
+    candidates.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at));
+    let Some((name, meta)) = candidates.pop() else {
+        return Err(usage(match &id {
+            Some(i) => format!("no backup `{i}`"),
+            None => "no backups yet".into(),
+        })
+        .hint("`rewind backup list` shows them"));
+    };
+    if id.is_some()
+        && candidates.iter().any(|(_, b)| {
+            id.as_deref()
+                .is_some_and(|i| b.id.starts_with(i) && b.id != meta.id)
+        })
+    {
+        return Err(usage(format!(
+            "`{}` names several backups",
+            id.unwrap_or_default()
+        ))
+        .hint("give more of the id (`rewind backup list`)"));
+    }
+    let db = databases(env)
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, d)| d)
+        .expect("listed above");
+    Ok((name, db, meta))
+}
+
+async fn verify(
+    env: &Env,
+    id: Option<String>,
+    component: Option<String>,
+    printer: &Printer,
+) -> CliResult<ExitCode> {
+    let (name, db, meta) = find_backup(env, id, component)?;
+    printer.note(format!(
+        "{name}: verifying backup {} by restoring it into a scratch database",
+        meta.id
+    ));
+    let report = db.verify_backup(&meta).await;
+    let (ok, lines, error) = match &report {
+        Ok(r) => (r.failures.is_empty(), r.lines.clone(), None),
+        Err(e) => (false, vec![], Some(env.redactor.redact(&e.to_string()))),
+    };
+    env.store
+        .audit_append(
+            &env.name,
+            NewAudit::new(&host::actor(), "backup.verify")
+                .details(json!({"component": name, "id": meta.id, "ok": ok, "error": error})),
+        )
+        .await?;
+    printer.json_value(
+        &json!({"component": name, "id": meta.id, "ok": ok, "checks": lines, "error": error}),
+    );
+    if let Some(e) = error {
+        return Err(failed(format!("backup {} does not restore: {e}", meta.id)));
+    }
+    let mut text = format!("{name}: backup {}", meta.id);
+    for l in &lines {
+        text.push_str(&format!("\n  {l}"));
+    }
+    if ok {
+        printer.text(format!(
+            "{text}\n{}",
+            printer.green("the backup restores and its checks pass")
+        ));
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(failed(format!("{text}\nthe backup's checks fail")))
+    }
+}
+
+async fn restore(
+    env: &Env,
+    id: Option<String>,
+    component: Option<String>,
+    yes: bool,
+    printer: &Printer,
+) -> CliResult<ExitCode> {
+    let Some(id) = id else {
+        return Err(usage("name the backup to restore").hint(
+            "`rewind backup list` shows the ids; e.g. rewind backup restore 20261121T140312",
+        ));
+    };
+    let (name, db, meta) = find_backup(env, Some(id), component)?;
+    let steps = dbplan::restore_steps(&name, db.config(), &meta.facts());
+    let mut shown = format!(
+        "restore of {name} from backup {} (taken {}, level {}); writes made since are discarded (kept in the backup taken first):",
+        meta.id, meta.created_at, meta.level
+    );
+    for (i, s) in steps.iter().enumerate() {
+        shown.push_str(&format!(
+            "\n  {:>2}. {}",
+            i + 1,
+            env.redactor.redact(&s.title)
+        ));
+    }
+    if !yes {
+        return Err(usage(format!("{shown}\nnothing was changed")).hint("pass --yes to restore"));
+    }
+    printer.note(&shown);
+    let run_id = new_run_id();
+    let lock = LockGuard::acquire(
+        env.store.clone(),
+        &env.name,
+        &run_id,
+        env.config.environment.lock_stale_after,
+        printer,
+    )
+    .await?;
+    let result = async {
+        if let Some(open) = env.store.unfinished_run(&env.name).await? {
+            return Err(blocked(format!(
+                "run {} ({} {}) is unfinished; finish it first with `rewind resume`",
+                open.id, open.kind, open.release
+            )));
+        }
+        let ledger = env.ledger().await?;
+        let release = ledger.current.clone().unwrap_or_else(|| "(none)".into());
+        let new_run = NewRun {
+            id: run_id.clone(),
+            environment: env.name.clone(),
+            kind: RunKind::Restore,
+            release: release.clone(),
+            from_release: ledger.current.clone(),
+            actor: host::actor(),
+            steps,
+            components: env
+                .config
+                .components
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .cloned()
+                .collect(),
+        };
+        let audit = NewAudit::new(&host::actor(), "restore.start")
+            .run(&run_id)
+            .details(json!({"component": name, "backup": meta.id, "level": meta.level}));
+        let run = env.store.create_run(&new_run, None, audit).await?;
+        super::rollback::execute_and_close(env, &run, &lock, printer, false).await
+    }
+    .await;
+    lock.release().await;
+    result
+}
+
+async fn ctx(env: &Env) -> CliResult<Ctx> {
+    let mut cx = Ctx::new(&env.name, env.redactor.clone());
+    cx.current_release = env.store.current_release(&env.name).await?;
+    Ok(cx)
+}
