@@ -2542,7 +2542,7 @@ mod broken {
             ),
             (
                 "09-kind-not-supported-yet",
-                format!("{ENV}\n[components.db]\nkind = \"postgres\"\n"),
+                format!("{ENV}\n[components.cluster]\nkind = \"kubernetes\"\n"),
                 5,
                 "not supported yet",
             ),
@@ -2756,6 +2756,36 @@ mod broken {
                 probe("method = \"FETCH\"\n"),
                 11,
                 "known values: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS",
+            ),
+            (
+                "46-db-url-and-url-env",
+                format!("{ENV}\n[components.db]\nkind = \"postgres\"\nurl = \"postgres://app@db.internal/app\"\nurl-env = \"DATABASE_URL\"\nmigrations = \"migrations\"\n"),
+                7,
+                "set either url or url-env, not both",
+            ),
+            (
+                "47-sqlite-with-url",
+                format!("{ENV}\n[components.db]\nkind = \"sqlite\"\nurl = \"postgres://app@db.internal/app\"\npath = \"app.db\"\nmigrations = \"migrations\"\n"),
+                6,
+                "url is for kind = \"postgres\"",
+            ),
+            (
+                "48-freeze-command-without-unfreeze",
+                format!("{ENV}\n[components.db]\nkind = \"postgres\"\nurl-env = \"DATABASE_URL\"\nmigrations = \"migrations\"\nfreeze = \"command\"\nfreeze-command = \"systemctl stop workers\"\n"),
+                8,
+                "needs both freeze-command and unfreeze-command",
+            ),
+            (
+                "49-pitr-on-sqlite",
+                format!("{ENV}\n[components.db]\nkind = \"sqlite\"\npath = \"app.db\"\nmigrations = \"migrations\"\n\n[components.db.pitr]\nstanza = \"main\"\n"),
+                9,
+                "point-in-time recovery is for kind = \"postgres\"",
+            ),
+            (
+                "50-db-unknown-format",
+                format!("{ENV}\n[components.db]\nkind = \"postgres\"\nurl-env = \"DATABASE_URL\"\nformat = \"flywy\"\nmigrations = \"migrations\"\n"),
+                7,
+                "did you mean format = \"flyway\"?",
             ),
         ]
     }
