@@ -36,6 +36,7 @@ async fn make_plan(
     if let Some(to) = &args.to {
         super::validate_release_name(to)?;
     }
+    super::db::mode(args)?;
     let ledger = env.ledger().await?;
     let target = plan::rollback_target(
         &env.config,

@@ -6,6 +6,7 @@ mod common;
 mod audit;
 mod config;
 mod crash;
+mod db;
 mod examples;
 mod lock;
 mod pg;
