@@ -733,11 +733,7 @@ impl Database {
             let name = self.name.clone();
             let mut last = 0u64;
             rewind_dbkit::sqlite_restore(&info, &path, move |p| {
-                let pct = if p.total == 0 {
-                    100
-                } else {
-                    p.copied * 100 / p.total
-                };
+                let pct = (p.copied * 100).checked_div(p.total).unwrap_or(100);
                 if pct >= last + 25 || p.copied == p.total {
                     last = pct;
                     if let Some(n) = &notes {
@@ -842,6 +838,19 @@ fn compare_counts(
             before.len()
         ),
     );
+}
+
+fn phase_words(p: &rewind_db::Phase) -> String {
+    use rewind_db::Phase;
+    match p {
+        Phase::Applying => "applying".into(),
+        Phase::Applied => "applied (not yet committed)".into(),
+        Phase::Reverting => "reverting".into(),
+        Phase::Reverted => "reverted (not yet committed)".into(),
+        Phase::Failed(e) => format!("failed: {e}"),
+        Phase::Committed => "committed".into(),
+        Phase::RolledBack => "rolled back: the database is as before the batch".into(),
+    }
 }
 
 fn undefined_table(e: &sqlx::Error) -> bool {
@@ -949,7 +958,12 @@ impl Component for Database {
                 let up_to = (to != NO_LEVEL).then_some(to.as_str());
                 let applied = rewind_db::apply(&pool, format, &migs, up_to, |m, phase| {
                     if let Some(n) = &notes {
-                        let _ = n.send(format!("{name}: {} {} {phase:?}", m.version, m.name));
+                        let _ = n.send(format!(
+                            "{name}: {} {}: {}",
+                            m.version,
+                            m.name,
+                            phase_words(&phase)
+                        ));
                     }
                 })
                 .await;
@@ -975,7 +989,12 @@ impl Component for Database {
                 let down_to = (to != NO_LEVEL).then_some(to.as_str());
                 let reverted = rewind_db::revert(&pool, format, &migs, down_to, |m, phase| {
                     if let Some(n) = &notes {
-                        let _ = n.send(format!("{name}: {} {} {phase:?}", m.version, m.name));
+                        let _ = n.send(format!(
+                            "{name}: {} {}: {}",
+                            m.version,
+                            m.name,
+                            phase_words(&phase)
+                        ));
                     }
                     // The kill tests stop here: one migration reverted, nothing committed.
                     if phase == rewind_db::Phase::Reverted {

@@ -155,6 +155,7 @@ pub struct DbRollbackFacts {
 /// The decision for one database component, with the reason a person reads in `plan`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "decision", rename_all = "kebab-case")]
+#[allow(clippy::large_enum_variant)] // a handful per plan
 pub enum DbDecision {
     Unchanged {
         reason: String,

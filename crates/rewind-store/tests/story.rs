@@ -46,8 +46,10 @@ fn new_run(id: &str, kind: RunKind, release: &str, from: Option<&str>) -> NewRun
                 title: "remember what web runs".into(),
                 action: Action::RestorePoint {
                     component: "web".into(),
+                    backup: None,
                 },
                 effects: vec![],
+                always: false,
             },
             Step {
                 id: "web.deploy".into(),
@@ -60,6 +62,7 @@ fn new_run(id: &str, kind: RunKind, release: &str, from: Option<&str>) -> NewRun
                 effects: vec![LedgerEffect::Current {
                     release: release.into(),
                 }],
+                always: false,
             },
         ],
         components: vec![("web".into(), component())],

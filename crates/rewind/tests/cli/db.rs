@@ -507,3 +507,47 @@ fn postgres_destructive_deploy_is_restored_from_its_dump() {
     );
     assert!(!all.contains("db-secret-0815"), "the password leaked");
 }
+
+/// A data check that fails after the revert fails the run, and the unfreeze step still runs.
+#[test]
+fn failed_data_check_fails_the_rollback_and_writes_are_allowed_again() {
+    let f = Fixture::new();
+    migrations(&f);
+    config(
+        &f,
+        "[components.db]\nkind = \"sqlite\"\npath = \"app.db\"\nfreeze = \"command\"\nfreeze-command = \"touch frozen\"\nunfreeze-command = \"rm frozen\"",
+    );
+    let text = std::fs::read_to_string(f.path("rewind.toml")).unwrap();
+    std::fs::write(
+        f.path("rewind.toml"),
+        text.replace(
+            "[components.frontend]",
+            "[[components.db.check]]\nname = \"orders table exists\"\nsql = \"SELECT count(*) = 1 FROM sqlite_master WHERE name = 'orders'\"\n\n[components.frontend]",
+        ),
+    )
+    .unwrap();
+    f.run(&["deploy", "v1"]).ok();
+    f.run(&["deploy", "v2"]).ok();
+    let out = f.run(&["rollback", "--yes"]);
+    out.code(1);
+    assert!(
+        out.stderr
+            .contains("check orders table exists does not hold"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        !f.path("frozen").exists(),
+        "unfreeze did not run\n{}",
+        out.all()
+    );
+    let run = f.last_run();
+    assert_eq!(run["run"]["status"], "failed", "{run}");
+    let unfreeze = run["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["step_id"] == "db.unfreeze" && e["event"] == "done");
+    assert!(unfreeze, "{run}");
+    audit_ok(&f);
+}
