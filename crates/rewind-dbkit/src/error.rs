@@ -29,6 +29,34 @@ pub enum Error {
         status: String,
         stderr: String,
     },
+    #[error("{program} not found: {hint}")]
+    ProgramMissing { program: String, hint: String },
+    #[error(
+        "invalid target time {input:?}: {reason}\nhint: write the time with its zone or UTC \
+         offset, e.g. {examples}",
+        examples = crate::pitr::TIME_EXAMPLES
+    )]
+    TargetTime { input: String, reason: String },
+    /// A point-in-time target outside the recoverable window; times are shown in UTC.
+    #[error(
+        "target time {target} is outside the recoverable window, from {earliest} to before \
+         {latest} (UTC); nothing was changed\nhint: pick a time inside the window; a time \
+         before it needs an older backup, a time after it has not happened or not been archived"
+    )]
+    OutsideWindow {
+        target: jiff::Timestamp,
+        earliest: jiff::Timestamp,
+        latest: jiff::Timestamp,
+    },
+    /// A step of a point-in-time recovery failed after the server was stopped; `state` says
+    /// what is left of it.
+    #[error("while {step}: {source}\nstate: {state}")]
+    PitrStep {
+        step: crate::pitr::PitrPhase,
+        state: String,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("invalid PostgreSQL URL: {0}")]
     Url(String),
     #[error("backup {path} does not match its checksum (expected {expected}, found {found})")]

@@ -3,12 +3,14 @@
 //! - [`classify`]: is a migration destructive or additive (pure, no database);
 //! - [`backup`]: SQLite snapshots (`VACUUM INTO`) and PostgreSQL dumps (`pg_dump -Fc`) as
 //!   restore points, their restore, and their verification in a scratch database;
-//! - [`inspect`]: rows per table and orphaned foreign keys on a live database.
+//! - [`inspect`]: rows per table and orphaned foreign keys on a live database;
+//! - [`pitr`]: point-in-time recovery of PostgreSQL through pgBackRest.
 
 pub mod backup;
 pub mod classify;
 pub mod error;
 pub mod inspect;
+pub mod pitr;
 
 pub use backup::{
     BackupInfo, BackupKind, PgUrl, Progress, VerifyReport, pg_dump, pg_dump_with_counts,
@@ -17,3 +19,6 @@ pub use backup::{
 pub use classify::{Classification, Finding, FindingKind, Impact, classify, down_is_empty};
 pub use error::{Error, Result};
 pub use inspect::{FkOrphans, Inspect, fk_orphans, integrity_check, row_counts};
+pub use pitr::{
+    BackupSet, PgBackRest, PitrPhase, PitrReport, Window, parse_target_time, restore_to_time,
+};

@@ -1,16 +1,19 @@
 //! Backups, restores, verification and integrity checks against real databases: SQLite files
 //! in a temporary directory, and a PostgreSQL server named by `REWIND_TEST_PG_URL` (started by
-//! `scripts/test`; a fresh database per test).
+//! `scripts/test`; a fresh database per test). The point-in-time recovery test builds its own
+//! PostgreSQL cluster, archived by the pgBackRest at `REWIND_TEST_PGBACKREST`.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rewind_dbkit::{
-    BackupInfo, BackupKind, Error, Inspect, PgUrl, Progress, fk_orphans, integrity_check, pg_dump,
-    pg_restore, pg_verify, row_counts, sqlite_restore, sqlite_snapshot, sqlite_verify,
+    BackupInfo, BackupKind, Error, Inspect, PgBackRest, PgUrl, PitrPhase, Progress, fk_orphans,
+    integrity_check, parse_target_time, pg_dump, pg_restore, pg_verify, restore_to_time,
+    row_counts, sqlite_restore, sqlite_snapshot, sqlite_verify,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -563,4 +566,446 @@ async fn pg_errors_never_show_the_password() {
         eprintln!("{text}");
         assert!(!text.contains(SECRET), "password leaked: {text}");
     }
+}
+
+// ---- PostgreSQL point-in-time recovery (pgBackRest) ---------------------------------------
+
+/// The newest PostgreSQL server binaries, as `scripts/test` picks them.
+fn pg_server_bin() -> PathBuf {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .filter(|(_, bin)| bin.join("initdb").is_file() && bin.join("pg_ctl").is_file())
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin).unwrap_or_else(|| {
+        panic!(
+            "no PostgreSQL server binaries in /usr/lib/postgresql/*/bin: install them \
+             (apt-get install -y postgresql) or run scripts/test"
+        )
+    })
+}
+
+fn pgbackrest_bin() -> PathBuf {
+    let candidate = match std::env::var_os("REWIND_TEST_PGBACKREST") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join("pgbackrest"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "pgbackrest not found (REWIND_TEST_PGBACKREST is not set and it is not in \
+                     PATH): install it (apt-get install -y pgbackrest) or run scripts/test"
+                )
+            }),
+    };
+    assert!(
+        candidate.is_file(),
+        "pgbackrest {} does not exist: install it (apt-get install -y pgbackrest)",
+        candidate.display()
+    );
+    candidate
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
+/// A command run as the `postgres` OS user when the test runs as root (PostgreSQL refuses
+/// to run as root), as `scripts/test` does; as ourselves otherwise.
+fn as_pg(program: &Path) -> Command {
+    if running_as_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"])
+            .arg(program)
+            .current_dir("/");
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A PostgreSQL cluster in a temporary directory that archives its WAL into a pgBackRest
+/// repository beside it. Dropping it stops the server and removes everything, also when the
+/// test panics.
+struct PitrCluster {
+    // Under /tmp (sticky and world-traversable), so the postgres user can reach it: a
+    // TMPDIR inside root's home would not be.
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pgbackrest: PathBuf,
+    port: u16,
+}
+
+const PITR_STANZA: &str = "pitr";
+
+impl PitrCluster {
+    fn start() -> PitrCluster {
+        let bin = pg_server_bin();
+        let pgbackrest = pgbackrest_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("rewind-pitr-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        for sub in ["repo", "log", "lock", "spool"] {
+            std::fs::create_dir(root.join(sub)).unwrap();
+        }
+        if running_as_root() {
+            run_ok(Command::new("chown").arg("-R").arg("postgres:").arg(&root));
+        }
+        let data = root.join("data");
+        run_ok(as_pg(&bin.join("initdb")).arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ]));
+        let base_conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        let mut cluster = PitrCluster {
+            dir,
+            bin,
+            pgbackrest,
+            port: 0,
+        };
+        // A free port can be taken by someone else before the server binds it: try a few.
+        for attempt in 1..=5 {
+            cluster.port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            std::fs::write(
+                data.join("postgresql.conf"),
+                format!("{base_conf}\n{}", cluster.server_conf()),
+            )
+            .unwrap();
+            std::fs::write(root.join("pgbackrest.conf"), cluster.pgbackrest_conf()).unwrap();
+            let status = Command::new("sh")
+                .args(["-c", &cluster.start_command()])
+                .current_dir("/")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            if status.success() {
+                return cluster;
+            }
+            eprintln!(
+                "PostgreSQL did not start on port {} (attempt {attempt})",
+                cluster.port
+            );
+        }
+        let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
+        panic!("PostgreSQL did not start:\n{log}");
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root().join("data")
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn server_conf(&self) -> String {
+        let root = self.root().display();
+        format!(
+            "port = {port}\n\
+             listen_addresses = '127.0.0.1'\n\
+             unix_socket_directories = '{root}'\n\
+             fsync = off\n\
+             wal_level = replica\n\
+             archive_mode = on\n\
+             archive_command = '{pgbr} --config={root}/pgbackrest.conf --stanza={PITR_STANZA} \
+             archive-push %p'\n",
+            port = self.port,
+            pgbr = self.pgbackrest.display(),
+        )
+    }
+
+    fn pgbackrest_conf(&self) -> String {
+        let root = self.root().display();
+        format!(
+            "[global]\n\
+             repo1-path={root}/repo\n\
+             repo1-retention-full=2\n\
+             log-path={root}/log\n\
+             lock-path={root}/lock\n\
+             spool-path={root}/spool\n\
+             log-level-console=warn\n\
+             log-level-file=off\n\
+             start-fast=y\n\
+             compress-type=none\n\
+             process-max=2\n\
+             \n\
+             [{PITR_STANZA}]\n\
+             pg1-path={root}/data\n\
+             pg1-port={port}\n\
+             pg1-socket-path={root}\n",
+            port = self.port,
+        )
+    }
+
+    /// The config's start command, run the way the library runs it.
+    fn start_command(&self) -> String {
+        let cmd = self.config().start;
+        if running_as_root() {
+            format!("runuser -u postgres -- {cmd}")
+        } else {
+            cmd
+        }
+    }
+
+    fn config(&self) -> PgBackRest {
+        let pg_ctl = self.bin.join("pg_ctl");
+        PgBackRest {
+            stanza: PITR_STANZA.into(),
+            config: Some(self.root().join("pgbackrest.conf")),
+            program: Some(self.pgbackrest.clone()),
+            run_as: running_as_root().then(|| "postgres".to_string()),
+            data_dir: self.data(),
+            stop: format!(
+                "'{}' -D '{}' -m fast -w stop",
+                pg_ctl.display(),
+                self.data().display()
+            ),
+            start: format!(
+                "'{}' -D '{}' -l '{}' -w -t 120 start",
+                pg_ctl.display(),
+                self.data().display(),
+                self.root().join("server.log").display()
+            ),
+            recovery_timeout: Duration::from_secs(120),
+        }
+    }
+
+    fn pgbackrest(&self, args: &[&str]) -> String {
+        run_ok(
+            as_pg(&self.pgbackrest)
+                .arg(format!(
+                    "--config={}",
+                    self.root().join("pgbackrest.conf").display()
+                ))
+                .arg(format!("--stanza={PITR_STANZA}"))
+                .args(args),
+        )
+    }
+
+    /// The postmaster's pid, from `postmaster.pid`; `None` when the server is down.
+    fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(self.root().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PitrCluster {
+    fn drop(&mut self) {
+        if self.postmaster_pid().is_some() {
+            let _ = as_pg(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.data())
+                .args(["-m", "immediate", "stop"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+async fn pitr_rows(url: &str) -> Vec<String> {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let rows = sqlx::query_scalar("SELECT v FROM pitr ORDER BY v")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    rows
+}
+
+async fn pitr_exec(url: &str, sql: &'static str) {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    conn.execute(sql).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbackrest_restores_to_a_time_between_two_writes() {
+    let started = std::time::Instant::now();
+    let cluster = PitrCluster::start();
+    let url = cluster.url();
+    cluster.pgbackrest(&["stanza-create"]);
+    let before_backup = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cluster.pgbackrest(&["--type=full", "backup"]);
+
+    // Row A, then the target time, then row B; a second on each side so the commit times
+    // are clearly before and after it (the server's clock is this machine's).
+    pitr_exec(
+        &url,
+        "CREATE TABLE pitr (v text); INSERT INTO pitr VALUES ('A')",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let target = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pitr_exec(&url, "INSERT INTO pitr VALUES ('B')").await;
+    assert_eq!(pitr_rows(&url).await, ["A", "B"]);
+
+    let cfg = cluster.config();
+    assert!(cfg.problems().is_empty(), "{:?}", cfg.problems());
+
+    // Targets outside the window are refused before the server is touched: same postmaster,
+    // same rows.
+    let pid = cluster.postmaster_pid().expect("the server is not running");
+    let future = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1);
+    for outside in [before_backup, future] {
+        let mut phases = Vec::new();
+        let err = restore_to_time(&cfg, &url, outside, |p| phases.push(p))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        eprintln!("{text}");
+        assert!(matches!(err, Error::OutsideWindow { .. }), "{text}");
+        // Named in UTC, to the microsecond.
+        let shown = jiff::Timestamp::from_microsecond(outside.as_microsecond()).unwrap();
+        assert!(text.contains(&shown.to_string()), "{text}");
+        assert!(text.contains("nothing was changed"), "{text}");
+        assert_eq!(phases, [PitrPhase::CheckingWindow]);
+        assert_eq!(
+            cluster.postmaster_pid(),
+            Some(pid),
+            "the server was touched"
+        );
+        assert_eq!(pitr_rows(&url).await, ["A", "B"]);
+    }
+    // A time without a zone is refused outright.
+    let local = target
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .datetime()
+        .to_string();
+    let err = parse_target_time(&local).unwrap_err().to_string();
+    assert!(err.contains("no time zone"), "{err}");
+    assert_eq!(parse_target_time(&format!("{local}Z")).unwrap(), target);
+
+    // pgBackRest's own errors come back with what it said.
+    let broken = PgBackRest {
+        config: Some(cluster.root().join("missing.conf")),
+        ..cfg.clone()
+    };
+    let err = rewind_dbkit::pitr::window(&broken, &url).await.unwrap_err();
+    assert!(matches!(err, Error::Tool { .. }), "{err}");
+    assert!(err.to_string().contains("missing.conf"), "{err}");
+    let unknown = PgBackRest {
+        stanza: "nope".into(),
+        ..cfg.clone()
+    };
+    let err = rewind_dbkit::pitr::window(&unknown, &url)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no backup"), "{err}");
+
+    // A step that fails once the server is being touched says which, what the command
+    // printed, and where things stand.
+    let cannot_stop = PgBackRest {
+        stop: "echo 'cannot stop: no permission' >&2; exit 3".into(),
+        ..cfg.clone()
+    };
+    let err = restore_to_time(&cannot_stop, &url, target, |_| {})
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            &err,
+            Error::PitrStep { step: PitrPhase::Stopping, source, .. }
+                if matches!(**source, Error::Tool { .. })
+        ),
+        "{text}"
+    );
+    assert!(text.contains("cannot stop: no permission"), "{text}");
+    assert!(text.contains("exit status 3"), "{text}");
+    assert!(text.contains("nothing was restored"), "{text}");
+    assert_eq!(cluster.postmaster_pid(), Some(pid));
+    assert_eq!(pitr_rows(&url).await, ["A", "B"]);
+
+    let window = rewind_dbkit::pitr::window(&cfg, &url).await.unwrap();
+    assert!(window.contains(target), "{window:?} {target}");
+    assert_eq!(window.backups.len(), 1);
+    assert_eq!(window.backups[0].kind, "full");
+
+    // The restore.
+    let mut phases = Vec::new();
+    let report = restore_to_time(&cfg, &url, target, |p| phases.push(p))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", cluster.server_log()));
+    assert_eq!(
+        phases,
+        [
+            PitrPhase::CheckingWindow,
+            PitrPhase::Stopping,
+            PitrPhase::Restoring,
+            PitrPhase::Starting,
+            PitrPhase::Recovering,
+            PitrPhase::Done,
+        ]
+    );
+    assert_eq!(report.backup_set, window.backups[0].label);
+    assert!(
+        report
+            .command
+            .iter()
+            .any(|a| a == "--target-action=promote")
+    );
+    assert_eq!(pitr_rows(&url).await, ["A"], "{}", cluster.server_log());
+    assert_ne!(
+        cluster.postmaster_pid(),
+        Some(pid),
+        "the server was not restarted"
+    );
+
+    // Out of recovery: a primary that takes writes again.
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(!in_recovery);
+    conn.execute("INSERT INTO pitr VALUES ('C')").await.unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(pitr_rows(&url).await, ["A", "C"]);
+    eprintln!(
+        "point-in-time recovery test: {:.1} s; report: {}",
+        started.elapsed().as_secs_f64(),
+        serde_json::to_string(&report).unwrap()
+    );
 }
