@@ -91,17 +91,8 @@ pub fn mode(args: &TargetArgs) -> CliResult<DbMode> {
 /// A time with an explicit zone: `2026-11-21T14:03:00Z`, `…+01:00`, or
 /// `2026-11-21T14:03:00[Europe/Paris]`. A time without one is refused.
 pub fn parse_time(t: &str) -> CliResult<jiff::Timestamp> {
-    let s = t.trim().replacen(' ', "T", 1);
-    if let Ok(ts) = s.parse::<jiff::Timestamp>() {
-        return Ok(ts);
-    }
-    if let Ok(z) = s.parse::<jiff::Zoned>() {
-        return Ok(z.timestamp());
-    }
-    Err(usage(format!(
-        "--to-time {t:?} is not a time with an explicit time zone"
-    ))
-    .hint("write it with an offset or a zone, e.g. 2026-11-21T14:03:00Z, 2026-11-21T15:03:00+01:00 or 2026-11-21T15:03:00[Europe/Paris]; a time without one would be read differently on different machines"))
+    rewind_dbkit::parse_target_time(t)
+        .map_err(|e| usage(format!("--to-time: {e}")).hint("nothing was changed"))
 }
 
 /// Walks the decision tree for every database component of a rollback.
