@@ -48,11 +48,29 @@ pub async fn applied(
     history::applied(&mut conn, format, migrations).await
 }
 
-fn find<'a>(migrations: &'a [Migration], version: &str) -> Result<&'a Migration> {
-    migrations
-        .iter()
-        .find(|m| m.version == version || m.name == version)
-        .ok_or_else(|| Error::UnknownVersion(version.to_string()))
+/// The migration `target` names: its version, its name, or for sqitch a tag (`@v1.0`, the
+/// change the tag is on) or a change as of a tag (`change@v1.0`, the same change: reworked
+/// changes are not supported).
+fn find<'a>(migrations: &'a [Migration], target: &str) -> Result<&'a Migration> {
+    let tagged = |tag: &str| {
+        migrations.iter().find(|m| {
+            m.sqitch
+                .as_ref()
+                .is_some_and(|s| s.tags.iter().any(|t| t.name == tag))
+        })
+    };
+    let found = match target.split_once('@') {
+        Some(("", tag)) => tagged(tag),
+        Some((change, tag)) => tagged(tag).and_then(|_| {
+            migrations
+                .iter()
+                .find(|m| m.name == change && m.sqitch.is_some())
+        }),
+        None => migrations
+            .iter()
+            .find(|m| m.version == target || m.name == target),
+    };
+    found.ok_or_else(|| Error::UnknownVersion(target.to_string()))
 }
 
 /// Refuses scripts that cannot run inside rewind's transaction.
@@ -109,7 +127,8 @@ async fn run_script(conn: &mut AnyConnection, sql: &str) -> std::result::Result<
 }
 
 /// Applies the pending migrations of `migrations` (in `format`, with its history table) in
-/// order, up to and including `up_to` (a version or, for sqitch, a change name; `None`: all).
+/// order, up to and including `up_to` (a version or, for sqitch, a change name or `@tag`;
+/// `None`: all).
 /// Returns the versions applied. Everything happens in one transaction.
 pub async fn apply(
     pool: &AnyPool,
@@ -170,8 +189,8 @@ pub async fn apply(
     Ok(finished.iter().map(|m| m.version.clone()).collect())
 }
 
-/// Reverts the applied migrations newer than `down_to` (a version or sqitch change name that
-/// stays applied; `None`: all), newest first, with their down scripts. Returns the versions
+/// Reverts the applied migrations newer than `down_to` (a version, or a sqitch change name or
+/// `@tag`, that stays applied; `None`: all), newest first, with their down scripts. Returns the versions
 /// reverted. Every migration to revert must have a non-empty down script
 /// ([`Migration::down_is_empty`]), checked before anything runs; everything happens in one
 /// transaction.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rewind_db::migrations::{self, Format, Migration};
-use rewind_db::{Phase, applied, apply, revert};
+use rewind_db::{DriftKind, Phase, applied, apply, drift, revert};
 use sqlx::{AnyPool, Row};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -477,7 +477,18 @@ fn read_formats() {
     assert_eq!(names, ["create_users", "add_email", "index_email"]);
     let s = sqitch[1].sqitch.as_ref().unwrap();
     assert_eq!(s.requires, ["create_users"]);
-    assert_eq!(s.tags, ["v1.0"]);
+    assert_eq!(s.tags.len(), 1);
+    assert_eq!(s.tags[0].name, "v1.0");
+    assert_eq!(s.tags[0].note, "First release");
+    // What `sqitch deploy` (1.3.1) writes for this plan.
+    assert_eq!(
+        s.change_id, "73df09863a796376c1924bc5e2b868c677f7432e",
+        "sqitch's change id"
+    );
+    assert_eq!(
+        s.tags[0].tag_id, "4dd2ba75cc4f4ef28d780046a9494eaaf07f1eee",
+        "sqitch's tag id"
+    );
     assert_eq!(s.planner_name, "Alice Example");
     assert_eq!(s.note, "Email column");
     assert!(sqitch[0].sqitch.as_ref().unwrap().verify.is_some());
@@ -554,4 +565,155 @@ fn empty_down_counts_as_no_down() {
     let migs = migrations::read(dir.path(), Format::GolangMigrate).unwrap();
     assert!(migs[0].down.is_some());
     assert!(migs[0].down_is_empty());
+}
+
+/// A copy of fixture `name` that a test may edit.
+fn fixture_copy(name: &str) -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&fixture(name), dir.path());
+    dir
+}
+
+/// Apply everything; then a CRLF checkout of a file is not drift, an edit is, a migration
+/// gone from the directory is reported missing, and apply/revert keep working meanwhile.
+async fn drift_story(kind: Kind, format: Format, dir: &str) {
+    let copy = fixture_copy(dir);
+    let read = || migrations::read(copy.path(), format).unwrap();
+    let migs = read();
+    let t = fresh(kind, dir).await;
+    let report = drift(&t.pool, format, &migs).await.unwrap();
+    assert_eq!(
+        report,
+        Default::default(),
+        "nothing applied, nothing to check"
+    );
+    apply(&t.pool, format, &migs, None, no_progress)
+        .await
+        .unwrap();
+
+    let keeps_checksums = !matches!(format, Format::Diesel | Format::GolangMigrate);
+    let report = drift(&t.pool, format, &migs).await.unwrap();
+    assert!(report.is_clean(), "{dir} {kind:?}: {report:?}");
+    if keeps_checksums {
+        assert_eq!((report.unchanged, report.unchecked.len()), (3, 0));
+    } else {
+        assert_eq!((report.unchanged, report.unchecked.len()), (0, 3));
+        assert!(report.unchecked[0].reason.contains("keeps no checksum"));
+    }
+
+    // Line endings only: not drift.
+    let file = migs[1].file.clone();
+    let lf = std::fs::read_to_string(&file).unwrap();
+    assert!(!lf.contains('\r'), "the fixture is LF");
+    std::fs::write(&file, lf.replace('\n', "\r\n")).unwrap();
+    let report = drift(&t.pool, format, &read()).await.unwrap();
+    assert!(
+        report.is_clean(),
+        "{dir} {kind:?}: CRLF is not drift: {report:?}"
+    );
+
+    // A real edit: drift, naming the file and both checksums.
+    std::fs::write(
+        &file,
+        lf.replace(';', ";\n-- edited after it was applied\n"),
+    )
+    .unwrap();
+    let edited = read();
+    let report = drift(&t.pool, format, &edited).await.unwrap();
+    if keeps_checksums {
+        assert_eq!(report.drift.len(), 1, "{dir} {kind:?}: {report:?}");
+        let d = &report.drift[0];
+        assert_eq!(d.version, migs[1].version);
+        assert_eq!(d.name, migs[1].name);
+        assert_eq!(d.file.as_deref(), Some(file.as_path()));
+        let DriftKind::Changed { stored, found } = &d.kind else {
+            panic!("{dir} {kind:?}: expected a changed file: {d:?}");
+        };
+        assert_ne!(stored, found);
+        let expected = migrations::tool_checksum(format, &migs[1]).to_text();
+        assert!(
+            stored.eq_ignore_ascii_case(&expected),
+            "{stored} vs {expected}"
+        );
+        assert_eq!(report.unchanged, 2);
+    } else {
+        assert!(
+            report.is_clean(),
+            "{dir} {kind:?}: no checksum, no drift: {report:?}"
+        );
+    }
+
+    // Drift is reported, not enforced: revert (where there are downs) and apply still run.
+    let last = edited[2].version.clone();
+    if edited[2].down_is_empty() {
+        std::fs::remove_file(&edited[2].file).unwrap();
+        let report = drift(&t.pool, format, &read()).await.unwrap();
+        assert_eq!(report.drift.len(), 2, "{dir} {kind:?}: {report:?}");
+        assert_eq!(report.drift[1].kind, DriftKind::Missing);
+        return;
+    }
+    let keep = edited[1].version.clone();
+    assert_eq!(
+        revert(&t.pool, format, &edited, Some(&keep), no_progress)
+            .await
+            .unwrap(),
+        std::slice::from_ref(&last)
+    );
+    assert_eq!(
+        apply(&t.pool, format, &edited, None, no_progress)
+            .await
+            .unwrap(),
+        [last]
+    );
+
+    // The newest migration gone from the directory: reported missing, not an error.
+    let report = drift(&t.pool, format, &edited[..2]).await.unwrap();
+    let missing: Vec<_> = report
+        .drift
+        .iter()
+        .filter(|d| d.kind == DriftKind::Missing)
+        .collect();
+    assert_eq!(missing.len(), 1, "{dir} {kind:?}: {report:?}");
+    let expected = if format == Format::Sqitch {
+        &edited[2].name
+    } else {
+        &edited[2].version
+    };
+    assert_eq!(&missing[0].version, expected);
+    assert_eq!(missing[0].file, None);
+}
+
+macro_rules! drift_tests {
+    ($($name:ident: $kind:expr, $format:expr, $dir:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            drift_story($kind, $format, $dir).await;
+        }
+    )*};
+}
+
+drift_tests! {
+    drift_sqlx_sqlite: Kind::Sqlite, Format::Sqlx, "sqlx";
+    drift_sqlx_postgres: Kind::Postgres, Format::Sqlx, "sqlx";
+    drift_flyway_sqlite: Kind::Sqlite, Format::Flyway, "flyway";
+    drift_flyway_postgres: Kind::Postgres, Format::Flyway, "flyway";
+    drift_sqitch_sqlite: Kind::Sqlite, Format::Sqitch, "sqitch";
+    drift_sqitch_postgres: Kind::Postgres, Format::Sqitch, "sqitch";
+    drift_diesel_sqlite: Kind::Sqlite, Format::Diesel, "diesel";
+    drift_diesel_postgres: Kind::Postgres, Format::Diesel, "diesel";
+    drift_golang_migrate_postgres: Kind::Postgres, Format::GolangMigrate, "golang-migrate";
+    drift_refinery_sqlite: Kind::Sqlite, Format::Refinery, "refinery";
+    drift_refinery_postgres: Kind::Postgres, Format::Refinery, "refinery";
 }
