@@ -5,7 +5,8 @@
 //! change is its line endings (a CRLF checkout of an LF file, or the reverse) is not drift:
 //! the stored value is also compared with the file's all-LF and all-CRLF forms, so the
 //! byte-exact hashes of sqlx, refinery and sqitch give the same answer as Flyway's
-//! line-by-line CRC32. diesel and golang-migrate keep no checksum: their applied migrations
+//! line-by-line CRC32 (those tools themselves do see such a file as changed:
+//! [`DriftReport::line_endings_only`] lists them). diesel and golang-migrate keep no checksum: their applied migrations
 //! are reported as unchecked, never as drift.
 //!
 //! Drift is reported, not enforced: [`crate::apply`] and [`crate::revert`] still run.
@@ -89,6 +90,10 @@ pub struct DriftReport {
     pub unchecked: Vec<Unchecked>,
     /// How many applied migrations were compared and found unchanged.
     pub unchanged: usize,
+    /// Of those, the versions whose file differs from what was applied in line endings only.
+    /// Not drift; but sqlx and sqitch hash bytes, so the tool itself sees them as changed
+    /// (`sqlx migrate run` refuses to go on until the file is checked out as applied).
+    pub line_endings_only: Vec<String>,
 }
 
 impl DriftReport {
@@ -161,8 +166,11 @@ pub fn compare(format: Format, migrations: &[Migration], recorded: &[Recorded]) 
             });
             continue;
         };
-        if matches_stored(format, m, stored) {
+        if same_checksum(format, m, &m.up, stored) {
             report.unchanged += 1;
+        } else if matches_stored(format, m, stored) {
+            report.unchanged += 1;
+            report.line_endings_only.push(m.version.clone());
         } else {
             report.drift.push(Drift {
                 version: m.version.clone(),
@@ -181,12 +189,16 @@ pub fn compare(format: Format, migrations: &[Migration], recorded: &[Recorded]) 
 /// True when `stored` is the checksum of `m`'s up script as it is, or of its all-LF or
 /// all-CRLF form.
 pub fn matches_stored(format: Format, m: &Migration, stored: &str) -> bool {
-    let same = |sql: &str| {
-        checksum_of(format, &m.version, &m.name, sql)
-            .to_text()
-            .eq_ignore_ascii_case(stored.trim())
-    };
-    same(&m.up) || line_ending_forms(&m.up).iter().any(|sql| same(sql))
+    same_checksum(format, m, &m.up, stored)
+        || line_ending_forms(&m.up)
+            .iter()
+            .any(|sql| same_checksum(format, m, sql, stored))
+}
+
+fn same_checksum(format: Format, m: &Migration, sql: &str, stored: &str) -> bool {
+    checksum_of(format, &m.version, &m.name, sql)
+        .to_text()
+        .eq_ignore_ascii_case(stored.trim())
 }
 
 #[cfg(test)]
@@ -242,6 +254,13 @@ mod tests {
                 );
                 assert!(report.is_clean(), "{format}: {report:?}");
                 assert_eq!(report.unchanged, 1);
+                // Flyway's CRC32 skips line endings; the others hash bytes.
+                let bytes = usize::from(format != Format::Flyway);
+                assert_eq!(
+                    report.line_endings_only.len(),
+                    bytes,
+                    "{format}: {report:?}"
+                );
             }
             // A real edit is drift, whatever the line endings.
             let edited = crlf.replace("(1)", "(2)");
