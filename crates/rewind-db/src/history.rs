@@ -876,6 +876,77 @@ async fn sqitch_resolve(
         .transpose()
 }
 
+fn missing_requirement(m: &Migration, requirement: &str) -> Error {
+    history_err(
+        Format::Sqitch,
+        format!(
+            "change {} requires {requirement}, which is not deployed; deploy it first",
+            m.name
+        ),
+    )
+}
+
+/// Refuses to apply `m` when the tool would: for sqitch, a required change that is not
+/// deployed or a conflicting one that is. Called right before `m`'s script runs, so the
+/// changes applied before it in the same batch count as deployed.
+pub async fn check_apply(conn: &mut AnyConnection, format: Format, m: &Migration) -> Result<()> {
+    let Some(s) = m.sqitch.as_ref().filter(|_| format == Format::Sqitch) else {
+        return Ok(());
+    };
+    for r in &s.requires {
+        if sqitch_resolve(conn, &s.project, r).await?.is_none() {
+            return Err(missing_requirement(m, r));
+        }
+    }
+    for c in &s.conflicts {
+        if sqitch_resolve(conn, &s.project, c).await?.is_some() {
+            return Err(history_err(
+                format,
+                format!(
+                    "change {} conflicts with {c}, which is deployed; revert it first",
+                    m.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to revert `m` when the tool would: for sqitch, while a deployed change requires
+/// it. Called right before `m`'s down script runs; the batch reverts newest first, so its
+/// own dependents are gone by then.
+pub async fn check_revert(conn: &mut AnyConnection, format: Format, m: &Migration) -> Result<()> {
+    let Some(s) = m.sqitch.as_ref().filter(|_| format == Format::Sqitch) else {
+        return Ok(());
+    };
+    let doing = format!("looking for deployed changes that require {}", m.name);
+    let rows = sqlx::query(
+        "SELECT c.project || ':' || c.change FROM sqitch.dependencies d \
+         JOIN sqitch.changes c ON c.change_id = d.change_id \
+         WHERE d.dependency_id = $1 ORDER BY 1",
+    )
+    .bind(s.change_id.clone())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err(doing.clone()))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let names = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(query_err(doing))?;
+    Err(history_err(
+        format,
+        format!(
+            "change {} is required by deployed changes ({}); revert them first",
+            m.name,
+            names.join(", ")
+        ),
+    ))
+}
+
 async fn sqitch_event(
     conn: &mut AnyConnection,
     pg: bool,
@@ -916,31 +987,16 @@ async fn sqitch_event(
     .map_err(err("projects"))?;
 
     let (tags, requires, conflicts) = if event == "deploy" {
-        // Like `sqitch deploy`: every required change must be deployed (those of this plan
-        // were applied before it in this batch), no conflicting one may be.
         let mut deps = Vec::new();
         for r in &s.requires {
-            let id = sqitch_resolve(conn, &s.project, r).await?.ok_or_else(|| {
-                history_err(
-                    Format::Sqitch,
-                    format!(
-                        "change {} requires {r}, which is not deployed; deploy it first",
-                        m.name
-                    ),
-                )
-            })?;
-            deps.push(("require", r, Some(id)));
+            let id = sqitch_resolve(conn, &s.project, r).await?;
+            deps.push((
+                "require",
+                r,
+                Some(id.ok_or_else(|| missing_requirement(m, r))?),
+            ));
         }
         for c in &s.conflicts {
-            if sqitch_resolve(conn, &s.project, c).await?.is_some() {
-                return Err(history_err(
-                    Format::Sqitch,
-                    format!(
-                        "change {} conflicts with {c}, which is deployed; revert it first",
-                        m.name
-                    ),
-                ));
-            }
             deps.push(("conflict", c, None));
         }
 
@@ -1006,32 +1062,7 @@ async fn sqitch_event(
         let tags: Vec<String> = s.tags.iter().map(|t| format!("@{}", t.name)).collect();
         (tags, s.requires.clone(), s.conflicts.clone())
     } else {
-        // Like `sqitch revert`: refuse while a deployed change that stays requires it
-        // (changes of this plan reverted in this batch are gone already: newest first).
-        let dependents = sqlx::query(
-            "SELECT c.project || ':' || c.change FROM sqitch.dependencies d \
-             JOIN sqitch.changes c ON c.change_id = d.change_id \
-             WHERE d.dependency_id = $1 ORDER BY 1",
-        )
-        .bind(s.change_id.clone())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(err("dependencies"))?;
-        if !dependents.is_empty() {
-            let names: Vec<String> = dependents
-                .iter()
-                .map(|r| r.try_get::<String, _>(0))
-                .collect::<Result<_, _>>()
-                .map_err(err("dependencies"))?;
-            return Err(history_err(
-                Format::Sqitch,
-                format!(
-                    "change {} is required by deployed changes ({}); revert them first",
-                    m.name,
-                    names.join(", ")
-                ),
-            ));
-        }
+        check_revert(conn, Format::Sqitch, m).await?;
         let id = &s.change_id;
         let tags = sqitch_texts(
             conn,
@@ -1111,4 +1142,32 @@ async fn sqitch_texts(
     rows.iter()
         .map(|r| r.try_get::<String, _>(0).map_err(query_err(doing)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqitch_sqlite_registry_is_named_like_sqitch_does() {
+        for (db, registry) in [
+            ("/d/app.db", "/d/sqitch.db"),
+            ("/d/app.sqlite3", "/d/sqitch.sqlite3"),
+            ("/d/app", "/d/sqitch"),
+            ("/d/my.app.db", "/d/sqitch.app.db"),
+        ] {
+            assert_eq!(sqitch_sqlite_registry(Path::new(db)), Path::new(registry));
+        }
+    }
+
+    #[test]
+    fn sqitch_values_per_database() {
+        let (pg, lite) = (SqitchSql { pg: true }, SqitchSql { pg: false });
+        assert_eq!(lite.planned("2024-01-02T03:04:05Z"), "2024-01-02 03:04:05");
+        assert_eq!(pg.planned("2024-01-02T03:04:05Z"), "2024-01-02T03:04:05Z");
+        let items = ["a".to_string(), "b\"c".to_string()];
+        assert_eq!(lite.list(&items, ","), "a,b\"c");
+        assert_eq!(pg.list(&items, ","), "{\"a\",\"b\\\"c\"}");
+        assert_eq!(pg.list(&[], " "), "{}");
+    }
 }

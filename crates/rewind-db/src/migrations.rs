@@ -1158,6 +1158,76 @@ mod tests {
         );
     }
 
+    fn plan_dir(plan: &str, changes: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("sqitch.plan"), plan).unwrap();
+        fs::create_dir(dir.path().join("deploy")).unwrap();
+        for c in changes {
+            fs::write(
+                dir.path().join("deploy").join(format!("{c}.sql")),
+                "SELECT 1;",
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn sqitch_plan_entries_parse_like_sqitch() {
+        let e = parse_plan_entry(
+            "users [roles !old other:thing] 2024-01-01T00:00:00Z Ann Lee <ann@x.org> # a\\nb \\\\ c  ",
+        )
+        .unwrap();
+        assert_eq!(e.name, "users");
+        assert_eq!(e.deps, Some("roles !old other:thing"));
+        assert_eq!(e.planned_at, "2024-01-01T00:00:00Z");
+        assert_eq!((e.planner_name, e.planner_email), ("Ann Lee", "ann@x.org"));
+        assert_eq!(e.note, "a\nb \\ c");
+        let e = parse_plan_entry("users 2024-01-01T00:00:00Z Ann <ann@x.org>").unwrap();
+        assert_eq!((e.deps, e.note.as_str()), (None, ""));
+        for bad in [
+            "users 2024-01-01 Ann <ann@x.org>",
+            "users 2024-01-01T00:00:00Z Ann",
+            "users [roles 2024-01-01T00:00:00Z Ann <a@x>",
+        ] {
+            assert!(parse_plan_entry(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sqitch_requires_must_be_planned_earlier() {
+        let head = "%project=p\n";
+        let ok = plan_dir(
+            &format!(
+                "{head}a 2024-01-01T00:00:00Z A <a@x>\n@v1 2024-01-01T00:00:01Z A <a@x>\n\
+                 b [a p:a@v1 @v1 !c other:x] 2024-01-02T00:00:00Z A <a@x>\n"
+            ),
+            &["a", "b"],
+        );
+        let migs = read(ok.path(), Format::Sqitch).unwrap();
+        let b = migs[1].sqitch.as_ref().unwrap();
+        // The own project's prefix is dropped, as sqitch's change ids need.
+        assert_eq!(b.requires, ["a", "a@v1", "@v1", "other:x"]);
+        assert_eq!(b.conflicts, ["c"]);
+        assert_eq!(migs[0].sqitch.as_ref().unwrap().tags[0].name, "v1");
+
+        for (plan, needle) in [
+            (
+                "b [a] 2024-01-02T00:00:00Z A <a@x>\na 2024-01-01T00:00:00Z A <a@x>\n",
+                "requires \"a\"",
+            ),
+            ("a [@v9] 2024-01-01T00:00:00Z A <a@x>\n", "requires \"@v9\""),
+            (
+                "a 2024-01-01T00:00:00Z A <a@x>\n@v1 2024-01-01T00:00:00Z A <a@x>\n@v1 2024-01-01T00:00:00Z A <a@x>\n",
+                "declared twice",
+            ),
+        ] {
+            let dir = plan_dir(&format!("{head}{plan}"), &["a", "b"]);
+            let e = read(dir.path(), Format::Sqitch).unwrap_err().to_string();
+            assert!(e.contains("sqitch.plan: line") && e.contains(needle), "{e}");
+        }
+    }
+
     #[test]
     #[allow(deprecated)]
     fn siphash13_matches_std() {

@@ -161,15 +161,18 @@ pub async fn apply(
     for m in &pending {
         progress(m, Phase::Applying);
         let started = Instant::now();
-        let outcome = match run_script(&mut tx, &m.up).await {
-            Ok(()) => history::record_apply(&mut tx, format, m, started.elapsed()).await,
-            Err(source) => Err(Error::Migration {
-                version: m.version.clone(),
-                name: m.name.clone(),
-                file: m.file.clone(),
-                down: false,
-                source,
-            }),
+        let outcome = match history::check_apply(&mut tx, format, m).await {
+            Err(e) => Err(e),
+            Ok(()) => match run_script(&mut tx, &m.up).await {
+                Ok(()) => history::record_apply(&mut tx, format, m, started.elapsed()).await,
+                Err(source) => Err(Error::Migration {
+                    version: m.version.clone(),
+                    name: m.name.clone(),
+                    file: m.file.clone(),
+                    down: false,
+                    source,
+                }),
+            },
         };
         if let Err(e) = outcome {
             progress(m, Phase::Failed(e.to_string()));
@@ -240,15 +243,21 @@ pub async fn revert(
             .rev()
             .find(|p| cmp_versions(&p.version, &m.version).is_lt())
             .copied();
-        let outcome = match run_script(&mut tx, m.down.as_deref().unwrap_or_default()).await {
-            Ok(()) => history::record_revert(&mut tx, format, m, previous, started.elapsed()).await,
-            Err(source) => Err(Error::Migration {
-                version: m.version.clone(),
-                name: m.name.clone(),
-                file: m.down_file.clone().unwrap_or_else(|| m.file.clone()),
-                down: true,
-                source,
-            }),
+        let down = m.down.as_deref().unwrap_or_default();
+        let outcome = match history::check_revert(&mut tx, format, m).await {
+            Err(e) => Err(e),
+            Ok(()) => match run_script(&mut tx, down).await {
+                Ok(()) => {
+                    history::record_revert(&mut tx, format, m, previous, started.elapsed()).await
+                }
+                Err(source) => Err(Error::Migration {
+                    version: m.version.clone(),
+                    name: m.name.clone(),
+                    file: m.down_file.clone().unwrap_or_else(|| m.file.clone()),
+                    down: true,
+                    source,
+                }),
+            },
         };
         if let Err(e) = outcome {
             progress(m, Phase::Failed(e.to_string()));

@@ -868,3 +868,84 @@ async fn sqitch_cli_agrees_sqlite() {
 async fn sqitch_cli_agrees_postgres() {
     sqitch_cli_story(Kind::Postgres).await;
 }
+
+/// A change of another sqitch project that requires a fixture change: it cannot be applied
+/// before that change is, and the fixture change cannot be reverted while it stays.
+async fn sqitch_cross_project(kind: Kind) {
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("sqitch.plan"),
+        "%project=reports\n\
+         orders [rewind_fixture:create_users] 2024-02-01T00:00:00Z Bo <bo@example.invalid>\n",
+    )
+    .unwrap();
+    for (dir, sql) in [
+        (
+            "deploy",
+            "CREATE TABLE orders (user_id INTEGER REFERENCES users (id));",
+        ),
+        ("revert", "DROP TABLE orders;"),
+    ] {
+        std::fs::create_dir(other.path().join(dir)).unwrap();
+        std::fs::write(other.path().join(dir).join("orders.sql"), sql).unwrap();
+    }
+    let reports = migrations::read(other.path(), Format::Sqitch).unwrap();
+    let fixture_migs = migrations::read(&fixture("sqitch"), Format::Sqitch).unwrap();
+    let t = fresh(kind, "sqitch_deps").await;
+    let format = Format::Sqitch;
+
+    let err = apply(&t.pool, format, &reports, None, no_progress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("requires rewind_fixture:create_users, which is not deployed"),
+        "{err}"
+    );
+    apply(
+        &t.pool,
+        format,
+        &fixture_migs,
+        Some("create_users"),
+        no_progress,
+    )
+    .await
+    .unwrap();
+    apply(&t.pool, format, &reports, None, no_progress)
+        .await
+        .unwrap();
+    let err = revert(&t.pool, format, &fixture_migs, None, no_progress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("create_users is required by deployed changes (reports:orders)"),
+        "{err}"
+    );
+    assert_eq!(
+        applied(&t.pool, format, &fixture_migs).await.unwrap(),
+        ["0001"]
+    );
+    revert(&t.pool, format, &reports, None, no_progress)
+        .await
+        .unwrap();
+    revert(&t.pool, format, &fixture_migs, None, no_progress)
+        .await
+        .unwrap();
+    assert!(
+        applied(&t.pool, format, &fixture_migs)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqitch_cross_project_sqlite() {
+    sqitch_cross_project(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn sqitch_cross_project_postgres() {
+    sqitch_cross_project(Kind::Postgres).await;
+}
