@@ -294,6 +294,23 @@ mod tests {
     }
 
     #[test]
+    fn targets_name_versions_changes_and_sqitch_tags() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sqitch");
+        let migs = crate::migrations::read(&dir, Format::Sqitch).unwrap();
+        let target = |t: &str| {
+            find(&migs, t)
+                .map(|m| m.name.as_str())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(target("0001"), Ok("create_users"));
+        assert_eq!(target("index_email"), Ok("index_email"));
+        assert_eq!(target("@v1.0"), Ok("add_email"));
+        assert_eq!(target("add_email@v1.0"), Ok("add_email"));
+        assert!(target("@v2.0").unwrap_err().contains("@v2.0"));
+        assert!(target("nope").is_err());
+    }
+
+    #[test]
     fn scripts_with_their_own_transaction_are_refused() {
         let ok = "-- Deploy x\nCREATE TABLE begin_end (id INT);\nINSERT INTO t VALUES (1);";
         assert!(check_transactional(&m(ok), ok).is_ok());
