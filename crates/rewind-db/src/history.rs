@@ -1,8 +1,11 @@
 //! Each tool's own history table, read and written the way the tool does, so the team's tool
 //! agrees with what rewind applied or reverted.
 //!
-//! Assumptions about each table (from the tools' documentation and source as remembered;
-//! sqlx's was checked against sqlx 0.9's source):
+//! What each tool keeps, and how far that was checked against the tool itself: sqitch 1.3.1
+//! (Debian) by the tests, which run it; sqlx-cli 0.9.0 and diesel_cli 2.3.14 by hand on
+//! SQLite and PostgreSQL (`migrate info`/`migration list` after rewind applied or reverted,
+//! the tool's `run`/`revert` followed by rewind, checksums equal); Flyway, golang-migrate and
+//! refinery only from their documentation and source (no installable binary here):
 //!
 //! - **sqlx** `_sqlx_migrations(version BIGINT PRIMARY KEY, description TEXT, installed_on
 //!   TIMESTAMP[TZ] DEFAULT now, success BOOLEAN, checksum BLOB/BYTEA, execution_time BIGINT)`:
