@@ -1,8 +1,11 @@
 //! Each tool's own history table, read and written the way the tool does, so the team's tool
 //! agrees with what rewind applied or reverted.
 //!
-//! Assumptions about each table (from the tools' documentation and source as remembered;
-//! sqlx's was checked against sqlx 0.9's source):
+//! What each tool keeps, and how far that was checked against the tool itself: sqitch 1.3.1
+//! (Debian) by the tests, which run it; sqlx-cli 0.9.0 and diesel_cli 2.3.14 by hand on
+//! SQLite and PostgreSQL (`migrate info`/`migration list` after rewind applied or reverted,
+//! the tool's `run`/`revert` followed by rewind, checksums equal); Flyway, golang-migrate and
+//! refinery only from their documentation and source (no installable binary here):
 //!
 //! - **sqlx** `_sqlx_migrations(version BIGINT PRIMARY KEY, description TEXT, installed_on
 //!   TIMESTAMP[TZ] DEFAULT now, success BOOLEAN, checksum BLOB/BYTEA, execution_time BIGINT)`:
@@ -29,16 +32,23 @@
 //! - **refinery** `refinery_schema_history(version INT4 PRIMARY KEY, name VARCHAR(255),
 //!   applied_on VARCHAR(255) (RFC 3339), checksum VARCHAR(255) (decimal u64))`; refinery has
 //!   no down migrations, so a revert (which the runner refuses anyway) would delete the row.
-//! - **sqitch** registry: on PostgreSQL the schema `sqitch`; on SQLite a separate database
-//!   `sqitch.db` beside the target database file, attached to the connection as `sqitch`
-//!   (so both are changed in one transaction). Written: `releases` (registry version 1.1),
-//!   `projects` (the project, URI, creator), `changes` (one row per deployed change; deleted
-//!   on revert, as sqitch does), `events` (a `deploy` or `revert` row each time, with
-//!   requires/conflicts/tags). Created but **not written**: `tags` and `dependencies` (so
-//!   `sqitch status` would not show plan tags as applied), and sqitch's `fail` events
-//!   (a failed batch is rolled back entirely instead). Committer is `rewind
-//!   <rewind@localhost>` unless the environment sets `REWIND_DB_COMMITTER_NAME` /
-//!   `REWIND_DB_COMMITTER_EMAIL`.
+//! - **sqitch** registry (checked against sqitch 1.3.1: `sqitch status`, `log`, `verify`,
+//!   `deploy` and `revert` agree with what rewind wrote, and rewind reads what sqitch wrote):
+//!   on PostgreSQL the schema `sqitch`; on SQLite a separate database beside the target
+//!   database file (`sqitch.db` for `app.db`, see [`sqitch_sqlite_registry`]), attached to
+//!   the connection as `sqitch` (so both are changed in one transaction). Written as sqitch
+//!   does: `releases` (registry version 1.1, as soon as the registry is created: sqitch
+//!   refuses a registry without it), `projects`, `changes` (one row per deployed change,
+//!   with the deploy script's SHA-1 as `script_hash`), `tags` (the plan's `@tag`s on the
+//!   change, so `sqitch revert --to @tag` finds them), `dependencies` (requires resolved to
+//!   the deployed change id; a deploy whose required change is not deployed, or whose
+//!   conflicting change is, is refused, and so is reverting a change a deployed change
+//!   still requires) and `events` (a `deploy` or `revert` row each time). A revert deletes
+//!   the change's `changes`, `tags` and `dependencies` rows. sqitch's `fail` events are never
+//!   written (a failed batch is rolled back entirely instead). sqitch orders changes by
+//!   `committed_at`; on SQLite, whose clock has milliseconds, each entry of a batch gets a
+//!   later one than the entry before. Committer is `rewind <rewind@localhost>` unless the
+//!   environment sets `REWIND_DB_COMMITTER_NAME` / `REWIND_DB_COMMITTER_EMAIL`.
 
 use std::path::{Path, PathBuf};
 
@@ -91,12 +101,23 @@ async fn sqlite_main_file(conn: &mut AnyConnection) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Where sqitch keeps its registry for a SQLite database file: `sqitch.db` beside it.
+/// Where sqitch keeps its registry for a SQLite database file: beside it, named `sqitch`
+/// with the database file's extension (everything after the first `.`): `app.db` →
+/// `sqitch.db`, `app.sqlite3` → `sqitch.sqlite3`, `app` → `sqitch`, as sqitch's default
+/// `registry_uri` does.
 pub fn sqitch_sqlite_registry(db_file: &Path) -> PathBuf {
+    let name = db_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let registry = match name.split_once('.') {
+        Some((_, ext)) => format!("sqitch.{ext}"),
+        None => "sqitch".to_string(),
+    };
     db_file
         .parent()
         .unwrap_or_else(|| Path::new("."))
-        .join("sqitch.db")
+        .join(registry)
 }
 
 /// Gets a connection ready for `format` outside any transaction: for sqitch on SQLite,
@@ -194,7 +215,22 @@ CREATE INDEX IF NOT EXISTS flyway_schema_history_s_idx ON flyway_schema_history 
         ),
         Format::Sqitch => sqitch_registry_ddl(pg),
     };
-    exec(conn, &sql, &format!("creating the {format} history table")).await
+    exec(conn, &sql, &format!("creating the {format} history table")).await?;
+    if format == Format::Sqitch {
+        // sqitch reads a registry without a release row as one to upgrade from "{old}", and
+        // refuses to deploy or revert until `sqitch upgrade`, which then fails.
+        let (name, email) = committer();
+        sqlx::query(
+            "INSERT INTO sqitch.releases (version, installer_name, installer_email) \
+             SELECT 1.1, $1, $2 WHERE NOT EXISTS (SELECT 1 FROM sqitch.releases)",
+        )
+        .bind(name)
+        .bind(email)
+        .execute(&mut *conn)
+        .await
+        .map_err(query_err("recording the sqitch registry release"))?;
+    }
+    Ok(())
 }
 
 fn sqitch_registry_ddl(pg: bool) -> String {
@@ -260,7 +296,11 @@ CREATE TABLE IF NOT EXISTS sqitch.dependencies (
     change_id TEXT NOT NULL REFERENCES changes(change_id) ON UPDATE CASCADE ON DELETE CASCADE,
     type TEXT NOT NULL,
     dependency TEXT NOT NULL,
-    dependency_id TEXT NULL REFERENCES changes(change_id) ON UPDATE CASCADE,
+    dependency_id TEXT NULL REFERENCES changes(change_id) ON UPDATE CASCADE
+        CONSTRAINT dependencies_check CHECK (
+            (type = 'require' AND dependency_id IS NOT NULL)
+            OR (type = 'conflict' AND dependency_id IS NULL)
+        ),
     PRIMARY KEY (change_id, dependency)
 );
 CREATE TABLE IF NOT EXISTS sqitch.events (
@@ -486,6 +526,93 @@ pub async fn applied(
     Ok(versions)
 }
 
+/// One applied migration as the tool's history records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The version as the tool stores it; for sqitch the change name.
+    pub key: String,
+    /// The description or name the history holds ("" when it holds none).
+    pub name: String,
+    /// The stored checksum as text (see [`crate::migrations::Checksum::to_text`]), `None`
+    /// when the tool keeps none or the row has none.
+    pub checksum: Option<String>,
+}
+
+/// What the history says is applied, with the checksums it stored, in apply order. Unlike
+/// [`applied`] it does not check the rows against `migrations` (drift reports those that
+/// have no file). golang-migrate keeps only its current version: one entry. Rows a tool
+/// records as failed are left out ([`applied`] refuses them).
+pub async fn recorded(
+    conn: &mut AnyConnection,
+    format: Format,
+    migrations: &[Migration],
+) -> Result<Vec<Recorded>> {
+    if !table_exists(conn, format).await? {
+        return Ok(Vec::new());
+    }
+    let pg = Backend::of(conn)? == Backend::Postgres;
+    let doing = format!("reading {}", format.history_table());
+    let project = migrations
+        .iter()
+        .find_map(|m| m.sqitch.as_ref())
+        .map(|s| s.project.clone())
+        .unwrap_or_default();
+    let sql = match format {
+        Format::Sqlx if pg => {
+            "SELECT CAST(version AS TEXT), description, encode(checksum, 'hex') \
+             FROM _sqlx_migrations WHERE success ORDER BY version"
+        }
+        Format::Sqlx => {
+            "SELECT CAST(version AS TEXT), description, lower(hex(checksum)) \
+             FROM _sqlx_migrations WHERE success ORDER BY version"
+        }
+        Format::Diesel => "SELECT version, '', CAST(NULL AS TEXT) FROM __diesel_schema_migrations",
+        Format::GolangMigrate => {
+            "SELECT CAST(version AS TEXT), '', CAST(NULL AS TEXT) FROM schema_migrations \
+             WHERE NOT dirty"
+        }
+        // The latest successful SQL row of each version that no later undo took back.
+        Format::Flyway => {
+            "SELECT h.version, h.description, CAST(h.checksum AS TEXT) \
+             FROM flyway_schema_history h \
+             WHERE h.success AND h.version IS NOT NULL AND h.type = 'SQL' \
+             AND NOT EXISTS (SELECT 1 FROM flyway_schema_history u \
+               WHERE u.version = h.version AND u.success \
+               AND u.type IN ('SQL', 'UNDO_SQL') AND u.installed_rank > h.installed_rank)"
+        }
+        Format::Refinery => {
+            "SELECT CAST(version AS TEXT), name, checksum FROM refinery_schema_history"
+        }
+        Format::Sqitch => {
+            "SELECT change, change, script_hash FROM sqitch.changes WHERE project = $1 \
+             ORDER BY committed_at"
+        }
+    };
+    let mut q = sqlx::query(sql);
+    if format == Format::Sqitch {
+        q = q.bind(project);
+    }
+    let rows = q
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query_err(doing.clone()))?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(Recorded {
+            key: r.try_get(0).map_err(query_err(doing.clone()))?,
+            name: r.try_get(1).map_err(query_err(doing.clone()))?,
+            checksum: r
+                .try_get::<Option<String>, _>(2)
+                .map_err(query_err(doing.clone()))?
+                .filter(|c| !c.is_empty()),
+        });
+    }
+    if format != Format::Sqitch {
+        out.sort_by(|a, b| cmp_versions(&a.key, &b.key));
+    }
+    Ok(out)
+}
+
 fn committer() -> (String, String) {
     (
         std::env::var("REWIND_DB_COMMITTER_NAME").unwrap_or_else(|_| "rewind".into()),
@@ -645,6 +772,184 @@ async fn flyway_row(
     Ok(())
 }
 
+/// How one database spells sqitch's registry values.
+struct SqitchSql {
+    pg: bool,
+}
+
+impl SqitchSql {
+    /// A placeholder holding a plan timestamp, as the column type wants it.
+    fn ts(&self, p: &str) -> String {
+        if self.pg {
+            format!("CAST({p} AS TIMESTAMPTZ)")
+        } else {
+            p.to_string()
+        }
+    }
+
+    /// A plan timestamp (`2024-01-01T00:00:00Z`) as sqitch stores it: PostgreSQL parses it;
+    /// on SQLite sqitch writes `2024-01-01 00:00:00` (UTC).
+    fn planned(&self, at: &str) -> String {
+        if self.pg {
+            at.to_string()
+        } else {
+            at.trim_end_matches('Z').replacen('T', " ", 1)
+        }
+    }
+
+    /// A placeholder holding a list (events' `requires`, `conflicts`, `tags`).
+    fn arr(&self, p: &str) -> String {
+        if self.pg {
+            format!("CAST({p} AS TEXT[])")
+        } else {
+            p.to_string()
+        }
+    }
+
+    /// A list as the events table holds it: a PostgreSQL array literal, or on SQLite the
+    /// items joined by `sep` (sqitch joins tags with a space, dependencies with a comma).
+    fn list(&self, items: &[String], sep: &str) -> String {
+        if self.pg {
+            let quoted: Vec<String> = items
+                .iter()
+                .map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\"")))
+                .collect();
+            format!("{{{}}}", quoted.join(","))
+        } else {
+            items.join(sep)
+        }
+    }
+}
+
+/// The `committed_at` of the next registry entry. PostgreSQL's `clock_timestamp()` moves on
+/// between statements; SQLite's millisecond clock does not always, and sqitch orders
+/// deployed changes by `committed_at` (`sqitch status` shows the latest, `sqitch revert`
+/// walks them backwards), so on SQLite each entry gets at least 1 ms after the previous.
+async fn sqitch_committed_at(conn: &mut AnyConnection, pg: bool) -> Result<Option<String>> {
+    if pg {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "SELECT CASE WHEN last IS NOT NULL AND last >= now \
+           THEN strftime('%Y-%m-%d %H:%M:%f', last, '+0.001 seconds') ELSE now END \
+         FROM (SELECT strftime('%Y-%m-%d %H:%M:%f', 'now') AS now, \
+           (SELECT MAX(committed_at) FROM sqitch.events) AS last)",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(query_err("reading the sqitch registry's latest event time"))?;
+    Ok(Some(row.try_get(0).map_err(query_err(
+        "reading the sqitch registry's latest event time",
+    ))?))
+}
+
+/// The change id a dependency names (`change`, `change@tag`, `@tag`, `project:…` or an id),
+/// looked up in the registry as sqitch does; `None` when it is not deployed.
+async fn sqitch_resolve(
+    conn: &mut AnyConnection,
+    own_project: &str,
+    dep: &str,
+) -> Result<Option<String>> {
+    let doing = format!("looking up the sqitch dependency {dep}");
+    let (project, key) = match dep.split_once(':') {
+        Some((p, k)) => (p, k),
+        None => (own_project, dep),
+    };
+    let (change, tag) = key.split_once('@').unwrap_or((key, ""));
+    let q = if change.is_empty() {
+        sqlx::query("SELECT change_id FROM sqitch.tags WHERE project = $1 AND tag = $2")
+            .bind(project.to_string())
+            .bind(format!("@{tag}"))
+    } else if change.len() == 40 && change.bytes().all(|b| b.is_ascii_hexdigit()) {
+        sqlx::query("SELECT change_id FROM sqitch.changes WHERE change_id = $1")
+            .bind(change.to_string())
+    } else {
+        sqlx::query(
+            "SELECT change_id FROM sqitch.changes WHERE project = $1 AND change = $2 \
+             ORDER BY committed_at DESC LIMIT 1",
+        )
+        .bind(project.to_string())
+        .bind(change.to_string())
+    };
+    let row = q
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(query_err(doing.clone()))?;
+    row.map(|r| r.try_get::<String, _>(0).map_err(query_err(doing)))
+        .transpose()
+}
+
+fn missing_requirement(m: &Migration, requirement: &str) -> Error {
+    history_err(
+        Format::Sqitch,
+        format!(
+            "change {} requires {requirement}, which is not deployed; deploy it first",
+            m.name
+        ),
+    )
+}
+
+/// Refuses to apply `m` when the tool would: for sqitch, a required change that is not
+/// deployed or a conflicting one that is. Called right before `m`'s script runs, so the
+/// changes applied before it in the same batch count as deployed.
+pub async fn check_apply(conn: &mut AnyConnection, format: Format, m: &Migration) -> Result<()> {
+    let Some(s) = m.sqitch.as_ref().filter(|_| format == Format::Sqitch) else {
+        return Ok(());
+    };
+    for r in &s.requires {
+        if sqitch_resolve(conn, &s.project, r).await?.is_none() {
+            return Err(missing_requirement(m, r));
+        }
+    }
+    for c in &s.conflicts {
+        if sqitch_resolve(conn, &s.project, c).await?.is_some() {
+            return Err(history_err(
+                format,
+                format!(
+                    "change {} conflicts with {c}, which is deployed; revert it first",
+                    m.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to revert `m` when the tool would: for sqitch, while a deployed change requires
+/// it. Called right before `m`'s down script runs; the batch reverts newest first, so its
+/// own dependents are gone by then.
+pub async fn check_revert(conn: &mut AnyConnection, format: Format, m: &Migration) -> Result<()> {
+    let Some(s) = m.sqitch.as_ref().filter(|_| format == Format::Sqitch) else {
+        return Ok(());
+    };
+    let doing = format!("looking for deployed changes that require {}", m.name);
+    let rows = sqlx::query(
+        "SELECT c.project || ':' || c.change FROM sqitch.dependencies d \
+         JOIN sqitch.changes c ON c.change_id = d.change_id \
+         WHERE d.dependency_id = $1 ORDER BY 1",
+    )
+    .bind(s.change_id.clone())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err(doing.clone()))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let names = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(query_err(doing))?;
+    Err(history_err(
+        format,
+        format!(
+            "change {} is required by deployed changes ({}); revert them first",
+            m.name,
+            names.join(", ")
+        ),
+    ))
+}
+
 async fn sqitch_event(
     conn: &mut AnyConnection,
     pg: bool,
@@ -657,47 +962,20 @@ async fn sqitch_event(
             format!("V{} was not read from a sqitch plan", m.version),
         )
     })?;
+    let sql = SqitchSql { pg };
     let (committer_name, committer_email) = committer();
     let doing = format!("recording the {event} of {} in the sqitch registry", m.name);
-    let ts = |p: &str| {
-        if pg {
-            format!("CAST({p} AS TIMESTAMPTZ)")
-        } else {
-            p.to_string()
-        }
-    };
-    let list = |items: &[String]| {
-        if pg {
-            format!(
-                "{{{}}}",
-                items
-                    .iter()
-                    .map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\"")))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
-        } else {
-            items.join(" ")
-        }
-    };
-    let arr = |p: &str| {
-        if pg {
-            format!("CAST({p} AS TEXT[])")
-        } else {
-            p.to_string()
-        }
-    };
     let err = |d: &str| query_err(format!("{doing}: {d}"));
+    let committed_at = sqitch_committed_at(conn, pg).await?;
+    // The time rewind chose (SQLite), else what sqitch's column default gives.
+    let at = |p: &str| {
+        if pg {
+            format!("COALESCE(CAST({p} AS TIMESTAMPTZ), clock_timestamp())")
+        } else {
+            p.to_string()
+        }
+    };
 
-    sqlx::query(
-        "INSERT INTO sqitch.releases (version, installer_name, installer_email) \
-         SELECT 1.1, $1, $2 WHERE NOT EXISTS (SELECT 1 FROM sqitch.releases)",
-    )
-    .bind(committer_name.clone())
-    .bind(committer_email.clone())
-    .execute(&mut *conn)
-    .await
-    .map_err(err("releases"))?;
     sqlx::query(
         "INSERT INTO sqitch.projects (project, uri, creator_name, creator_email) \
          SELECT $1, $2, $3, $4 WHERE NOT EXISTS \
@@ -711,12 +989,26 @@ async fn sqitch_event(
     .await
     .map_err(err("projects"))?;
 
-    if event == "deploy" {
+    let (tags, requires, conflicts) = if event == "deploy" {
+        let mut deps = Vec::new();
+        for r in &s.requires {
+            let id = sqitch_resolve(conn, &s.project, r).await?;
+            deps.push((
+                "require",
+                r,
+                Some(id.ok_or_else(|| missing_requirement(m, r))?),
+            ));
+        }
+        for c in &s.conflicts {
+            deps.push(("conflict", c, None));
+        }
+
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO sqitch.changes (change_id, script_hash, change, project, note, \
-             committer_name, committer_email, planned_at, planner_name, planner_email) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, {}, $9, $10)",
-            ts("$8")
+             committer_name, committer_email, planned_at, planner_name, planner_email, \
+             committed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, {}, $9, $10, {})",
+            sql.ts("$8"),
+            at("$11"),
         )))
         .bind(s.change_id.clone())
         .bind(tool_checksum(Format::Sqitch, m).to_text())
@@ -725,46 +1017,160 @@ async fn sqitch_event(
         .bind(s.note.clone())
         .bind(committer_name.clone())
         .bind(committer_email.clone())
-        .bind(s.planned_at.clone())
+        .bind(sql.planned(&s.planned_at))
         .bind(s.planner_name.clone())
         .bind(s.planner_email.clone())
+        .bind(committed_at.clone())
         .execute(&mut *conn)
         .await
         .map_err(err("changes"))?;
+
+        for (kind, dependency, id) in deps {
+            sqlx::query(
+                "INSERT INTO sqitch.dependencies (change_id, type, dependency, dependency_id) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(s.change_id.clone())
+            .bind(kind.to_string())
+            .bind(dependency.clone())
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(err("dependencies"))?;
+        }
+
+        for t in &s.tags {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO sqitch.tags (tag_id, tag, project, change_id, note, \
+                 committer_name, committer_email, planned_at, planner_name, planner_email, \
+                 committed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, {}, $9, $10, {})",
+                sql.ts("$8"),
+                at("$11"),
+            )))
+            .bind(t.tag_id.clone())
+            .bind(format!("@{}", t.name))
+            .bind(s.project.clone())
+            .bind(s.change_id.clone())
+            .bind(t.note.clone())
+            .bind(committer_name.clone())
+            .bind(committer_email.clone())
+            .bind(sql.planned(&t.planned_at))
+            .bind(t.planner_name.clone())
+            .bind(t.planner_email.clone())
+            .bind(committed_at.clone())
+            .execute(&mut *conn)
+            .await
+            .map_err(err("tags"))?;
+        }
+        let tags: Vec<String> = s.tags.iter().map(|t| format!("@{}", t.name)).collect();
+        (tags, s.requires.clone(), s.conflicts.clone())
     } else {
-        sqlx::query("DELETE FROM sqitch.changes WHERE change_id = $1")
+        check_revert(conn, Format::Sqitch, m).await?;
+        let id = &s.change_id;
+        let tags = sqitch_texts(
+            conn,
+            "SELECT tag FROM sqitch.tags WHERE change_id = $1 ORDER BY tag",
+            id,
+        )
+        .await?;
+        let requires = sqitch_texts(
+            conn,
+            "SELECT dependency FROM sqitch.dependencies \
+             WHERE change_id = $1 AND type = 'require' ORDER BY dependency",
+            id,
+        )
+        .await?;
+        let conflicts = sqitch_texts(
+            conn,
+            "SELECT dependency FROM sqitch.dependencies \
+             WHERE change_id = $1 AND type = 'conflict' ORDER BY dependency",
+            id,
+        )
+        .await?;
+        for table in ["tags", "dependencies", "changes"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM sqitch.{table} WHERE change_id = $1"
+            )))
             .bind(s.change_id.clone())
             .execute(&mut *conn)
             .await
-            .map_err(err("changes"))?;
-    }
+            .map_err(err(table))?;
+        }
+        (tags, requires, conflicts)
+    };
 
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO sqitch.events (event, change_id, change, project, note, requires, \
          conflicts, tags, committer_name, committer_email, planned_at, planner_name, \
-         planner_email) VALUES ($1, $2, $3, $4, $5, {}, {}, {}, $9, $10, {}, $12, $13)",
-        arr("$6"),
-        arr("$7"),
-        arr("$8"),
-        ts("$11")
+         planner_email, committed_at) \
+         VALUES ($1, $2, $3, $4, $5, {}, {}, {}, $9, $10, {}, $12, $13, {})",
+        sql.arr("$6"),
+        sql.arr("$7"),
+        sql.arr("$8"),
+        sql.ts("$11"),
+        at("$14"),
     )))
     .bind(event.to_string())
     .bind(s.change_id.clone())
     .bind(m.name.clone())
     .bind(s.project.clone())
     .bind(s.note.clone())
-    .bind(list(&s.requires))
-    .bind(list(&s.conflicts))
-    .bind(list(
-        &s.tags.iter().map(|t| format!("@{t}")).collect::<Vec<_>>(),
-    ))
+    .bind(sql.list(&requires, ","))
+    .bind(sql.list(&conflicts, ","))
+    .bind(sql.list(&tags, " "))
     .bind(committer_name)
     .bind(committer_email)
-    .bind(s.planned_at.clone())
+    .bind(sql.planned(&s.planned_at))
     .bind(s.planner_name.clone())
     .bind(s.planner_email.clone())
+    .bind(committed_at)
     .execute(&mut *conn)
     .await
     .map_err(err("events"))?;
     Ok(())
+}
+
+/// The first column of `sql` run with `$1` bound to `id`.
+async fn sqitch_texts(
+    conn: &mut AnyConnection,
+    sql: &'static str,
+    id: &str,
+) -> Result<Vec<String>> {
+    let doing = "reading a change's tags and dependencies from the sqitch registry";
+    let rows = sqlx::query(sql)
+        .bind(id.to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query_err(doing))?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(query_err(doing)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqitch_sqlite_registry_is_named_like_sqitch_does() {
+        for (db, registry) in [
+            ("/d/app.db", "/d/sqitch.db"),
+            ("/d/app.sqlite3", "/d/sqitch.sqlite3"),
+            ("/d/app", "/d/sqitch"),
+            ("/d/my.app.db", "/d/sqitch.app.db"),
+        ] {
+            assert_eq!(sqitch_sqlite_registry(Path::new(db)), Path::new(registry));
+        }
+    }
+
+    #[test]
+    fn sqitch_values_per_database() {
+        let (pg, lite) = (SqitchSql { pg: true }, SqitchSql { pg: false });
+        assert_eq!(lite.planned("2024-01-02T03:04:05Z"), "2024-01-02 03:04:05");
+        assert_eq!(pg.planned("2024-01-02T03:04:05Z"), "2024-01-02T03:04:05Z");
+        let items = ["a".to_string(), "b\"c".to_string()];
+        assert_eq!(lite.list(&items, ","), "a,b\"c");
+        assert_eq!(pg.list(&items, ","), "{\"a\",\"b\\\"c\"}");
+        assert_eq!(pg.list(&[], " "), "{}");
+    }
 }

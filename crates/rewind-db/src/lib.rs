@@ -5,6 +5,8 @@
 //!   computes the checksum each tool stores.
 //! - [`history`] reads and writes that tool's own history table (or sqitch's registry), so
 //!   the team's tool agrees with what rewind did.
+//! - [`drift`] compares the checksums a history stored with the files now, CRLF and LF
+//!   alike, and reports changed and missing migrations.
 //! - [`runner`] applies and reverts migrations, each batch in one transaction, on SQLite
 //!   and PostgreSQL through sqlx's `Any` driver.
 //!
@@ -13,11 +15,13 @@
 
 use std::path::PathBuf;
 
+pub mod drift;
 pub mod history;
 pub mod migrations;
 pub mod runner;
 
-pub use migrations::{Format, Migration, SqitchChange};
+pub use drift::{Drift, DriftKind, DriftReport, Unchecked, drift};
+pub use migrations::{Format, Migration, SqitchChange, SqitchTag};
 pub use runner::{Phase, applied, apply, revert};
 
 /// Everything that can go wrong, naming the file or migration concerned.

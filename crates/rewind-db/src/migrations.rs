@@ -203,15 +203,32 @@ pub struct SqitchChange {
     /// The change id: SHA-1 over the change's canonical description (see
     /// [`sqitch_change_id`]).
     pub change_id: String,
+    /// Required changes as sqitch writes them (`change`, `change@tag`, `@tag`,
+    /// `other_project:change`); the own project's prefix is left out.
     pub requires: Vec<String>,
+    /// Conflicting changes, likewise (without the `!`).
     pub conflicts: Vec<String>,
-    /// Tags declared right after this change in the plan (without `@`).
-    pub tags: Vec<String>,
+    /// Tags declared right after this change in the plan.
+    pub tags: Vec<SqitchTag>,
+    /// `YYYY-MM-DDTHH:MM:SSZ`, as in the plan.
     pub planned_at: String,
     pub planner_name: String,
     pub planner_email: String,
     pub note: String,
     pub verify: Option<String>,
+}
+
+/// A `@tag` line of `sqitch.plan`: what the registry's `tags` table records about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqitchTag {
+    /// The name without `@`.
+    pub name: String,
+    /// SHA-1 over the tag's canonical description (see [`sqitch_tag_id`]).
+    pub tag_id: String,
+    pub planned_at: String,
+    pub planner_name: String,
+    pub planner_email: String,
+    pub note: String,
 }
 
 /// True when `sql` holds only whitespace, `-- …` line comments and `/* … */` block comments.
@@ -586,8 +603,103 @@ fn read_diesel(dir: &Path) -> Result<Vec<Migration>> {
     Ok(out)
 }
 
+/// One line of `sqitch.plan` that declares a change or a tag, split into its parts.
+struct PlanEntry<'a> {
+    name: &'a str,
+    deps: Option<&'a str>,
+    planned_at: &'a str,
+    planner_name: &'a str,
+    planner_email: &'a str,
+    note: String,
+}
+
+/// Splits `name [deps] timestamp planner <email> # note` (a tag line without its `@`) the
+/// way sqitch's plan parser does: the note is everything after the first `#`, trimmed, with
+/// `\n`, `\r` and `\\` unescaped.
+fn parse_plan_entry(line: &str) -> Result<PlanEntry<'_>, String> {
+    let (head, note) = match line.split_once('#') {
+        Some((h, n)) => (h.trim(), unescape_note(n.trim())),
+        None => (line.trim(), String::new()),
+    };
+    let (name, rest) = head.split_once(char::is_whitespace).unwrap_or((head, ""));
+    if name.is_empty() {
+        return Err("an entry without a name".into());
+    }
+    let mut rest = rest.trim_start();
+    let mut deps = None;
+    if let Some(after) = rest.strip_prefix('[') {
+        let (d, after) = after
+            .split_once(']')
+            .ok_or("unclosed [ in the dependencies")?;
+        deps = Some(d);
+        rest = after.trim_start();
+    }
+    let (planned_at, planner) = rest
+        .split_once(char::is_whitespace)
+        .ok_or("expected: name [dependencies] timestamp planner <email>")?;
+    if !is_plan_timestamp(planned_at) {
+        return Err(format!(
+            "{planned_at:?} is not a plan timestamp (YYYY-MM-DDTHH:MM:SSZ)"
+        ));
+    }
+    let (planner_name, email) = planner
+        .split_once('<')
+        .ok_or("the planner has no <email>")?;
+    let planner_email = email
+        .trim_end()
+        .strip_suffix('>')
+        .ok_or("unclosed <email>")?;
+    Ok(PlanEntry {
+        name,
+        deps,
+        planned_at,
+        planner_name: planner_name.trim(),
+        planner_email,
+        note,
+    })
+}
+
+fn unescape_note(note: &str) -> String {
+    let mut out = String::with_capacity(note.len());
+    let mut chars = note.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('\\') => out.push('\\'),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, the only form sqitch writes in a plan.
+fn is_plan_timestamp(ts: &str) -> bool {
+    let b = ts.as_bytes();
+    b.len() == 20
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
 /// sqitch: `sqitch.plan` lists changes in order; `%pragma` lines set the project, `@tag`
 /// lines tag the change before them, `#` lines are comments.
+///
+/// A change may only require changes planned before it (or tags declared before it), as
+/// sqitch insists; dependencies on other projects (`other:change`) are resolved against the
+/// registry when the change is applied.
 ///
 /// Not supported (an error naming the line): reworked changes (a name planned twice, whose
 /// earlier scripts live in `deploy/<change>@<tag>.sql`) and `-change` revert entries.
@@ -613,13 +725,31 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
             continue;
         }
         if let Some(tag) = line.strip_prefix('@') {
-            let name = tag.split_whitespace().next().unwrap_or("");
-            let Some(last) = out.last_mut() else {
+            let entry = parse_plan_entry(tag).map_err(|e| at_line(&e))?;
+            if entry.deps.is_some() {
+                return Err(at_line("tags may not specify dependencies"));
+            }
+            let name = entry.name;
+            if out
+                .iter()
+                .filter_map(|m| m.sqitch.as_ref())
+                .any(|s| s.tags.iter().any(|t| t.name == name))
+            {
+                return Err(at_line(&format!("tag @{name} is declared twice")));
+            }
+            let Some(change) = out.last_mut().and_then(|m| m.sqitch.as_mut()) else {
                 return Err(at_line("a tag before any change"));
             };
-            if let Some(s) = last.sqitch.as_mut() {
-                s.tags.push(name.to_string());
-            }
+            let mut tag = SqitchTag {
+                name: name.to_string(),
+                tag_id: String::new(),
+                planned_at: entry.planned_at.to_string(),
+                planner_name: entry.planner_name.to_string(),
+                planner_email: entry.planner_email.to_string(),
+                note: entry.note,
+            };
+            tag.tag_id = sqitch_tag_id(&tag, change);
+            change.tags.push(tag);
             continue;
         }
         if line.starts_with('-') {
@@ -629,42 +759,48 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
         let Some(project) = project.clone() else {
             return Err(at_line("a change before the %project pragma"));
         };
-        let (head, note) = match line.split_once(" #") {
-            Some((h, n)) => (h.trim(), n.trim().to_string()),
-            None => (line, String::new()),
-        };
-        let (name, rest) = head.split_once(char::is_whitespace).unwrap_or((head, ""));
-        let mut rest = rest.trim_start();
-        let (mut requires, mut conflicts) = (Vec::new(), Vec::new());
-        if let Some(deps) = rest.strip_prefix('[') {
-            let (deps, after) = deps
-                .split_once(']')
-                .ok_or_else(|| at_line("unclosed [ in the dependencies"))?;
-            for dep in deps.split_whitespace() {
-                match dep.strip_prefix('!') {
-                    Some(c) => conflicts.push(c.to_string()),
-                    None => requires.push(dep.to_string()),
-                }
-            }
-            rest = after.trim_start();
-        }
-        let (planned_at, planner) = rest
-            .split_once(char::is_whitespace)
-            .ok_or_else(|| at_line("expected: change [deps] timestamp planner <email>"))?;
-        let (planner_name, email) = planner
-            .split_once('<')
-            .ok_or_else(|| at_line("the planner has no <email>"))?;
-        let planner_email = email
-            .strip_suffix('>')
-            .or_else(|| email.split_once('>').map(|(e, _)| e))
-            .ok_or_else(|| at_line("unclosed <email>"))?;
-        if name.is_empty() {
-            return Err(at_line("a change without a name"));
-        }
+        let entry = parse_plan_entry(line).map_err(|e| at_line(&e))?;
+        let name = entry.name;
         if out.iter().any(|m| m.name == name) {
             return Err(at_line(&format!(
                 "change {name:?} is planned twice (reworked changes are not supported)"
             )));
+        }
+        let (mut requires, mut conflicts) = (Vec::new(), Vec::new());
+        for dep in entry.deps.unwrap_or("").split_whitespace() {
+            let (conflict, spec) = match dep.strip_prefix('!') {
+                Some(c) => (true, c),
+                None => (false, dep),
+            };
+            // Like sqitch's Depend::as_string: the own project's name is left out.
+            let spec = spec
+                .strip_prefix(&format!("{project}:"))
+                .unwrap_or(spec)
+                .to_string();
+            if conflict {
+                conflicts.push(spec);
+                continue;
+            }
+            if !spec.contains(':') && !is_sqitch_id(&spec) {
+                let (change, tag) = spec.split_once('@').unwrap_or((&spec, ""));
+                let planned = |c: &str| out.iter().any(|m| m.name == c);
+                let tagged = |t: &str| {
+                    out.iter()
+                        .filter_map(|m| m.sqitch.as_ref())
+                        .any(|s| s.tags.iter().any(|x| x.name == t))
+                };
+                let known = match (change, tag) {
+                    ("", t) => tagged(t),
+                    (c, "") => planned(c),
+                    (c, t) => planned(c) && tagged(t),
+                };
+                if !known {
+                    return Err(at_line(&format!(
+                        "change {name:?} requires {spec:?}, which is not planned before it"
+                    )));
+                }
+            }
+            requires.push(spec);
         }
         let deploy = dir.join("deploy").join(format!("{name}.sql"));
         let revert = dir.join("revert").join(format!("{name}.sql"));
@@ -686,10 +822,10 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
             requires,
             conflicts,
             tags: Vec::new(),
-            planned_at: planned_at.to_string(),
-            planner_name: planner_name.trim().to_string(),
-            planner_email: planner_email.to_string(),
-            note,
+            planned_at: entry.planned_at.to_string(),
+            planner_name: entry.planner_name.to_string(),
+            planner_email: entry.planner_email.to_string(),
+            note: entry.note,
             verify: if verify.is_file() {
                 Some(read_text(&verify)?)
             } else {
@@ -734,8 +870,23 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
     Ok(out)
 }
 
-/// Sqitch's change id, as we understand it: the SHA-1 of `change <len>\0<info>` (the
-/// git-object convention), where `<info>` is
+/// A 40-digit hex change id, which sqitch accepts as a dependency.
+fn is_sqitch_id(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The SHA-1 (hex) of `<kind> <len>\0<info>`, the git-object convention sqitch uses for
+/// change and tag ids.
+fn sqitch_object_id(kind: &str, info: &str) -> String {
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(format!("{kind} {}\0", info.len()).as_bytes());
+    h.update(info.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Sqitch's change id (App::Sqitch::Plan::Change `id`): the SHA-1 of `change <len>\0<info>`,
+/// where `<info>` is
 ///
 /// ```text
 /// project <project>
@@ -750,10 +901,10 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
 /// <note>                     (only with a note)
 /// ```
 ///
-/// Assumption: reconstructed from memory of App::Sqitch::Plan::Change, not checked against
-/// the sqitch binary; the registry round-trip in this crate does not depend on it matching.
+/// Checked against sqitch 1.3.1: `sqitch deploy` of the test fixture writes these ids, and
+/// `sqitch status` finds the changes rewind recorded in its plan. The URI is used as written
+/// (sqitch canonicalises it first: keep `%uri` canonical, lower-case scheme and host).
 pub fn sqitch_change_id(name: &str, c: &SqitchChange, parent: Option<&str>) -> String {
-    use sha1::Digest;
     let mut info = format!("project {}\n", c.project);
     if let Some(uri) = &c.uri {
         info.push_str(&format!("uri {uri}\n"));
@@ -781,10 +932,25 @@ pub fn sqitch_change_id(name: &str, c: &SqitchChange, parent: Option<&str>) -> S
     if !c.note.is_empty() {
         info.push_str(&format!("\n\n{}", c.note));
     }
-    let mut h = sha1::Sha1::new();
-    h.update(format!("change {}\0", info.len()).as_bytes());
-    h.update(info.as_bytes());
-    hex::encode(h.finalize())
+    sqitch_object_id("change", &info)
+}
+
+/// Sqitch's tag id (App::Sqitch::Plan::Tag `id`): like [`sqitch_change_id`] with
+/// `tag <len>\0`, over `project`, `uri`, `tag @<name>`, `change <change id>`, `planner`,
+/// `date` and the note.
+pub fn sqitch_tag_id(tag: &SqitchTag, change: &SqitchChange) -> String {
+    let mut info = format!("project {}\n", change.project);
+    if let Some(uri) = &change.uri {
+        info.push_str(&format!("uri {uri}\n"));
+    }
+    info.push_str(&format!(
+        "tag @{}\nchange {}\nplanner {} <{}>\ndate {}",
+        tag.name, change.change_id, tag.planner_name, tag.planner_email, tag.planned_at
+    ));
+    if !tag.note.is_empty() {
+        info.push_str(&format!("\n\n{}", tag.note));
+    }
+    sqitch_object_id("tag", &info)
 }
 
 // ---- checksums -------------------------------------------------------------------------
@@ -802,9 +968,12 @@ pub enum Checksum {
     Crc32(i32),
     /// refinery: SipHash-1-3 (keys 0) of `name`, `version` (i32) and the SQL, hashed with
     /// Rust's `Hash` (a `str` writes its bytes then `0xff`; an i32 its 4 little-endian
-    /// bytes), stored as decimal text. Assumption from memory of refinery's source.
+    /// bytes), stored as decimal text, as refinery_core's `Migration::unapplied` computes it
+    /// (checked against its source; with refinery's `int8-versions` feature the version is
+    /// hashed as an i64 instead, which this does not cover).
     SipHash13(u64),
-    /// sqitch: SHA-1 (hex) of the deploy script (`changes.script_hash`).
+    /// sqitch: SHA-1 (hex) of the deploy script's raw bytes (`changes.script_hash`), as
+    /// sqitch 1.3.1 writes it.
     Sha1(String),
     /// diesel and golang-migrate store no checksum.
     None,
@@ -828,7 +997,9 @@ pub fn tool_checksum(format: Format, m: &Migration) -> Checksum {
     checksum_of(format, &m.version, &m.name, &m.up)
 }
 
-fn checksum_of(format: Format, version: &str, name: &str, sql: &str) -> Checksum {
+/// The checksum `format` stores for migration `version` named `name` whose up script is
+/// `sql`.
+pub(crate) fn checksum_of(format: Format, version: &str, name: &str, sql: &str) -> Checksum {
     match format {
         Format::Sqlx => {
             use sha2::Digest;
@@ -857,11 +1028,29 @@ pub fn flyway_crc32(sql: &str) -> i32 {
     const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
     let mut digest = CRC32.digest();
     let text = sql.strip_prefix('\u{feff}').unwrap_or(sql);
-    for line in text.lines() {
-        // `str::lines` strips "\n" and "\r\n", like Java's BufferedReader.readLine.
-        digest.update(line.as_bytes());
+    // Java's BufferedReader.readLine ends a line at "\n", "\r\n" or a lone "\r"; a final
+    // line terminator does not start another line.
+    let mut rest = text;
+    while !rest.is_empty() {
+        let end = rest.find(['\n', '\r']).unwrap_or(rest.len());
+        digest.update(&rest.as_bytes()[..end]);
+        rest = &rest[end..];
+        rest = rest
+            .strip_prefix("\r\n")
+            .or_else(|| rest.strip_prefix('\n'))
+            .or_else(|| rest.strip_prefix('\r'))
+            .unwrap_or(rest);
     }
     digest.finalize() as i32
+}
+
+/// `sql` with every line ending written as `\n`, and with every one written as `\r\n`: the
+/// two forms a checkout can give a file. A stored checksum that matches the script as it is
+/// or either form is not drift.
+pub fn line_ending_forms(sql: &str) -> [String; 2] {
+    let lf = sql.replace("\r\n", "\n");
+    let crlf = lf.replace('\n', "\r\n");
+    [lf, crlf]
 }
 
 /// A checksum that does not change with line endings (CRLF and LF alike), a leading BOM or
@@ -967,6 +1156,76 @@ mod tests {
             tool_checksum(Format::Sqlx, &m(lf)),
             tool_checksum(Format::Sqlx, &m(&crlf))
         );
+    }
+
+    fn plan_dir(plan: &str, changes: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("sqitch.plan"), plan).unwrap();
+        fs::create_dir(dir.path().join("deploy")).unwrap();
+        for c in changes {
+            fs::write(
+                dir.path().join("deploy").join(format!("{c}.sql")),
+                "SELECT 1;",
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn sqitch_plan_entries_parse_like_sqitch() {
+        let e = parse_plan_entry(
+            "users [roles !old other:thing] 2024-01-01T00:00:00Z Ann Lee <ann@x.org> # a\\nb \\\\ c  ",
+        )
+        .unwrap();
+        assert_eq!(e.name, "users");
+        assert_eq!(e.deps, Some("roles !old other:thing"));
+        assert_eq!(e.planned_at, "2024-01-01T00:00:00Z");
+        assert_eq!((e.planner_name, e.planner_email), ("Ann Lee", "ann@x.org"));
+        assert_eq!(e.note, "a\nb \\ c");
+        let e = parse_plan_entry("users 2024-01-01T00:00:00Z Ann <ann@x.org>").unwrap();
+        assert_eq!((e.deps, e.note.as_str()), (None, ""));
+        for bad in [
+            "users 2024-01-01 Ann <ann@x.org>",
+            "users 2024-01-01T00:00:00Z Ann",
+            "users [roles 2024-01-01T00:00:00Z Ann <a@x>",
+        ] {
+            assert!(parse_plan_entry(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sqitch_requires_must_be_planned_earlier() {
+        let head = "%project=p\n";
+        let ok = plan_dir(
+            &format!(
+                "{head}a 2024-01-01T00:00:00Z A <a@x>\n@v1 2024-01-01T00:00:01Z A <a@x>\n\
+                 b [a p:a@v1 @v1 !c other:x] 2024-01-02T00:00:00Z A <a@x>\n"
+            ),
+            &["a", "b"],
+        );
+        let migs = read(ok.path(), Format::Sqitch).unwrap();
+        let b = migs[1].sqitch.as_ref().unwrap();
+        // The own project's prefix is dropped, as sqitch's change ids need.
+        assert_eq!(b.requires, ["a", "a@v1", "@v1", "other:x"]);
+        assert_eq!(b.conflicts, ["c"]);
+        assert_eq!(migs[0].sqitch.as_ref().unwrap().tags[0].name, "v1");
+
+        for (plan, needle) in [
+            (
+                "b [a] 2024-01-02T00:00:00Z A <a@x>\na 2024-01-01T00:00:00Z A <a@x>\n",
+                "requires \"a\"",
+            ),
+            ("a [@v9] 2024-01-01T00:00:00Z A <a@x>\n", "requires \"@v9\""),
+            (
+                "a 2024-01-01T00:00:00Z A <a@x>\n@v1 2024-01-01T00:00:00Z A <a@x>\n@v1 2024-01-01T00:00:00Z A <a@x>\n",
+                "declared twice",
+            ),
+        ] {
+            let dir = plan_dir(&format!("{head}{plan}"), &["a", "b"]);
+            let e = read(dir.path(), Format::Sqitch).unwrap_err().to_string();
+            assert!(e.contains("sqitch.plan: line") && e.contains(needle), "{e}");
+        }
     }
 
     #[test]

@@ -48,11 +48,29 @@ pub async fn applied(
     history::applied(&mut conn, format, migrations).await
 }
 
-fn find<'a>(migrations: &'a [Migration], version: &str) -> Result<&'a Migration> {
-    migrations
-        .iter()
-        .find(|m| m.version == version || m.name == version)
-        .ok_or_else(|| Error::UnknownVersion(version.to_string()))
+/// The migration `target` names: its version, its name, or for sqitch a tag (`@v1.0`, the
+/// change the tag is on) or a change as of a tag (`change@v1.0`, the same change: reworked
+/// changes are not supported).
+fn find<'a>(migrations: &'a [Migration], target: &str) -> Result<&'a Migration> {
+    let tagged = |tag: &str| {
+        migrations.iter().find(|m| {
+            m.sqitch
+                .as_ref()
+                .is_some_and(|s| s.tags.iter().any(|t| t.name == tag))
+        })
+    };
+    let found = match target.split_once('@') {
+        Some(("", tag)) => tagged(tag),
+        Some((change, tag)) => tagged(tag).and_then(|_| {
+            migrations
+                .iter()
+                .find(|m| m.name == change && m.sqitch.is_some())
+        }),
+        None => migrations
+            .iter()
+            .find(|m| m.version == target || m.name == target),
+    };
+    found.ok_or_else(|| Error::UnknownVersion(target.to_string()))
 }
 
 /// Refuses scripts that cannot run inside rewind's transaction.
@@ -109,7 +127,8 @@ async fn run_script(conn: &mut AnyConnection, sql: &str) -> std::result::Result<
 }
 
 /// Applies the pending migrations of `migrations` (in `format`, with its history table) in
-/// order, up to and including `up_to` (a version or, for sqitch, a change name; `None`: all).
+/// order, up to and including `up_to` (a version or, for sqitch, a change name or `@tag`;
+/// `None`: all).
 /// Returns the versions applied. Everything happens in one transaction.
 pub async fn apply(
     pool: &AnyPool,
@@ -142,15 +161,18 @@ pub async fn apply(
     for m in &pending {
         progress(m, Phase::Applying);
         let started = Instant::now();
-        let outcome = match run_script(&mut tx, &m.up).await {
-            Ok(()) => history::record_apply(&mut tx, format, m, started.elapsed()).await,
-            Err(source) => Err(Error::Migration {
-                version: m.version.clone(),
-                name: m.name.clone(),
-                file: m.file.clone(),
-                down: false,
-                source,
-            }),
+        let outcome = match history::check_apply(&mut tx, format, m).await {
+            Err(e) => Err(e),
+            Ok(()) => match run_script(&mut tx, &m.up).await {
+                Ok(()) => history::record_apply(&mut tx, format, m, started.elapsed()).await,
+                Err(source) => Err(Error::Migration {
+                    version: m.version.clone(),
+                    name: m.name.clone(),
+                    file: m.file.clone(),
+                    down: false,
+                    source,
+                }),
+            },
         };
         if let Err(e) = outcome {
             progress(m, Phase::Failed(e.to_string()));
@@ -170,8 +192,8 @@ pub async fn apply(
     Ok(finished.iter().map(|m| m.version.clone()).collect())
 }
 
-/// Reverts the applied migrations newer than `down_to` (a version or sqitch change name that
-/// stays applied; `None`: all), newest first, with their down scripts. Returns the versions
+/// Reverts the applied migrations newer than `down_to` (a version, or a sqitch change name or
+/// `@tag`, that stays applied; `None`: all), newest first, with their down scripts. Returns the versions
 /// reverted. Every migration to revert must have a non-empty down script
 /// ([`Migration::down_is_empty`]), checked before anything runs; everything happens in one
 /// transaction.
@@ -221,15 +243,21 @@ pub async fn revert(
             .rev()
             .find(|p| cmp_versions(&p.version, &m.version).is_lt())
             .copied();
-        let outcome = match run_script(&mut tx, m.down.as_deref().unwrap_or_default()).await {
-            Ok(()) => history::record_revert(&mut tx, format, m, previous, started.elapsed()).await,
-            Err(source) => Err(Error::Migration {
-                version: m.version.clone(),
-                name: m.name.clone(),
-                file: m.down_file.clone().unwrap_or_else(|| m.file.clone()),
-                down: true,
-                source,
-            }),
+        let down = m.down.as_deref().unwrap_or_default();
+        let outcome = match history::check_revert(&mut tx, format, m).await {
+            Err(e) => Err(e),
+            Ok(()) => match run_script(&mut tx, down).await {
+                Ok(()) => {
+                    history::record_revert(&mut tx, format, m, previous, started.elapsed()).await
+                }
+                Err(source) => Err(Error::Migration {
+                    version: m.version.clone(),
+                    name: m.name.clone(),
+                    file: m.down_file.clone().unwrap_or_else(|| m.file.clone()),
+                    down: true,
+                    source,
+                }),
+            },
         };
         if let Err(e) = outcome {
             progress(m, Phase::Failed(e.to_string()));
@@ -263,6 +291,23 @@ mod tests {
             down_file: None,
             sqitch: None,
         }
+    }
+
+    #[test]
+    fn targets_name_versions_changes_and_sqitch_tags() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sqitch");
+        let migs = crate::migrations::read(&dir, Format::Sqitch).unwrap();
+        let target = |t: &str| {
+            find(&migs, t)
+                .map(|m| m.name.as_str())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(target("0001"), Ok("create_users"));
+        assert_eq!(target("index_email"), Ok("index_email"));
+        assert_eq!(target("@v1.0"), Ok("add_email"));
+        assert_eq!(target("add_email@v1.0"), Ok("add_email"));
+        assert!(target("@v2.0").unwrap_err().contains("@v2.0"));
+        assert!(target("nope").is_err());
     }
 
     #[test]

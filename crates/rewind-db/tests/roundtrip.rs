@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rewind_db::migrations::{self, Format, Migration};
-use rewind_db::{Phase, applied, apply, revert};
+use rewind_db::{DriftKind, Phase, applied, apply, drift, revert};
 use sqlx::{AnyPool, Row};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -477,7 +477,18 @@ fn read_formats() {
     assert_eq!(names, ["create_users", "add_email", "index_email"]);
     let s = sqitch[1].sqitch.as_ref().unwrap();
     assert_eq!(s.requires, ["create_users"]);
-    assert_eq!(s.tags, ["v1.0"]);
+    assert_eq!(s.tags.len(), 1);
+    assert_eq!(s.tags[0].name, "v1.0");
+    assert_eq!(s.tags[0].note, "First release");
+    // What `sqitch deploy` (1.3.1) writes for this plan.
+    assert_eq!(
+        s.change_id, "73df09863a796376c1924bc5e2b868c677f7432e",
+        "sqitch's change id"
+    );
+    assert_eq!(
+        s.tags[0].tag_id, "4dd2ba75cc4f4ef28d780046a9494eaaf07f1eee",
+        "sqitch's tag id"
+    );
     assert_eq!(s.planner_name, "Alice Example");
     assert_eq!(s.note, "Email column");
     assert!(sqitch[0].sqitch.as_ref().unwrap().verify.is_some());
@@ -554,4 +565,387 @@ fn empty_down_counts_as_no_down() {
     let migs = migrations::read(dir.path(), Format::GolangMigrate).unwrap();
     assert!(migs[0].down.is_some());
     assert!(migs[0].down_is_empty());
+}
+
+/// A copy of fixture `name` that a test may edit.
+fn fixture_copy(name: &str) -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&fixture(name), dir.path());
+    dir
+}
+
+/// Apply everything; then a CRLF checkout of a file is not drift, an edit is, a migration
+/// gone from the directory is reported missing, and apply/revert keep working meanwhile.
+async fn drift_story(kind: Kind, format: Format, dir: &str) {
+    let copy = fixture_copy(dir);
+    let read = || migrations::read(copy.path(), format).unwrap();
+    let migs = read();
+    let t = fresh(kind, dir).await;
+    let report = drift(&t.pool, format, &migs).await.unwrap();
+    assert_eq!(
+        report,
+        Default::default(),
+        "nothing applied, nothing to check"
+    );
+    apply(&t.pool, format, &migs, None, no_progress)
+        .await
+        .unwrap();
+
+    let keeps_checksums = !matches!(format, Format::Diesel | Format::GolangMigrate);
+    let report = drift(&t.pool, format, &migs).await.unwrap();
+    assert!(report.is_clean(), "{dir} {kind:?}: {report:?}");
+    if keeps_checksums {
+        assert_eq!((report.unchanged, report.unchecked.len()), (3, 0));
+    } else {
+        assert_eq!((report.unchanged, report.unchecked.len()), (0, 3));
+        assert!(report.unchecked[0].reason.contains("keeps no checksum"));
+    }
+
+    // Line endings only: not drift.
+    let file = migs[1].file.clone();
+    let lf = std::fs::read_to_string(&file).unwrap();
+    assert!(!lf.contains('\r'), "the fixture is LF");
+    std::fs::write(&file, lf.replace('\n', "\r\n")).unwrap();
+    let report = drift(&t.pool, format, &read()).await.unwrap();
+    assert!(
+        report.is_clean(),
+        "{dir} {kind:?}: CRLF is not drift: {report:?}"
+    );
+    // ... though tools that hash bytes would see a change: said apart.
+    let bytes_hashed = matches!(format, Format::Sqlx | Format::Refinery | Format::Sqitch);
+    let expected = if bytes_hashed {
+        vec![migs[1].version.clone()]
+    } else {
+        Vec::new()
+    };
+    assert_eq!(report.line_endings_only, expected, "{dir} {kind:?}");
+
+    // A real edit: drift, naming the file and both checksums.
+    std::fs::write(
+        &file,
+        lf.replace(';', ";\n-- edited after it was applied\n"),
+    )
+    .unwrap();
+    let edited = read();
+    let report = drift(&t.pool, format, &edited).await.unwrap();
+    if keeps_checksums {
+        assert_eq!(report.drift.len(), 1, "{dir} {kind:?}: {report:?}");
+        let d = &report.drift[0];
+        assert_eq!(d.version, migs[1].version);
+        assert_eq!(d.name, migs[1].name);
+        assert_eq!(d.file.as_deref(), Some(file.as_path()));
+        let DriftKind::Changed { stored, found } = &d.kind else {
+            panic!("{dir} {kind:?}: expected a changed file: {d:?}");
+        };
+        assert_ne!(stored, found);
+        let expected = migrations::tool_checksum(format, &migs[1]).to_text();
+        assert!(
+            stored.eq_ignore_ascii_case(&expected),
+            "{stored} vs {expected}"
+        );
+        assert_eq!(report.unchanged, 2);
+    } else {
+        assert!(
+            report.is_clean(),
+            "{dir} {kind:?}: no checksum, no drift: {report:?}"
+        );
+    }
+
+    // Drift is reported, not enforced: revert (where there are downs) and apply still run.
+    let last = edited[2].version.clone();
+    if edited[2].down_is_empty() {
+        std::fs::remove_file(&edited[2].file).unwrap();
+        let report = drift(&t.pool, format, &read()).await.unwrap();
+        assert_eq!(report.drift.len(), 2, "{dir} {kind:?}: {report:?}");
+        assert_eq!(report.drift[1].kind, DriftKind::Missing);
+        return;
+    }
+    let keep = edited[1].version.clone();
+    assert_eq!(
+        revert(&t.pool, format, &edited, Some(&keep), no_progress)
+            .await
+            .unwrap(),
+        std::slice::from_ref(&last)
+    );
+    assert_eq!(
+        apply(&t.pool, format, &edited, None, no_progress)
+            .await
+            .unwrap(),
+        [last]
+    );
+
+    // The newest migration gone from the directory: reported missing, not an error.
+    let report = drift(&t.pool, format, &edited[..2]).await.unwrap();
+    let missing: Vec<_> = report
+        .drift
+        .iter()
+        .filter(|d| d.kind == DriftKind::Missing)
+        .collect();
+    assert_eq!(missing.len(), 1, "{dir} {kind:?}: {report:?}");
+    let expected = if format == Format::Sqitch {
+        &edited[2].name
+    } else {
+        &edited[2].version
+    };
+    assert_eq!(&missing[0].version, expected);
+    assert_eq!(missing[0].file, None);
+}
+
+macro_rules! drift_tests {
+    ($($name:ident: $kind:expr, $format:expr, $dir:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            drift_story($kind, $format, $dir).await;
+        }
+    )*};
+}
+
+drift_tests! {
+    drift_sqlx_sqlite: Kind::Sqlite, Format::Sqlx, "sqlx";
+    drift_sqlx_postgres: Kind::Postgres, Format::Sqlx, "sqlx";
+    drift_flyway_sqlite: Kind::Sqlite, Format::Flyway, "flyway";
+    drift_flyway_postgres: Kind::Postgres, Format::Flyway, "flyway";
+    drift_sqitch_sqlite: Kind::Sqlite, Format::Sqitch, "sqitch";
+    drift_sqitch_postgres: Kind::Postgres, Format::Sqitch, "sqitch";
+    drift_diesel_sqlite: Kind::Sqlite, Format::Diesel, "diesel";
+    drift_diesel_postgres: Kind::Postgres, Format::Diesel, "diesel";
+    drift_golang_migrate_postgres: Kind::Postgres, Format::GolangMigrate, "golang-migrate";
+    drift_refinery_sqlite: Kind::Sqlite, Format::Refinery, "refinery";
+    drift_refinery_postgres: Kind::Postgres, Format::Refinery, "refinery";
+}
+
+/// Runs the real `sqitch` (Debian's package, which scripts/test installs) in `project`
+/// against `target`; returns whether it succeeded and what it printed.
+fn sqitch(project: &Path, args: &[&str], target: &str) -> (bool, String) {
+    let out = std::process::Command::new("sqitch")
+        .args(args)
+        .arg(target)
+        .current_dir(project)
+        .env("SQITCH_FULLNAME", "Sqitch User")
+        .env("SQITCH_EMAIL", "sqitch@example.invalid")
+        .env("SQITCH_USER_CONFIG", project.join("no-user.conf"))
+        .env("SQITCH_PAGER", "cat")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run sqitch ({e}); install it: apt-get install -y sqitch \
+                 libdbd-pg-perl libdbd-sqlite3-perl (scripts/test does)"
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// sqitch and rewind take turns on one database; each must see what the other did.
+async fn sqitch_cli_story(kind: Kind) {
+    let copy = fixture_copy("sqitch");
+    let project = copy.path();
+    let migs = migrations::read(project, Format::Sqitch).unwrap();
+    let v = versions(&migs);
+    let t = fresh(kind, "sqitch_cli").await;
+    let target = match kind {
+        Kind::Sqlite => format!("db:sqlite:{}", t.url.trim_start_matches("sqlite://")),
+        Kind::Postgres => format!("db:{}", t.url.replacen("postgres://", "pg://", 1)),
+    };
+    let run = |args: &[&str]| {
+        let (ok, text) = sqitch(project, args, &target);
+        assert!(ok, "sqitch {args:?} failed:\n{text}");
+        text
+    };
+    let format = Format::Sqitch;
+    let applied_now = || async { applied(&t.pool, format, &migs).await.unwrap() };
+
+    // rewind deploys everything: sqitch sees it, tags included, and has nothing to do.
+    apply(&t.pool, format, &migs, None, no_progress)
+        .await
+        .unwrap();
+    let status = run(&["status", "--show-tags"]);
+    assert!(status.contains("# Name:     index_email"), "{status}");
+    assert!(status.contains("@v1.0 - "), "{status}");
+    assert!(
+        status.contains("Nothing to deploy (up-to-date)"),
+        "{status}"
+    );
+    let log = run(&["log"]);
+    for m in &migs {
+        let id = &m.sqitch.as_ref().unwrap().change_id;
+        assert!(log.contains(&format!("Deploy {id}")), "{log}");
+    }
+    assert!(
+        log.contains("Committer: rewind <rewind@localhost>"),
+        "{log}"
+    );
+    assert!(run(&["deploy"]).contains("Nothing to deploy"));
+    assert!(run(&["verify"]).contains("Verify successful"));
+
+    // sqitch reverts to the tag rewind recorded; rewind sees it.
+    let out = run(&["revert", "-y", "--to", "@v1.0"]);
+    assert!(out.contains("- index_email"), "{out}");
+    assert_eq!(applied_now().await, v[..2]);
+
+    // rewind reverts one more; sqitch's current change follows.
+    assert_eq!(
+        revert(&t.pool, format, &migs, Some("create_users"), no_progress)
+            .await
+            .unwrap(),
+        [v[1].clone()]
+    );
+    let status = run(&["status"]);
+    assert!(status.contains("# Name:     create_users"), "{status}");
+
+    // sqitch deploys the rest on top of rewind's; rewind agrees, checksums included.
+    let out = run(&["deploy"]);
+    assert!(
+        out.contains("+ add_email @v1.0") && out.contains("+ index_email"),
+        "{out}"
+    );
+    assert_eq!(applied_now().await, v);
+    assert!(
+        apply(&t.pool, format, &migs, None, no_progress)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let report = drift(&t.pool, format, &migs).await.unwrap();
+    assert!(report.is_clean() && report.unchanged == 3, "{report:?}");
+
+    // rewind reverts what sqitch deployed, to a tag; then sqitch reverts the rest.
+    assert_eq!(
+        revert(&t.pool, format, &migs, Some("@v1.0"), no_progress)
+            .await
+            .unwrap(),
+        [v[2].clone()]
+    );
+    let status = run(&["status"]);
+    assert!(
+        status.contains("# Name:     add_email") && status.contains("# Tag:      @v1.0"),
+        "{status}"
+    );
+    let out = run(&["revert", "-y"]);
+    assert!(out.contains("- create_users"), "{out}");
+    assert!(applied_now().await.is_empty());
+    let (_, status) = sqitch(project, &["status"], &target);
+    assert!(status.contains("No changes deployed"), "{status}");
+
+    // rewind applies up to the tag and reverts everything; sqitch follows each time.
+    apply(&t.pool, format, &migs, Some("@v1.0"), no_progress)
+        .await
+        .unwrap();
+    let out = run(&["verify"]);
+    assert!(
+        out.contains("Undeployed change") && out.contains("index_email"),
+        "{out}"
+    );
+    revert(&t.pool, format, &migs, None, no_progress)
+        .await
+        .unwrap();
+    let (_, status) = sqitch(project, &["status"], &target);
+    assert!(status.contains("No changes deployed"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqitch_cli_agrees_sqlite() {
+    sqitch_cli_story(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqitch_cli_agrees_postgres() {
+    sqitch_cli_story(Kind::Postgres).await;
+}
+
+/// A change of another sqitch project that requires a fixture change: it cannot be applied
+/// before that change is, and the fixture change cannot be reverted while it stays.
+async fn sqitch_cross_project(kind: Kind) {
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("sqitch.plan"),
+        "%project=reports\n\
+         orders [rewind_fixture:create_users] 2024-02-01T00:00:00Z Bo <bo@example.invalid>\n",
+    )
+    .unwrap();
+    for (dir, sql) in [
+        (
+            "deploy",
+            "CREATE TABLE orders (user_id INTEGER REFERENCES users (id));",
+        ),
+        ("revert", "DROP TABLE orders;"),
+    ] {
+        std::fs::create_dir(other.path().join(dir)).unwrap();
+        std::fs::write(other.path().join(dir).join("orders.sql"), sql).unwrap();
+    }
+    let reports = migrations::read(other.path(), Format::Sqitch).unwrap();
+    let fixture_migs = migrations::read(&fixture("sqitch"), Format::Sqitch).unwrap();
+    let t = fresh(kind, "sqitch_deps").await;
+    let format = Format::Sqitch;
+
+    let err = apply(&t.pool, format, &reports, None, no_progress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("requires rewind_fixture:create_users, which is not deployed"),
+        "{err}"
+    );
+    apply(
+        &t.pool,
+        format,
+        &fixture_migs,
+        Some("create_users"),
+        no_progress,
+    )
+    .await
+    .unwrap();
+    apply(&t.pool, format, &reports, None, no_progress)
+        .await
+        .unwrap();
+    let err = revert(&t.pool, format, &fixture_migs, None, no_progress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("create_users is required by deployed changes (reports:orders)"),
+        "{err}"
+    );
+    assert_eq!(
+        applied(&t.pool, format, &fixture_migs).await.unwrap(),
+        ["0001"]
+    );
+    revert(&t.pool, format, &reports, None, no_progress)
+        .await
+        .unwrap();
+    revert(&t.pool, format, &fixture_migs, None, no_progress)
+        .await
+        .unwrap();
+    assert!(
+        applied(&t.pool, format, &fixture_migs)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqitch_cross_project_sqlite() {
+    sqitch_cross_project(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn sqitch_cross_project_postgres() {
+    sqitch_cross_project(Kind::Postgres).await;
 }
