@@ -295,19 +295,30 @@ impl Database {
         })
     }
 
-    /// Applied migrations whose file changed since they were applied, one line each.
+    /// Applied migrations whose file changed (or vanished) since they were applied, one line
+    /// each; CRLF and LF count as the same, but a file that differs only in line endings is
+    /// mentioned, because tools that hash bytes (sqlx, sqitch) will see it as changed.
     async fn drift(
         &self,
-        _format: Format,
+        format: Format,
         migs: &[Migration],
         applied: &[String],
     ) -> Result<Vec<String>> {
-        // Applied versions that the directory no longer has.
-        Ok(applied
-            .iter()
-            .filter(|v| !migs.iter().any(|m| &m.version == *v))
-            .map(|v| format!("{v} is applied but its file is not in the directory"))
-            .collect())
+        if applied.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pool = self.pool().await?;
+        let report = rewind_db::drift(&pool, format, migs).await;
+        pool.close().await;
+        let report = report.map_err(|e| self.fail(e))?;
+        let mut out: Vec<String> = report.drift.iter().map(|d| d.to_string()).collect();
+        for v in &report.line_endings_only {
+            out.push(format!(
+                "{v} differs from what was applied in line endings only: not drift for rewind, but {} hashes bytes and will call it changed",
+                format.name()
+            ));
+        }
+        Ok(out)
     }
 
     /// What a rollback from `from_release` to `target_level` needs to know.

@@ -18,7 +18,10 @@ fn write(path: &Path, text: &str) {
 /// destructive), v4 (= v3), in sqlx's reversible layout, under `rel/<release>/migrations`.
 fn migrations(f: &Fixture) {
     let m = |v: &str, file: &str, sql: &str| {
-        write(&f.path(&format!("rel/{v}/migrations/{file}")), sql);
+        write(
+            &f.path(&format!("rel/{v}/migrations/{file}")),
+            &format!("-- {file}\n{sql}\n"),
+        );
     };
     for v in ["v1", "v2", "v3", "v4"] {
         m(
@@ -124,6 +127,37 @@ fn sqlite_destructive_migration_is_flagged_and_rolled_back_by_restore() {
     sqlite(
         &f,
         "INSERT INTO orders (id, user_id, total) VALUES (1, 1, 10), (2, 2, 20)",
+    );
+
+    // v3's copy of an applied migration was edited (drift); another was only converted to
+    // CRLF (not drift, but mentioned: sqlx hashes bytes).
+    let notes = f.path("rel/v3/migrations/3_order_notes.up.sql");
+    let text = std::fs::read_to_string(&notes).unwrap();
+    std::fs::write(&notes, format!("{text}-- edited after it was applied\n")).unwrap();
+    let orders = f.path("rel/v3/migrations/2_orders.up.sql");
+    let text = std::fs::read_to_string(&orders).unwrap();
+    std::fs::write(&orders, text.replace('\n', "\r\n")).unwrap();
+    let plan = f.run(&["plan", "--deploy", "v3"]);
+    plan.ok();
+    let drift: Vec<&str> = plan
+        .stdout
+        .lines()
+        .filter(|l| l.contains("DRIFT"))
+        .collect();
+    assert_eq!(drift.len(), 2, "{}", plan.all());
+    assert!(
+        drift
+            .iter()
+            .any(|l| l.contains('3') && !l.contains("line endings")),
+        "{}",
+        plan.all()
+    );
+    assert!(
+        drift
+            .iter()
+            .any(|l| l.contains("2 differs") && l.contains("line endings only")),
+        "{}",
+        plan.all()
     );
 
     // The deploy plan flags the destructive migration and takes a full backup for it.
