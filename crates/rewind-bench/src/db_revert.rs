@@ -429,7 +429,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     );
     measure::print_table("N migrations", &rows);
     println!();
-    println!("rewind's time by phase (medians, ms): ");
+    println!("rewind's time by phase (medians, ms):");
     for (n, b) in &breakdowns {
         println!(
             "- N = {n}: read the directory {}, connect {}, revert (one transaction) {}, close {}",
