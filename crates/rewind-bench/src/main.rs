@@ -5,7 +5,17 @@
 //! - `rewind-bench rollback [--runs N] [--rewind PATH] [--state-sync full|normal] [--json] [--keep]`: times
 //!   `rewind rollback` against a bare shell script doing the same switch, restart and
 //!   readiness wait.
+//! - `rewind-bench db-revert (--url URL | --sqlite) [--migrations N[,N…]] [--rows R] [--runs K]`:
+//!   times `rewind_db::revert` of N migrations against `psql --single-transaction` (or the
+//!   `sqlite3` shell) running the same down scripts.
+//! - `rewind-bench db-restore (--url URL | --sqlite) [--rows R] [--size-mb M] [--jobs J]
+//!   [--runs K]`: times rewind-dbkit's restores against `pg_restore` alone and against a plain
+//!   file copy.
 
+mod db_restore;
+mod db_revert;
+mod measure;
+mod pg;
 mod rollback;
 mod serve;
 mod stats;
@@ -24,13 +34,32 @@ usage:
       --rewind PATH  the rewind binary (default: `rewind` next to this executable)
       --state-sync S rewind's state-sync setting: full (default) or normal
       --json         print the results as JSON instead of a markdown table
-      --keep         keep the temporary directory and server (for profiling)";
+      --keep         keep the temporary directory and server (for profiling)
+  rewind-bench db-revert (--url postgres://… | --sqlite) [--migrations N[,N…]] [--rows R] [--runs K]
+      Time rewind's revert of N generated sqlx migrations against psql --single-transaction
+      (SQLite: the sqlite3 shell) running the same down scripts and history deletes.
+      --url URL        a PostgreSQL server; a scratch database is created on it and dropped
+      --sqlite         a SQLite file in a temporary directory instead (needs sqlite3)
+      --migrations N   migrations to revert, or a comma-separated list (default 50)
+      --rows R         rows loaded by each data migration (default 1000)
+      --runs K         measured runs per contender (default 7)
+  rewind-bench db-restore (--url postgres://… | --sqlite) [--rows R] [--size-mb M] [--jobs J] [--runs K]
+      Time rewind-dbkit's pg_restore against pg_restore alone (same flags), or its
+      sqlite_restore against a plain file copy.
+      --url URL        a PostgreSQL server; two scratch databases are created on it and dropped
+      --sqlite         a SQLite file in a temporary directory instead
+      --rows R         PostgreSQL: rows in all tables together (default 1000000)
+      --size-mb M      SQLite: database size to aim for (default 100)
+      --jobs J         pg_restore --jobs (default 2)
+      --runs K         measured runs per contender (default 7)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("serve") => parse_serve(&args[1..]).and_then(|a| serve::run(&a)),
         Some("rollback") => parse_rollback(&args[1..]).and_then(|a| rollback::run(&a)),
+        Some("db-revert") => parse_db_revert(&args[1..]).and_then(|a| db_revert::run(&a)),
+        Some("db-restore") => parse_db_restore(&args[1..]).and_then(|a| db_restore::run(&a)),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -107,4 +136,113 @@ fn parse_rollback(args: &[String]) -> Result<rollback::Args, String> {
         }
     }
     Ok(out)
+}
+
+/// A positive number given to `flag`.
+fn positive(flag: &str, it: &mut std::slice::Iter<'_, String>) -> Result<usize, String> {
+    let v = value(flag, it)?;
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        Ok(_) => Err(format!("{flag} must be at least 1")),
+        Err(e) => Err(format!("{flag} {v}: {e}")),
+    }
+}
+
+/// `--url` and `--sqlite` exclude each other, and one of them is needed.
+fn target(cmd: &str, url: &Option<String>, sqlite: bool) -> Result<(), String> {
+    match (url, sqlite) {
+        (Some(_), true) => Err(format!("{cmd}: give --url or --sqlite, not both")),
+        (None, false) => Err(format!(
+            "{cmd} needs --url postgres://… or --sqlite\n{USAGE}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn parse_db_revert(args: &[String]) -> Result<db_revert::Args, String> {
+    let mut out = db_revert::Args {
+        url: None,
+        sqlite: false,
+        migrations: vec![50],
+        rows: 1000,
+        runs: 7,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--url" => out.url = Some(value(a, &mut it)?),
+            "--sqlite" => out.sqlite = true,
+            "--migrations" => {
+                let v = value(a, &mut it)?;
+                out.migrations = v
+                    .split(',')
+                    .map(|n| match n.trim().parse::<usize>() {
+                        Ok(n) if n > 0 => Ok(n),
+                        _ => Err(format!(
+                            "--migrations {v}: write a positive number or a list like 10,50,200"
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--rows" => out.rows = positive(a, &mut it)?,
+            "--runs" => out.runs = positive(a, &mut it)?,
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    target("db-revert", &out.url, out.sqlite)?;
+    Ok(out)
+}
+
+fn parse_db_restore(args: &[String]) -> Result<db_restore::Args, String> {
+    let mut out = db_restore::Args {
+        url: None,
+        sqlite: false,
+        rows: 1_000_000,
+        size_mb: 100,
+        jobs: 2,
+        runs: 7,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--url" => out.url = Some(value(a, &mut it)?),
+            "--sqlite" => out.sqlite = true,
+            "--rows" => out.rows = positive(a, &mut it)?,
+            "--size-mb" => out.size_mb = positive(a, &mut it)?,
+            "--jobs" => out.jobs = positive(a, &mut it)?,
+            "--runs" => out.runs = positive(a, &mut it)?,
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    target("db-restore", &out.url, out.sqlite)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn db_revert_arguments() {
+        let a =
+            parse_db_revert(&args("--url postgres://h/db --migrations 10,50 --runs 3")).unwrap();
+        assert_eq!(a.migrations, [10, 50]);
+        assert_eq!((a.runs, a.rows, a.sqlite), (3, 1000, false));
+        assert_eq!(parse_db_revert(&args("--sqlite")).unwrap().migrations, [50]);
+        assert!(parse_db_revert(&args("--sqlite --migrations 0")).is_err());
+        assert!(parse_db_revert(&args("--runs 3")).is_err());
+        assert!(parse_db_revert(&args("--sqlite --url postgres://h/db")).is_err());
+    }
+
+    #[test]
+    fn db_restore_arguments() {
+        let a = parse_db_restore(&args("--sqlite --size-mb 20")).unwrap();
+        assert_eq!((a.size_mb, a.jobs, a.runs), (20, 2, 7));
+        assert!(parse_db_restore(&args("--url postgres://h/db --jobs 0")).is_err());
+        assert!(parse_db_restore(&args("--url")).is_err());
+    }
 }

@@ -601,11 +601,20 @@ fn hash_file_blocking(path: &Path) -> Result<(u64, String)> {
 
 /// Copies the backup to `dest` (created new), hashing as it goes, and fsyncs it. Fails (and
 /// removes `dest`) when the checksum does not match.
+///
+/// The hashing runs on a second thread, fed the very buffers that were written (so the
+/// bytes checked are the bytes copied, not a second read of the backup), while this thread
+/// reads and writes the next ones: done in line, BLAKE3 (~2 GB/s on one core) made a restore
+/// ~1.3× a plain copy + fsync; beside the copy it costs little more than its last chunk.
 fn copy_checked<F: FnMut(Progress)>(
     backup: &BackupInfo,
     dest: &Path,
     mut progress: F,
 ) -> Result<()> {
+    /// Chunk size and how many chunks may be in flight (read or written, waiting to be
+    /// hashed): 4 MiB of memory.
+    const CHUNK: usize = 1 << 20;
+    const IN_FLIGHT: usize = 4;
     let result = (|| {
         let mut src =
             File::open(&backup.path).map_err(io(format!("opening {}", backup.path.display())))?;
@@ -618,26 +627,51 @@ fn copy_checked<F: FnMut(Progress)>(
             .create_new(true)
             .open(dest)
             .map_err(io(format!("creating {}", dest.display())))?;
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut copied = 0u64;
-        progress(Progress { copied, total });
-        loop {
-            let k = src
-                .read(&mut buf)
-                .map_err(io(format!("reading {}", backup.path.display())))?;
-            if k == 0 {
-                break;
-            }
-            h.update(&buf[..k]);
-            out.write_all(&buf[..k])
-                .map_err(io(format!("writing {}", dest.display())))?;
-            copied += k as u64;
-            progress(Progress { copied, total });
+        let (to_hash, hash_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(IN_FLIGHT);
+        let (free_tx, free) = std::sync::mpsc::channel::<Vec<u8>>();
+        for _ in 0..IN_FLIGHT {
+            let _ = free_tx.send(vec![0u8; CHUNK]);
         }
-        out.sync_all()
-            .map_err(io(format!("flushing {}", dest.display())))?;
-        let found = h.finalize().to_hex().to_string();
+        let (copied, hashed) = std::thread::scope(|scope| {
+            let hasher = scope.spawn(move || {
+                let mut h = blake3::Hasher::new();
+                for (buf, k) in hash_rx {
+                    h.update(&buf[..k]);
+                    // The copy loop may have stopped (an error); then nobody needs it back.
+                    let _ = free_tx.send(buf);
+                }
+                h.finalize().to_hex().to_string()
+            });
+            let copied = (|| {
+                let hasher_gone = || Error::Invalid("the hashing thread stopped".into());
+                let mut copied = 0u64;
+                progress(Progress { copied, total });
+                loop {
+                    let mut buf = free.recv().map_err(|_| hasher_gone())?;
+                    let k = src
+                        .read(&mut buf)
+                        .map_err(io(format!("reading {}", backup.path.display())))?;
+                    if k == 0 {
+                        break;
+                    }
+                    out.write_all(&buf[..k])
+                        .map_err(io(format!("writing {}", dest.display())))?;
+                    to_hash.send((buf, k)).map_err(|_| hasher_gone())?;
+                    copied += k as u64;
+                    progress(Progress { copied, total });
+                }
+                // The hasher finishes its last chunks while the copy is flushed.
+                drop(to_hash);
+                out.sync_all()
+                    .map_err(io(format!("flushing {}", dest.display())))
+            })();
+            let hashed = hasher
+                .join()
+                .map_err(|_| Error::Invalid("the hashing thread panicked".into()));
+            (copied, hashed)
+        });
+        copied?;
+        let found = hashed?;
         if found != backup.checksum {
             return Err(Error::Checksum {
                 path: backup.path.clone(),
@@ -680,6 +714,41 @@ mod tests {
         assert_eq!(socket.database().as_deref(), Some("shop"));
         let e = PgUrl::parse("postgres://app:secret@host:notaport/db").unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    /// Several chunks, a short last one: the copy is exact, the progress complete, and one
+    /// flipped byte in a middle chunk is caught (and the copy removed).
+    #[test]
+    fn checked_copy_over_many_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("backup.db");
+        let data: Vec<u8> = (0..(3 << 20) + 12345u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(&src, &data).unwrap();
+        let (bytes, checksum) = hash_file_blocking(&src).unwrap();
+        let info = BackupInfo {
+            kind: BackupKind::SqliteSnapshot,
+            path: src.clone(),
+            bytes,
+            created_at: jiff::Timestamp::now(),
+            checksum,
+        };
+        let dest = dir.path().join("copy");
+        let mut seen = Vec::new();
+        copy_checked(&info, &dest, |p| seen.push(p)).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        assert_eq!(seen.first().map(|p| p.copied), Some(0));
+        assert_eq!(seen.last().map(|p| p.copied), Some(bytes));
+        assert!(seen.len() >= 5, "{} progress calls", seen.len());
+
+        let mut bad = data.clone();
+        bad[(1 << 20) + 77] ^= 1;
+        std::fs::write(&src, &bad).unwrap();
+        let dest = dir.path().join("copy2");
+        let err = copy_checked(&info, &dest, |_| {}).unwrap_err();
+        assert!(matches!(err, Error::Checksum { .. }), "{err}");
+        assert!(!dest.exists());
     }
 
     #[test]
