@@ -835,13 +835,31 @@ impl Database {
         })
         .await
         .map_err(|e| self.fail(e))?;
-        Ok(Outcome::Done(format!(
+        let mut done = format!(
             "restored to {} from backup set {} (window {} … {})",
             rewind_core::format_ts(report.target),
             report.backup_set,
             rewind_core::format_ts(report.window.earliest),
             rewind_core::format_ts(report.window.latest)
-        )))
+        );
+        // The whole cluster went back to the target time, its catalog too: the database
+        // setting this run's freeze made is gone, and the server takes writes again as soon
+        // as it is promoted — before the data checks and the unfreeze. Frozen again at once;
+        // sessions that connected in between are ended, so they reconnect read-only.
+        if self.cfg.freeze == Freeze::ReadOnly {
+            cx.note(format!(
+                "{name}: point-in-time recovery reset the freeze: stopping writes again"
+            ));
+            let (Outcome::Done(line) | Outcome::Skipped(line)) =
+                self.freeze(cx, true).await.map_err(|e| {
+                    self.fail(format!(
+                        "{done}, but stopping writes again failed: {e}\nhint: the database \
+                         takes writes; the data checks have not run"
+                    ))
+                })?;
+            done.push_str(&format!("; writes stopped again: {line}"));
+        }
+        Ok(Outcome::Done(done))
     }
 }
 

@@ -255,7 +255,10 @@ pub fn decide(
             crate::parse_ts(start),
             crate::parse_ts(end),
         ) {
-            (Some(t), Some(s), Some(e)) => s <= t && t <= e,
+            // The end is exclusive, as pgBackRest's window is (`Window::contains`): it is
+            // the server's clock just before the newest archived commit, and a recovery
+            // needs a commit after its target to stop at.
+            (Some(t), Some(s), Some(e)) => s <= t && t < e,
             _ => false,
         };
         if !inside {
@@ -552,4 +555,82 @@ pub fn restore_steps(name: &str, cfg: &DatabaseConfig, backup: &BackupFacts) -> 
         loses_writes_since: backup.created_at.clone(),
     };
     rollback_steps(name, cfg, "", &facts, &decision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DbConnection, Fraction};
+
+    fn cfg() -> DatabaseConfig {
+        DatabaseConfig {
+            connection: DbConnection::UrlEnv("DATABASE_URL".into()),
+            migrations: "/srv/migrations".into(),
+            format: None,
+            policy: DbPolicy::Revert,
+            backup: BackupPolicy::Always,
+            backup_dir: "/srv/backups".into(),
+            keep_backups: 5,
+            freeze: Freeze::None,
+            row_count_tolerance: Fraction(0.0),
+            checks: vec![],
+            pitr: None,
+            command_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn point_in_time_window_includes_its_start_and_excludes_its_end() {
+        let facts = DbRollbackFacts {
+            level_now: "3".into(),
+            target_level: "2".into(),
+            to_revert: vec![],
+            failing_checks: vec![],
+            backup: None,
+            pitr_window: Some((
+                "2026-11-21T14:00:00.000000Z".into(),
+                "2026-11-21T15:00:00.000000Z".into(),
+            )),
+            now: "2026-11-21T15:00:01.000000Z".into(),
+        };
+        let at = |t: &str| decide("db", &cfg(), &facts, &DbMode::PointInTime(t.into()), false);
+        for inside in ["2026-11-21T14:00:00.000000Z", "2026-11-21T14:59:59.999999Z"] {
+            match at(inside) {
+                Ok(DbDecision::Restore { source, level, .. }) => {
+                    assert_eq!(
+                        source,
+                        RestoreSource::PointInTime {
+                            time: inside.into()
+                        }
+                    );
+                    assert_eq!(level, "2");
+                }
+                other => panic!("{inside}: {other:?}"),
+            }
+        }
+        for outside in [
+            "2026-11-21T13:59:59.999999Z",
+            "2026-11-21T15:00:00.000000Z",
+            "not a time",
+        ] {
+            assert!(
+                matches!(at(outside), Err(DbRefusal::OutsideWindow { .. })),
+                "{outside}"
+            );
+        }
+        let no_pitr = DbRollbackFacts {
+            pitr_window: None,
+            ..facts.clone()
+        };
+        assert!(matches!(
+            decide(
+                "db",
+                &cfg(),
+                &no_pitr,
+                &DbMode::PointInTime("2026-11-21T14:30:00Z".into()),
+                false
+            ),
+            Err(DbRefusal::NoPitr { .. })
+        ));
+    }
 }

@@ -10,5 +10,6 @@ mod db;
 mod examples;
 mod lock;
 mod pg;
+mod pitr;
 mod story;
 mod watch;
