@@ -138,9 +138,55 @@ pub async fn rollback_decisions(
                     "nothing was changed; `rewind backup list` shows the backups, `rewind plan` the steps",
                 )
             })?;
+        if let DbMode::PointInTime(time) = &mode {
+            level_at(env, &name, time, &target_level, &target.to).await?;
+        }
         out.insert(name, (facts, decision));
     }
     Ok(out)
+}
+
+/// A point-in-time restore puts the database where it was at `time`: refuse unless the
+/// release that ran then recorded the target's level for this database (otherwise the ledger
+/// would record a level the restored database does not have).
+async fn level_at(
+    env: &Env,
+    component: &str,
+    time: &str,
+    target_level: &str,
+    target: &str,
+) -> CliResult<()> {
+    let Some(t) = rewind_core::parse_ts(time) else {
+        return Ok(());
+    };
+    // The last run that finished (and changed what runs) before `time` says what ran then.
+    let runs = env.store.runs(&env.name, 10_000).await?;
+    let live = runs.iter().find(|r| {
+        matches!(r.kind, RunKind::Deploy | RunKind::Rollback)
+            && r.status == rewind_core::RunStatus::Succeeded
+            && rewind_core::parse_ts(&r.updated_at).is_some_and(|u| u <= t)
+    });
+    let Some(run) = live else {
+        return Err(failed(format!(
+            "{component}: nothing rewind deployed had finished by {time}: a restore to that time cannot be matched with a release"
+        ))
+        .hint("choose a time after a deploy finished (`rewind history` shows the runs)"));
+    };
+    let Some(release) = env.store.release(&env.name, &run.release).await? else {
+        return Ok(());
+    };
+    match release.components.get(component) {
+        Some(level) if level == target_level => Ok(()),
+        Some(level) => Err(failed(format!(
+            "{component}: at {time} release {} was live, with {component} at level {level}; a restore to that time cannot leave it at {target}'s level {target_level}",
+            release.name
+        ))
+        .hint(format!(
+            "roll back to the release that ran then: rewind rollback --to {} --to-time {time} (add --force if it is marked failed)",
+            release.name
+        ))),
+        None => Ok(()),
+    }
 }
 
 // ---- rewind backup ------------------------------------------------------------------------

@@ -381,6 +381,14 @@ sql = """SELECT EXISTS (SELECT FROM pg_db_role_setting s JOIN pg_database d ON d
         assert!(out.stderr.contains("outside"), "{}", out.all());
         assert!(out.stderr.contains(&outside), "{}", out.all());
     }
+    // At T release v2 was live: a restore to T cannot leave the database at v1's level.
+    let out = run(&["plan", "--to", "v1", "--to-time", &t]);
+    out.code(1);
+    assert!(
+        out.stderr.contains("release v2 was live") && out.stderr.contains("--to v2"),
+        "{}",
+        out.all()
+    );
     let local = t.trim_end_matches('Z');
     let out = run(&["plan", "--to-time", local]);
     out.code(2);
