@@ -228,7 +228,12 @@ impl Database {
                 ComponentError::io(&self.name, format!("creating {}", dir.display()), e)
             })?;
         }
-        rewind_db::connect(&url).await.map_err(|e| self.fail(e))
+        rewind_db::connect(&url).await.map_err(|e| match e {
+            rewind_db::Error::Query { source, .. } => {
+                self.fail(format!("cannot connect to {}: {source}", self.location()))
+            }
+            e => self.fail(e),
+        })
     }
 
     async fn pg_pool(&self) -> Result<sqlx::PgPool> {

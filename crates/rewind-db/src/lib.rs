@@ -82,12 +82,18 @@ pub async fn connect(url: &str) -> Result<sqlx::AnyPool> {
     } else {
         url.to_string()
     };
+    let doing = format!("connecting to {}", url.split('@').next_back().unwrap_or(""));
+    // One connection first, so a refused connection or a wrong password is reported as
+    // such at once, instead of as a pool timeout.
+    use sqlx::Connection;
+    let first = sqlx::AnyConnection::connect(&url)
+        .await
+        .map_err(query_err(doing.clone()))?;
+    let _ = first.close().await;
     sqlx::any::AnyPoolOptions::new()
         .max_connections(4)
+        .acquire_timeout(std::time::Duration::from_secs(10))
         .connect(&url)
         .await
-        .map_err(query_err(format!(
-            "connecting to {}",
-            url.split('@').next_back().unwrap_or("")
-        )))
+        .map_err(query_err(doing))
 }

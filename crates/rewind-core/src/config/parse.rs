@@ -49,6 +49,22 @@ name = "production"
 # Components are deployed in the order they are listed here and rolled back in reverse.
 # The name after "components." is what --component NAME and --artifact NAME=PATH refer to.
 
+# A database: its version is its migration level, read from your migration tool's own
+# history table (sqlx, diesel, golang-migrate, flyway, refinery, sqitch). Deploys apply
+# pending migrations in one transaction after a full backup; rollbacks revert them, or
+# restore the backup when reverting would lose data. `rewind plan --deploy RELEASE` shows
+# each pending migration classified. Listed first: migrated before the code that needs it.
+# [components.db]
+#   kind = "postgres"                  # or "sqlite", with path = "data/app.db"
+#   url-env = "DATABASE_URL"           # the URL stays out of this file
+#   migrations = "/srv/shop/releases/{release}/migrations"
+#   format = "sqlx"                    # detected when absent
+#   policy = "revert"                  # "forward-only": never run down scripts
+#   freeze = "read-only"               # stop writes during a database rollback
+# [[components.db.check]]              # run after every database rollback and restore
+#   name = "no negative balances"
+#   sql = "SELECT count(*) = 0 FROM accounts WHERE balance < 0"
+
 [components.web]
 # Capistrano layout: every release in <root>/releases/<release>/, and the symlink
 # <root>/current points at the live one.

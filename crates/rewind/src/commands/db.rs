@@ -40,7 +40,7 @@ pub async fn deploy_facts(env: &Env, release: &str) -> CliResult<BTreeMap<String
     let mut out = BTreeMap::new();
     for (name, db) in databases(env) {
         let facts = db.deploy_facts(release).await.map_err(|e| {
-            usage(env.redactor.redact(&e.to_string())).hint(
+            failed(env.redactor.redact(&e.to_string())).hint(
                 "nothing was changed; the migrations must be readable and the database reachable to plan",
             )
         })?;
