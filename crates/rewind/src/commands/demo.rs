@@ -68,6 +68,27 @@ pub async fn run(fault: &str, keep: bool, printer: &Printer) -> CliResult<ExitCo
         &dir.join("build/v2/demo.toml"),
         &format!("version = \"v2\"\nbase-latency-ms = 20\n{fault_line}"),
     )?;
+    // The shop's database: v1 creates and fills the orders table; v2 also drops a column
+    // (a destructive migration: rewind backs the database up before it, and a rollback
+    // restores that backup instead of running the down script).
+    for v in ["v1", "v2"] {
+        write(
+            &dir.join(format!("build/{v}/migrations/1_orders.up.sql")),
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT NOT NULL, gift_note TEXT);\nINSERT INTO orders (item, gift_note) VALUES ('tea', 'happy birthday'), ('cups', NULL), ('pot', 'for mum');\n",
+        )?;
+        write(
+            &dir.join(format!("build/{v}/migrations/1_orders.down.sql")),
+            "DROP TABLE orders;\n",
+        )?;
+    }
+    write(
+        &dir.join("build/v2/migrations/2_drop_gift_note.up.sql"),
+        "ALTER TABLE orders DROP COLUMN gift_note;\n",
+    )?;
+    write(
+        &dir.join("build/v2/migrations/2_drop_gift_note.down.sql"),
+        "ALTER TABLE orders ADD COLUMN gift_note TEXT;\n",
+    )?;
     write(
         &dir.join("app/restart.sh"),
         &format!(
@@ -81,6 +102,17 @@ pub async fn run(fault: &str, keep: bool, printer: &Printer) -> CliResult<ExitCo
             r#"# The demo environment that `rewind demo` builds.
 [environment]
 name = "demo"
+
+# Migrated before the code that needs it; rolled back after it.
+[components.orders]
+kind = "sqlite"
+path = "app/shop.db"
+migrations = "build/{{release}}/migrations"
+format = "sqlx"
+
+[[components.orders.check]]
+name = "every order names an item"
+sql = "SELECT count(*) = 0 FROM orders WHERE item = ''"
 
 [components.shop]
 kind = "release-dir"
@@ -167,6 +199,14 @@ rate = 5
         ));
     }
     run(&["status"]);
+    // The column v2 dropped is back, with its values: the database was restored.
+    match gift_notes(&dir.join("app/shop.db")).await {
+        Ok(2) => {}
+        Ok(n) => problems.push(format!(
+            "the database was not restored: {n} gift notes instead of 2"
+        )),
+        Err(e) => problems.push(format!("the database was not restored: {e}")),
+    }
     let (c, _) = run(&["audit", "verify"]);
     if c != Some(0) {
         problems.push("the audit chain does not verify".to_string());
@@ -223,6 +263,18 @@ rate = 5
                     .to_string()
             }
             "incident.escalate" => "verification failed: escalate to a person".to_string(),
+            "step.done" => match e["details"]["step"].as_str().unwrap_or("") {
+                "orders.migrate" => "database migrated (v2 drops a column: backed up first)".to_string(),
+                "shop.switch" => e["details"]["title"]
+                    .as_str()
+                    .unwrap_or("shop switched")
+                    .to_string(),
+                "orders.restore" => {
+                    "database restored from the backup taken before v2 (reverting would lose the dropped column)".to_string()
+                }
+                "orders.check" => "data checks pass: row counts match the backup, no orphans".to_string(),
+                _ => continue,
+            },
             _ => continue,
         };
         timeline.push_str(&format!("  {dt:>7.2}s  {what}\n"));
@@ -237,7 +289,7 @@ rate = 5
     let ok = problems.is_empty();
     let verdict = if ok {
         printer.green(&format!(
-            "demo complete in {:.1}s: v2 ({fault_text}) was detected and rolled back to v1 within {v2_seconds:.1}s of its deploy, and verified",
+            "demo complete in {:.1}s: v2 ({fault_text}) was detected and rolled back to v1 — application and database — within {v2_seconds:.1}s of its deploy, and verified",
             started.elapsed().as_secs_f64()
         ))
     } else {
@@ -263,6 +315,23 @@ rate = 5
     } else {
         ExitCode::from(1)
     })
+}
+
+/// How many orders have a gift note (the column v2's migration drops).
+async fn gift_notes(db: &Path) -> Result<i64, String> {
+    use sqlx::Connection;
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true);
+    let mut c = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let n = sqlx::query_scalar("SELECT count(*) FROM orders WHERE gift_note IS NOT NULL")
+        .fetch_one(&mut c)
+        .await
+        .map_err(|e| e.to_string());
+    let _ = c.close().await;
+    n
 }
 
 fn write(path: &Path, text: &str) -> CliResult<()> {

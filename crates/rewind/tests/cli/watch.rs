@@ -43,6 +43,12 @@ fn the_demo_detects_and_rolls_back_every_fault_kind() {
             stderr.contains("audit chain of demo holds"),
             "{fault}\n{stderr}"
         );
+        // v2's destructive migration was undone by restoring the pre-deploy backup.
+        assert!(
+            stderr.contains("database restored from the backup taken before v2")
+                && stderr.contains("data checks pass"),
+            "{fault}\n{stderr}"
+        );
     }
 }
 
