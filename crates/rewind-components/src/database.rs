@@ -522,10 +522,16 @@ impl Database {
     /// there (integrity, row counts against the backup's, foreign-key orphans).
     pub async fn verify_backup(&self, meta: &BackupMeta) -> Result<CheckReport> {
         let info = backup_info(&meta.facts().source).expect("a backup");
+        let checks: Vec<(String, String)> = self
+            .cfg
+            .checks
+            .iter()
+            .map(|c| (c.name.clone(), c.sql.clone()))
+            .collect();
         let report = if self.postgres {
-            rewind_dbkit::pg_verify(&self.url()?, &info, 2).await
+            rewind_dbkit::pg_verify_with(&self.url()?, &info, 2, &checks).await
         } else {
-            rewind_dbkit::sqlite_verify(&info).await
+            rewind_dbkit::sqlite_verify_with(&info, &checks).await
         }
         .map_err(|e| self.fail(e))?;
         let mut out = CheckReport::default();
@@ -541,6 +547,51 @@ impl Database {
             true,
             "the backup's recorded",
         );
+        let orphans: Vec<String> = report
+            .fk_orphans
+            .iter()
+            .filter(|o| o.orphans > 0)
+            .map(|o| {
+                format!(
+                    "foreign key {} of {} → {}: {} orphaned rows",
+                    o.constraint, o.table, o.references, o.orphans
+                )
+            })
+            .collect();
+        if orphans.is_empty() {
+            out.lines.push(format!(
+                "foreign keys: {} checked, no orphaned rows",
+                report.fk_orphans.len()
+            ));
+        } else {
+            out.failures.extend(orphans.iter().cloned());
+            out.lines.extend(orphans);
+        }
+        for c in &report.checks {
+            match (&c.holds, &c.error) {
+                (Some(true), _) => out.lines.push(format!("check {}: holds", c.name)),
+                (Some(false), _) => {
+                    let l = format!("check {} does not hold", c.name);
+                    out.failures.push(l.clone());
+                    out.lines.push(l);
+                }
+                (None, Some(e)) if e.contains("no such table") || e.contains("does not exist") => {
+                    out.lines.push(format!(
+                        "check {}: not run, a table it reads is not in this backup",
+                        c.name
+                    ))
+                }
+                (None, e) => {
+                    let l = format!(
+                        "check {} could not run: {}",
+                        c.name,
+                        self.scrub(e.as_deref().unwrap_or("?"))
+                    );
+                    out.failures.push(l.clone());
+                    out.lines.push(l);
+                }
+            }
+        }
         Ok(out)
     }
 

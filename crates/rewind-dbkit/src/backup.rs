@@ -79,6 +79,50 @@ pub struct VerifyReport {
     pub integrity: String,
     /// Rows per user table (PostgreSQL: `schema.table`).
     pub row_counts: BTreeMap<String, i64>,
+    /// Every foreign key of the restored copy, with its orphaned rows.
+    pub fk_orphans: Vec<crate::inspect::FkOrphans>,
+    /// The SQL assertions asked for, run on the restored copy.
+    pub checks: Vec<CheckOutcome>,
+}
+
+/// One SQL assertion (`name`, `sql`: a query of one value, true or 1 when the data is sound)
+/// run on a restored copy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CheckOutcome {
+    pub name: String,
+    /// `None` when it could not run (`error` says why).
+    pub holds: Option<bool>,
+    pub error: Option<String>,
+}
+
+/// Runs SQL assertions on a pool (SQLite or PostgreSQL: the same code for both).
+macro_rules! run_checks {
+    ($pool:expr, $checks:expr, $secret:expr) => {{
+        let mut out = Vec::new();
+        for (name, sql) in $checks {
+            let q = format!(
+                "SELECT CAST(CASE WHEN ({}) THEN 1 ELSE 0 END AS BIGINT)",
+                sql.trim().trim_end_matches(';')
+            );
+            let got: std::result::Result<i64, sqlx::Error> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(q))
+                    .fetch_one($pool)
+                    .await;
+            out.push(match got {
+                Ok(v) => CheckOutcome {
+                    name: name.clone(),
+                    holds: Some(v == 1),
+                    error: None,
+                },
+                Err(e) => CheckOutcome {
+                    name: name.clone(),
+                    holds: None,
+                    error: Some(redact(&e.to_string(), $secret)),
+                },
+            });
+        }
+        out
+    }};
 }
 
 // ---- SQLite -------------------------------------------------------------------------------
@@ -194,6 +238,14 @@ where
 /// Restores a SQLite snapshot into a scratch file, runs `PRAGMA integrity_check` and counts
 /// the rows of every table. The scratch file is removed afterwards.
 pub async fn sqlite_verify(backup: &BackupInfo) -> Result<VerifyReport> {
+    sqlite_verify_with(backup, &[]).await
+}
+
+/// [`sqlite_verify`], also running `checks` (name, SQL) on the restored copy.
+pub async fn sqlite_verify_with(
+    backup: &BackupInfo,
+    checks: &[(String, String)],
+) -> Result<VerifyReport> {
     let dir = std::env::temp_dir().join(format!("rewind-verify-{}", random_suffix()));
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let result = async {
@@ -211,9 +263,13 @@ pub async fn sqlite_verify(backup: &BackupInfo) -> Result<VerifyReport> {
         let report = async {
             let integrity = integrity_check(&pool).await?;
             let row_counts = pool.row_counts().await?;
+            let fk_orphans = pool.fk_orphans().await?;
+            let checks = run_checks!(&pool, checks, None);
             Ok(VerifyReport {
                 integrity,
                 row_counts,
+                fk_orphans,
+                checks,
             })
         }
         .await;
@@ -465,6 +521,16 @@ async fn restore_into(url: &PgUrl, backup: &BackupInfo, jobs: usize) -> Result<(
 /// server of `url`, runs a query and counts the rows of every user table, then drops the
 /// scratch database (also when something failed).
 pub async fn pg_verify(url: &str, backup: &BackupInfo, jobs: usize) -> Result<VerifyReport> {
+    pg_verify_with(url, backup, jobs, &[]).await
+}
+
+/// [`pg_verify`], also running `checks` (name, SQL) in the scratch database.
+pub async fn pg_verify_with(
+    url: &str,
+    backup: &BackupInfo,
+    jobs: usize,
+    checks: &[(String, String)],
+) -> Result<VerifyReport> {
     let url = PgUrl::parse(url)?;
     backup.check().await?;
     let name = format!("rewind_verify_{}", random_suffix());
@@ -492,9 +558,13 @@ pub async fn pg_verify(url: &str, backup: &BackupInfo, jobs: usize) -> Result<Ve
                 .and_then(|r| r.try_get(0))
                 .map_err(db(format!("querying {name}"), secret))?;
             let row_counts = pool.row_counts().await?;
+            let fk_orphans = pool.fk_orphans().await?;
+            let checks = run_checks!(&pool, checks, secret);
             Ok(VerifyReport {
                 integrity: format!("restored; SELECT 1 returned {one}"),
                 row_counts,
+                fk_orphans,
+                checks,
             })
         }
         .await;

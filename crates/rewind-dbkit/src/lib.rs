@@ -13,8 +13,9 @@ pub mod inspect;
 pub mod pitr;
 
 pub use backup::{
-    BackupInfo, BackupKind, PgUrl, Progress, VerifyReport, pg_dump, pg_dump_with_counts,
-    pg_restore, pg_verify, sqlite_file_counts, sqlite_restore, sqlite_snapshot, sqlite_verify,
+    BackupInfo, BackupKind, CheckOutcome, PgUrl, Progress, VerifyReport, pg_dump,
+    pg_dump_with_counts, pg_restore, pg_verify, pg_verify_with, sqlite_file_counts, sqlite_restore,
+    sqlite_snapshot, sqlite_verify, sqlite_verify_with,
 };
 pub use classify::{Classification, Finding, FindingKind, Impact, classify, down_is_empty};
 pub use error::{Error, Result};

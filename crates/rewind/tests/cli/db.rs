@@ -302,6 +302,12 @@ fn backups_are_created_listed_verified_and_restored() {
         "{}",
         v.all()
     );
+    assert!(v.stdout.contains("no orphaned rows"), "{}", v.all());
+    assert!(
+        v.stdout.contains("check totals are positive: holds"),
+        "{}",
+        v.all()
+    );
 
     sqlite(&f, "DELETE FROM users");
     // Without --yes only the steps are shown.
