@@ -278,3 +278,42 @@ pub fn audit_ok(f: &Fixture) {
     let v = f.run(&["audit", "verify"]);
     assert_eq!(v.code, Some(0), "audit chain broken\n{}", v.all());
 }
+
+/// A fresh database on the test server (`REWIND_TEST_PG_URL`, started by scripts/test), and
+/// its URL with `secret` as the password in it (the test server trusts local connections, so
+/// the password is never checked — only watched for leaks).
+pub async fn fresh_pg_database(secret: &str) -> String {
+    use sqlx::Connection;
+    let base = std::env::var("REWIND_TEST_PG_URL")
+        .expect("REWIND_TEST_PG_URL is not set: run scripts/test, which starts PostgreSQL");
+    let name = format!(
+        "rewind_cli_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let with_db = match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("REWIND_TEST_PG_URL has no database part: {base}"),
+    };
+    let url = with_db.replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{secret}@"),
+        1,
+    );
+    assert!(
+        url.contains(secret),
+        "REWIND_TEST_PG_URL must look like postgres://postgres@host:port/db"
+    );
+    url
+}

@@ -351,32 +351,6 @@ fn backups_are_created_listed_verified_and_restored() {
     assert!(t.stderr.contains("time zone"), "{}", t.all());
 }
 
-async fn fresh_pg() -> (String, String) {
-    let base = std::env::var("REWIND_TEST_PG_URL")
-        .expect("REWIND_TEST_PG_URL is not set: run scripts/test, which starts PostgreSQL");
-    let name = format!(
-        "rewind_db_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
-    let (server, _) = base.rsplit_once('/').unwrap();
-    let url = format!("{server}/{name}").replacen(
-        "postgres://postgres@",
-        "postgres://postgres:db-secret-0815@",
-        1,
-    );
-    (url, name)
-}
-
 async fn pg_one(url: &str, sql: &str) -> String {
     let mut c = sqlx::PgConnection::connect(url).await.unwrap();
     let v: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
@@ -390,7 +364,7 @@ async fn pg_one(url: &str, sql: &str) -> String {
 #[test]
 fn postgres_revert_with_frozen_writes_survives_sigkill_and_resumes() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (url, _) = rt.block_on(fresh_pg());
+    let url = rt.block_on(fresh_pg_database("db-secret-0815"));
     let f = Fixture::new();
     migrations(&f);
     config(
@@ -495,7 +469,7 @@ fn postgres_revert_with_frozen_writes_survives_sigkill_and_resumes() {
 #[test]
 fn postgres_destructive_deploy_is_restored_from_its_dump() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (url, _) = rt.block_on(fresh_pg());
+    let url = rt.block_on(fresh_pg_database("db-secret-0815"));
     let f = Fixture::new();
     migrations(&f);
     config(

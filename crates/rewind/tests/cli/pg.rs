@@ -2,51 +2,12 @@
 //! rollback, a kill and resume, the lock race, the audit chain — and the URL's password never
 //! appears anywhere.
 
-use sqlx::Connection;
-
 use crate::common::*;
-
-/// A fresh database on the test server, and its URL with a password in it (the test server
-/// trusts local connections, so the password is never checked — only watched for leaks).
-async fn fresh_database() -> (String, String) {
-    let base = std::env::var("REWIND_TEST_PG_URL")
-        .expect("REWIND_TEST_PG_URL is not set: run scripts/test, which starts PostgreSQL");
-    let name = format!(
-        "rewind_cli_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    );
-    let mut conn = sqlx::PgConnection::connect(&base)
-        .await
-        .expect("connect to the test PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
-    let with_db = match base.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("REWIND_TEST_PG_URL has no database part: {base}"),
-    };
-    let secret = "pw-never-shown-4711";
-    let url = with_db.replacen(
-        "postgres://postgres@",
-        &format!("postgres://postgres:{secret}@"),
-        1,
-    );
-    assert!(
-        url.contains(secret),
-        "REWIND_TEST_PG_URL must look like postgres://postgres@host:port/db"
-    );
-    (url, secret.to_string())
-}
 
 #[tokio::test]
 async fn the_story_on_a_postgresql_state_store() {
-    let (url, secret) = fresh_database().await;
+    let secret = "pw-never-shown-4711".to_string();
+    let url = fresh_pg_database(&secret).await;
     let f = Fixture::with(Setup {
         restart: "sleep 0.5; echo \"$REWIND_RELEASE\" >> restarts.log".into(),
         state: Some(url.clone()),
