@@ -137,12 +137,22 @@ impl Database {
 
     /// Masks the URL's password in `text` (tools and drivers may repeat it).
     fn scrub(&self, text: &str) -> String {
-        let secret = self.url().ok().and_then(|u| {
-            PgUrl::parse(&u)
-                .ok()
-                .and_then(|p| p.password().map(str::to_string))
-        });
-        rewind_dbkit::error::redact(text, secret.as_deref())
+        rewind_dbkit::error::redact(text, self.password().as_deref())
+    }
+
+    /// The URL's password, if it has one (to mask it).
+    fn password(&self) -> Option<String> {
+        let url = self.url().ok()?;
+        PgUrl::parse(&url).ok()?.password().map(str::to_string)
+    }
+
+    /// The component's SQL assertions as (name, SQL).
+    fn sql_checks(&self) -> Vec<(String, String)> {
+        self.cfg
+            .checks
+            .iter()
+            .map(|c| (c.name.clone(), c.sql.clone()))
+            .collect()
     }
 
     /// The connection URL, with its password. Never printed.
@@ -522,12 +532,7 @@ impl Database {
     /// there (integrity, row counts against the backup's, foreign-key orphans).
     pub async fn verify_backup(&self, meta: &BackupMeta) -> Result<CheckReport> {
         let info = backup_info(&meta.facts().source).expect("a backup");
-        let checks: Vec<(String, String)> = self
-            .cfg
-            .checks
-            .iter()
-            .map(|c| (c.name.clone(), c.sql.clone()))
-            .collect();
+        let checks = self.sql_checks();
         let report = if self.postgres {
             rewind_dbkit::pg_verify_with(&self.url()?, &info, 2, &checks).await
         } else {
@@ -547,51 +552,12 @@ impl Database {
             true,
             "the backup's recorded",
         );
-        let orphans: Vec<String> = report
-            .fk_orphans
-            .iter()
-            .filter(|o| o.orphans > 0)
-            .map(|o| {
-                format!(
-                    "foreign key {} of {} → {}: {} orphaned rows",
-                    o.constraint, o.table, o.references, o.orphans
-                )
-            })
-            .collect();
-        if orphans.is_empty() {
-            out.lines.push(format!(
-                "foreign keys: {} checked, no orphaned rows",
-                report.fk_orphans.len()
-            ));
-        } else {
-            out.failures.extend(orphans.iter().cloned());
-            out.lines.extend(orphans);
-        }
-        for c in &report.checks {
-            match (&c.holds, &c.error) {
-                (Some(true), _) => out.lines.push(format!("check {}: holds", c.name)),
-                (Some(false), _) => {
-                    let l = format!("check {} does not hold", c.name);
-                    out.failures.push(l.clone());
-                    out.lines.push(l);
-                }
-                (None, Some(e)) if e.contains("no such table") || e.contains("does not exist") => {
-                    out.lines.push(format!(
-                        "check {}: not run, a table it reads is not in this backup",
-                        c.name
-                    ))
-                }
-                (None, e) => {
-                    let l = format!(
-                        "check {} could not run: {}",
-                        c.name,
-                        self.scrub(e.as_deref().unwrap_or("?"))
-                    );
-                    out.failures.push(l.clone());
-                    out.lines.push(l);
-                }
-            }
-        }
+        report_orphans_and_checks(
+            &mut out,
+            &report.fk_orphans,
+            &report.checks,
+            "is not in this backup",
+        );
         Ok(out)
     }
 
@@ -599,33 +565,20 @@ impl Database {
     pub async fn checks(&self, baseline: Baseline<'_>) -> Result<CheckReport> {
         let want_counts = !matches!(baseline, Baseline::None | Baseline::Missing);
         let mut out = CheckReport::default();
-        let (counts, orphans) = if self.postgres {
+        let checks = self.sql_checks();
+        let secret = self.password();
+        let (counts, orphans, outcomes) = if self.postgres {
             let pool = self.pg_pool().await?;
-            let r = async {
-                let counts = if want_counts {
-                    pool.row_counts().await?
-                } else {
-                    BTreeMap::new()
-                };
-                Ok::<_, rewind_dbkit::Error>((counts, pool.fk_orphans().await?))
-            }
-            .await;
+            let r = inspect(&pool, want_counts, &checks, secret.as_deref()).await;
             pool.close().await;
-            r.map_err(|e| self.fail(e))?
+            r
         } else {
             let pool = self.sqlite_pool().await?;
-            let r = async {
-                let counts = if want_counts {
-                    pool.row_counts().await?
-                } else {
-                    BTreeMap::new()
-                };
-                Ok::<_, rewind_dbkit::Error>((counts, pool.fk_orphans().await?))
-            }
-            .await;
+            let r = inspect(&pool, want_counts, &checks, None).await;
             pool.close().await;
-            r.map_err(|e| self.fail(e))?
-        };
+            r
+        }
+        .map_err(|e| self.fail(e))?;
         // The migration tools' own tables change with every revert: not data.
         let is_bookkeeping = |t: &str| {
             let bare = t.rsplit('.').next().unwrap_or(t);
@@ -668,66 +621,12 @@ impl Database {
                 "the backup's",
             ),
         }
-        let bad: Vec<String> = orphans
-            .iter()
-            .filter(|o| o.orphans > 0)
-            .map(|o| {
-                format!(
-                    "foreign key {} of {} ({}) → {}: {} orphaned row{}",
-                    o.constraint,
-                    o.table,
-                    o.columns.join(", "),
-                    o.references,
-                    o.orphans,
-                    if o.orphans == 1 { "" } else { "s" }
-                )
-            })
-            .collect();
-        if bad.is_empty() {
-            out.lines.push(format!(
-                "foreign keys: {} checked, no orphaned rows",
-                orphans.len()
-            ));
-        } else {
-            out.failures.extend(bad.iter().cloned());
-            out.lines.extend(bad);
-        }
-        for check in &self.cfg.checks {
-            let sql = format!(
-                "SELECT CAST(CASE WHEN ({}) THEN 1 ELSE 0 END AS BIGINT)",
-                check.sql.trim().trim_end_matches(';')
-            );
-            let pool = self.pool().await?;
-            let got: std::result::Result<i64, sqlx::Error> =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .fetch_one(&pool)
-                    .await;
-            pool.close().await;
-            match got {
-                Ok(1) => out.lines.push(format!("check {}: holds", check.name)),
-                Ok(_) => {
-                    let l = format!("check {} does not hold: {}", check.name, check.sql);
-                    out.failures.push(l.clone());
-                    out.lines.push(l);
-                }
-                // A check of a table this level does not have (a revert dropped it) says
-                // nothing about the data that is there.
-                Err(e) if undefined_table(&e) => out.lines.push(format!(
-                    "check {}: not run, a table it reads does not exist at this level ({})",
-                    check.name,
-                    self.scrub(&e.to_string())
-                )),
-                Err(e) => {
-                    let l = format!(
-                        "check {} could not run: {}",
-                        check.name,
-                        self.scrub(&e.to_string())
-                    );
-                    out.failures.push(l.clone());
-                    out.lines.push(l);
-                }
-            }
-        }
+        report_orphans_and_checks(
+            &mut out,
+            &orphans,
+            &outcomes,
+            "does not exist at this level",
+        );
         Ok(out)
     }
 
@@ -919,6 +818,82 @@ impl Database {
     }
 }
 
+/// Row counts (when wanted), foreign-key orphans and the SQL assertions of one pool.
+async fn inspect<P: Inspect>(
+    pool: &P,
+    want_counts: bool,
+    checks: &[(String, String)],
+    secret: Option<&str>,
+) -> std::result::Result<
+    (
+        BTreeMap<String, i64>,
+        Vec<rewind_dbkit::FkOrphans>,
+        Vec<rewind_dbkit::CheckOutcome>,
+    ),
+    rewind_dbkit::Error,
+> {
+    let counts = if want_counts {
+        pool.row_counts().await?
+    } else {
+        BTreeMap::new()
+    };
+    let orphans = pool.fk_orphans().await?;
+    Ok((counts, orphans, pool.sql_checks(checks, secret).await))
+}
+
+/// Adds the foreign-key and SQL-assertion results to `out`. `missing` says where a table a
+/// check reads is missing (such a check says nothing about the data that is there).
+fn report_orphans_and_checks(
+    out: &mut CheckReport,
+    orphans: &[rewind_dbkit::FkOrphans],
+    checks: &[rewind_dbkit::CheckOutcome],
+    missing: &str,
+) {
+    let bad: Vec<String> = orphans
+        .iter()
+        .filter(|o| o.orphans > 0)
+        .map(|o| {
+            format!(
+                "foreign key {} of {} ({}) → {}: {} orphaned row{}",
+                o.constraint,
+                o.table,
+                o.columns.join(", "),
+                o.references,
+                o.orphans,
+                if o.orphans == 1 { "" } else { "s" }
+            )
+        })
+        .collect();
+    if bad.is_empty() {
+        out.lines.push(format!(
+            "foreign keys: {} checked, no orphaned rows",
+            orphans.len()
+        ));
+    } else {
+        out.failures.extend(bad.iter().cloned());
+        out.lines.extend(bad);
+    }
+    for c in checks {
+        let error = c.error.as_deref().unwrap_or("?");
+        let (line, fails) = match c.holds {
+            Some(true) => (format!("check {}: holds", c.name), false),
+            Some(false) => (format!("check {} does not hold", c.name), true),
+            None if c.missing_table => (
+                format!(
+                    "check {}: not run, a table it reads {missing} ({error})",
+                    c.name
+                ),
+                false,
+            ),
+            None => (format!("check {} could not run: {error}", c.name), true),
+        };
+        if fails {
+            out.failures.push(line.clone());
+        }
+        out.lines.push(line);
+    }
+}
+
 /// Compares row counts: a table that lost more than `tolerance` of its rows fails; so does a
 /// table that is gone, when `missing_fails` (after a restore every table must be back).
 fn compare_counts(
@@ -976,15 +951,6 @@ fn phase_words(p: &rewind_db::Phase) -> String {
         Phase::Failed(e) => format!("failed: {e}"),
         Phase::Committed => "committed".into(),
         Phase::RolledBack => "rolled back: the database is as before the batch".into(),
-    }
-}
-
-fn undefined_table(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(d) => {
-            d.code().as_deref() == Some("42P01") || d.message().starts_with("no such table")
-        }
-        _ => false,
     }
 }
 

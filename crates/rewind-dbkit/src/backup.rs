@@ -82,47 +82,7 @@ pub struct VerifyReport {
     /// Every foreign key of the restored copy, with its orphaned rows.
     pub fk_orphans: Vec<crate::inspect::FkOrphans>,
     /// The SQL assertions asked for, run on the restored copy.
-    pub checks: Vec<CheckOutcome>,
-}
-
-/// One SQL assertion (`name`, `sql`: a query of one value, true or 1 when the data is sound)
-/// run on a restored copy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct CheckOutcome {
-    pub name: String,
-    /// `None` when it could not run (`error` says why).
-    pub holds: Option<bool>,
-    pub error: Option<String>,
-}
-
-/// Runs SQL assertions on a pool (SQLite or PostgreSQL: the same code for both).
-macro_rules! run_checks {
-    ($pool:expr, $checks:expr, $secret:expr) => {{
-        let mut out = Vec::new();
-        for (name, sql) in $checks {
-            let q = format!(
-                "SELECT CAST(CASE WHEN ({}) THEN 1 ELSE 0 END AS BIGINT)",
-                sql.trim().trim_end_matches(';')
-            );
-            let got: std::result::Result<i64, sqlx::Error> =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(q))
-                    .fetch_one($pool)
-                    .await;
-            out.push(match got {
-                Ok(v) => CheckOutcome {
-                    name: name.clone(),
-                    holds: Some(v == 1),
-                    error: None,
-                },
-                Err(e) => CheckOutcome {
-                    name: name.clone(),
-                    holds: None,
-                    error: Some(redact(&e.to_string(), $secret)),
-                },
-            });
-        }
-        out
-    }};
+    pub checks: Vec<crate::inspect::CheckOutcome>,
 }
 
 // ---- SQLite -------------------------------------------------------------------------------
@@ -264,7 +224,7 @@ pub async fn sqlite_verify_with(
             let integrity = integrity_check(&pool).await?;
             let row_counts = pool.row_counts().await?;
             let fk_orphans = pool.fk_orphans().await?;
-            let checks = run_checks!(&pool, checks, None);
+            let checks = pool.sql_checks(checks, None).await;
             Ok(VerifyReport {
                 integrity,
                 row_counts,
@@ -559,7 +519,7 @@ pub async fn pg_verify_with(
                 .map_err(db(format!("querying {name}"), secret))?;
             let row_counts = pool.row_counts().await?;
             let fk_orphans = pool.fk_orphans().await?;
-            let checks = run_checks!(&pool, checks, secret);
+            let checks = pool.sql_checks(checks, secret).await;
             Ok(VerifyReport {
                 integrity: format!("restored; SELECT 1 returned {one}"),
                 row_counts,

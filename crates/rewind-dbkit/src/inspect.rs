@@ -35,6 +35,67 @@ pub trait Inspect {
     /// with `foreign_keys` off, PostgreSQL with `session_replication_role = replica` or
     /// disabled triggers, or a constraint added `NOT VALID`.
     fn fk_orphans(&self) -> impl Future<Output = Result<Vec<FkOrphans>>> + Send;
+    /// Runs SQL assertions (name, SQL: a query of one value, true or 1 when the data is
+    /// sound). Driver errors are redacted (URL passwords, and `secret`).
+    fn sql_checks(
+        &self,
+        checks: &[(String, String)],
+        secret: Option<&str>,
+    ) -> impl Future<Output = Vec<CheckOutcome>> + Send;
+}
+
+/// One SQL assertion's result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CheckOutcome {
+    pub name: String,
+    /// `None` when it could not run (`error` says why).
+    pub holds: Option<bool>,
+    pub error: Option<String>,
+    /// It could not run because a table it reads does not exist (at this migration level, or
+    /// in this backup): that says nothing about the data that is there.
+    pub missing_table: bool,
+}
+
+/// [`Inspect::sql_checks`] for any pool: the same SQL runs on SQLite and PostgreSQL.
+macro_rules! sql_checks {
+    ($pool:expr, $checks:expr, $secret:expr) => {{
+        let mut out = Vec::new();
+        for (name, sql) in $checks {
+            let q = format!(
+                "SELECT CAST(CASE WHEN ({}) THEN 1 ELSE 0 END AS BIGINT)",
+                sql.trim().trim_end_matches(';')
+            );
+            let got: std::result::Result<i64, sqlx::Error> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(q))
+                    .fetch_one($pool)
+                    .await;
+            out.push(match got {
+                Ok(v) => CheckOutcome {
+                    name: name.clone(),
+                    holds: Some(v == 1),
+                    error: None,
+                    missing_table: false,
+                },
+                Err(e) => CheckOutcome {
+                    name: name.clone(),
+                    holds: None,
+                    missing_table: undefined_table(&e),
+                    error: Some(crate::error::redact(&e.to_string(), $secret)),
+                },
+            });
+        }
+        out
+    }};
+}
+
+/// PostgreSQL's `undefined_table`, or SQLite's "no such table".
+fn undefined_table(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.code().as_deref() == Some("42P01") || d.message().starts_with("no such table")
+        }
+        _ => false,
+    }
 }
 
 /// `row_counts` for either kind of pool.
@@ -82,6 +143,14 @@ async fn sqlite_tables(pool: &SqlitePool) -> Result<Vec<String>> {
 }
 
 impl Inspect for SqlitePool {
+    async fn sql_checks(
+        &self,
+        checks: &[(String, String)],
+        secret: Option<&str>,
+    ) -> Vec<CheckOutcome> {
+        sql_checks!(self, checks, secret)
+    }
+
     async fn row_counts(&self) -> Result<BTreeMap<String, i64>> {
         let mut out = BTreeMap::new();
         for table in sqlite_tables(self).await? {
@@ -143,6 +212,14 @@ impl Inspect for SqlitePool {
 }
 
 impl Inspect for PgPool {
+    async fn sql_checks(
+        &self,
+        checks: &[(String, String)],
+        secret: Option<&str>,
+    ) -> Vec<CheckOutcome> {
+        sql_checks!(self, checks, secret)
+    }
+
     async fn row_counts(&self) -> Result<BTreeMap<String, i64>> {
         let tables = sqlx::query(
             "SELECT n.nspname::text, c.relname::text

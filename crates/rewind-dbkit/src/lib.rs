@@ -13,13 +13,13 @@ pub mod inspect;
 pub mod pitr;
 
 pub use backup::{
-    BackupInfo, BackupKind, CheckOutcome, PgUrl, Progress, VerifyReport, pg_dump,
-    pg_dump_with_counts, pg_restore, pg_verify, pg_verify_with, sqlite_file_counts, sqlite_restore,
-    sqlite_snapshot, sqlite_verify, sqlite_verify_with,
+    BackupInfo, BackupKind, PgUrl, Progress, VerifyReport, pg_dump, pg_dump_with_counts,
+    pg_restore, pg_verify, pg_verify_with, sqlite_file_counts, sqlite_restore, sqlite_snapshot,
+    sqlite_verify, sqlite_verify_with,
 };
 pub use classify::{Classification, Finding, FindingKind, Impact, classify, down_is_empty};
 pub use error::{Error, Result};
-pub use inspect::{FkOrphans, Inspect, fk_orphans, integrity_check, row_counts};
+pub use inspect::{CheckOutcome, FkOrphans, Inspect, fk_orphans, integrity_check, row_counts};
 pub use pitr::{
     BackupSet, PgBackRest, PitrPhase, PitrReport, Window, parse_target_time, restore_to_time,
 };
