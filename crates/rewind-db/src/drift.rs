@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use sqlx::AnyPool;
 
 use crate::history::{self, Recorded};
-use crate::migrations::{Format, Migration, checksum_of, cmp_versions, line_ending_forms};
+use crate::migrations::{Format, Migration, checksum_of, line_ending_forms};
 use crate::{Result, query_err};
 
 /// One applied migration that no longer matches the migrations directory.
@@ -121,19 +121,16 @@ const ROW_HAS_NONE: &str = "the history row has no checksum";
 /// The pure part of [`drift`]: `recorded` is what the history holds.
 pub fn compare(format: Format, migrations: &[Migration], recorded: &[Recorded]) -> DriftReport {
     let mut report = DriftReport::default();
-    let find = |key: &str| {
-        migrations.iter().find(|m| {
-            if format == Format::Sqitch {
-                m.name == key
-            } else {
-                m.version == key
-            }
-        })
-    };
+    let find = |key: &str| migrations.iter().find(|m| m.key() == key);
     for r in recorded {
         let Some(m) = find(&r.key) else {
             report.drift.push(Drift {
-                version: r.key.clone(),
+                // A sqitch change that left the plan is named by its change name.
+                version: if format == Format::Sqitch {
+                    r.name.clone()
+                } else {
+                    r.key.clone()
+                },
                 name: r.name.clone(),
                 file: None,
                 kind: DriftKind::Missing,
@@ -141,17 +138,11 @@ pub fn compare(format: Format, migrations: &[Migration], recorded: &[Recorded]) 
             continue;
         };
         if format == Format::GolangMigrate {
-            // Its one row names the current version; everything up to it is applied.
-            for m in migrations
-                .iter()
-                .filter(|x| cmp_versions(&x.version, &m.version).is_le())
-            {
-                report.unchecked.push(Unchecked {
-                    version: m.version.clone(),
-                    name: m.name.clone(),
-                    reason: NO_CHECKSUM_KEPT,
-                });
-            }
+            report.unchecked.push(Unchecked {
+                version: m.version.clone(),
+                name: m.name.clone(),
+                reason: NO_CHECKSUM_KEPT,
+            });
             continue;
         }
         let Some(stored) = &r.checksum else {
@@ -215,6 +206,7 @@ mod tests {
             file: format!("{version}_{name}.sql").into(),
             down_file: None,
             sqitch: None,
+            ..Migration::default()
         }
     }
 
@@ -237,12 +229,9 @@ mod tests {
             Format::Refinery,
             Format::Sqitch,
         ] {
-            // sqitch's registry names changes, the others versions.
-            let key = if format == Format::Sqitch {
-                "init"
-            } else {
-                "1"
-            };
+            // The history's key: the version (for sqitch the change id, which these
+            // plan-less migrations do not have, so their version stands in).
+            let key = "1";
             let applied_lf = tool_checksum(format, &mig("1", "init", LF)).to_text();
             let applied_crlf = tool_checksum(format, &mig("1", "init", &crlf)).to_text();
             // Applied from an LF checkout, now CRLF, and the reverse.
@@ -317,8 +306,12 @@ mod tests {
         assert_eq!(report.drift.len(), 1);
         assert_eq!(report.drift[0].kind, DriftKind::Missing);
 
-        // golang-migrate: the current version covers every one before it.
-        let report = compare(Format::GolangMigrate, &migs, &[rec("2", None)]);
+        // golang-migrate: `recorded` expands the current version to every one before it.
+        let report = compare(
+            Format::GolangMigrate,
+            &migs,
+            &[rec("1", None), rec("2", None)],
+        );
         assert!(report.is_clean());
         let versions: Vec<_> = report
             .unchecked
@@ -330,7 +323,11 @@ mod tests {
         assert_eq!(report.drift[0].kind, DriftKind::Missing);
 
         // sqitch: a change without a script hash cannot be checked.
-        let report = compare(Format::Sqitch, &[mig("0001", "a", LF)], &[rec("a", None)]);
+        let report = compare(
+            Format::Sqitch,
+            &[mig("0001", "a", LF)],
+            &[rec("0001", None)],
+        );
         assert_eq!(report.unchecked[0].reason, ROW_HAS_NONE);
     }
 }

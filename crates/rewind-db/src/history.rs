@@ -54,7 +54,7 @@ use std::path::{Path, PathBuf};
 
 use sqlx::{AnyConnection, Row};
 
-use crate::migrations::{Checksum, Format, Migration, cmp_versions, tool_checksum};
+use crate::migrations::{Checksum, Format, Migration, tool_checksum};
 use crate::{Error, Result, query_err};
 
 /// The database behind an `Any` connection.
@@ -389,159 +389,42 @@ fn history_err(format: Format, detail: impl Into<String>) -> Error {
     }
 }
 
-/// The versions the tool's history says are applied, in apply order. A missing table means
-/// nothing is applied. `migrations` is needed for golang-migrate (which stores only the
-/// current version) and sqitch (whose registry stores change names, mapped back to
-/// [`Migration::version`]).
+/// The versions of `migrations` the tool's history says are applied, in apply order (oldest
+/// first). A missing table means nothing is applied. Applied entries that are not in
+/// `migrations` are left out: [`recorded`] has them. golang-migrate stores only its current
+/// version: every migration up to it (in the tool's order) counts as applied.
 pub async fn applied(
     conn: &mut AnyConnection,
     format: Format,
     migrations: &[Migration],
 ) -> Result<Vec<String>> {
-    if !table_exists(conn, format).await? {
-        return Ok(Vec::new());
-    }
-    let doing = format!("reading {}", format.history_table());
-    let mut versions = match format {
-        Format::Sqlx => {
-            let failed = texts(
-                conn,
-                "SELECT CAST(version AS TEXT) FROM _sqlx_migrations WHERE NOT success",
-                &doing,
-            )
-            .await?;
-            if let Some(v) = failed.first() {
-                return Err(history_err(
-                    format,
-                    format!("migration {v} is recorded as failed (dirty); fix it with sqlx first"),
-                ));
-            }
-            texts(
-                conn,
-                "SELECT CAST(version AS TEXT) FROM _sqlx_migrations ORDER BY version",
-                &doing,
-            )
-            .await?
-        }
-        Format::Diesel => {
-            texts(
-                conn,
-                "SELECT version FROM __diesel_schema_migrations",
-                &doing,
-            )
-            .await?
-        }
-        Format::Refinery => {
-            texts(
-                conn,
-                "SELECT CAST(version AS TEXT) FROM refinery_schema_history",
-                &doing,
-            )
-            .await?
-        }
-        Format::GolangMigrate => {
-            let rows = texts(
-                conn,
-                "SELECT CAST(version AS TEXT) || CASE WHEN dirty THEN ' dirty' ELSE '' END \
-                 FROM schema_migrations",
-                &doing,
-            )
-            .await?;
-            match rows.as_slice() {
-                [] => Vec::new(),
-                [one] => {
-                    let (current, dirty) = match one.split_once(' ') {
-                        Some((v, _)) => (v, true),
-                        None => (one.as_str(), false),
-                    };
-                    if dirty {
-                        return Err(history_err(
-                            format,
-                            format!(
-                                "the database is dirty at version {current}; fix it with `migrate force` first"
-                            ),
-                        ));
-                    }
-                    if !migrations.iter().any(|m| m.version == current) {
-                        return Err(Error::UnknownVersion(current.to_string()));
-                    }
-                    migrations
-                        .iter()
-                        .filter(|m| cmp_versions(&m.version, current).is_le())
-                        .map(|m| m.version.clone())
-                        .collect()
-                }
-                _ => return Err(history_err(format, "more than one row")),
-            }
-        }
-        Format::Flyway => {
-            let failed = texts(
-                conn,
-                "SELECT COALESCE(version, script) FROM flyway_schema_history WHERE NOT success",
-                &doing,
-            )
-            .await?;
-            if let Some(v) = failed.first() {
-                return Err(history_err(
-                    format,
-                    format!("a failed migration ({v}) is recorded; run `flyway repair` first"),
-                ));
-            }
-            // Latest successful SQL/UNDO_SQL row per version decides.
-            texts(
-                conn,
-                "SELECT DISTINCT h.version FROM flyway_schema_history h \
-                 WHERE h.success AND h.version IS NOT NULL AND h.type = 'SQL' \
-                 AND NOT EXISTS (SELECT 1 FROM flyway_schema_history u \
-                   WHERE u.version = h.version AND u.success AND u.type = 'UNDO_SQL' \
-                   AND u.installed_rank > h.installed_rank)",
-                &doing,
-            )
-            .await?
-        }
-        Format::Sqitch => {
-            let project = migrations
-                .iter()
-                .find_map(|m| m.sqitch.as_ref())
-                .map(|s| s.project.clone())
-                .unwrap_or_default();
-            let rows = sqlx::query("SELECT change FROM sqitch.changes WHERE project = $1")
-                .bind(project)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(query_err(doing.clone()))?;
-            let mut versions = Vec::new();
-            for row in rows {
-                let change: String = row.try_get(0).map_err(query_err(doing.clone()))?;
-                let m = migrations
-                    .iter()
-                    .find(|m| m.name == change)
-                    .ok_or_else(|| Error::UnknownVersion(change.clone()))?;
-                versions.push(m.version.clone());
-            }
-            versions
-        }
-    };
-    versions.sort_by(|a, b| cmp_versions(a, b));
-    Ok(versions)
+    let recorded = recorded(conn, format, migrations).await?;
+    Ok(recorded
+        .iter()
+        .filter_map(|r| migrations.iter().find(|m| m.key() == r.key))
+        .map(|m| m.version.clone())
+        .collect())
 }
 
 /// One applied migration as the tool's history records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
-    /// The version as the tool stores it; for sqitch the change name.
+    /// What identifies it: the version as the tool stores it; for sqitch the change id
+    /// (compare with [`Migration::key`]).
     pub key: String,
-    /// The description or name the history holds ("" when it holds none).
+    /// The description or name the history holds ("" when it holds none; sqitch: the change
+    /// name).
     pub name: String,
     /// The stored checksum as text (see [`crate::migrations::Checksum::to_text`]), `None`
     /// when the tool keeps none or the row has none.
     pub checksum: Option<String>,
 }
 
-/// What the history says is applied, with the checksums it stored, in apply order. Unlike
-/// [`applied`] it does not check the rows against `migrations` (drift reports those that
-/// have no file). golang-migrate keeps only its current version: one entry. Rows a tool
-/// records as failed are left out ([`applied`] refuses them).
+/// What the history says is applied, with the checksums it stored, in apply order (oldest
+/// first: by install time or rank, ties in the tool's order). Entries are not checked
+/// against `migrations` (the caller sorts out those that have no file); golang-migrate's
+/// single row is expanded to every migration up to it, or kept as one entry when its version
+/// is not in `migrations`. A history the tool itself calls dirty or failed is refused.
 pub async fn recorded(
     conn: &mut AnyConnection,
     format: Format,
@@ -557,19 +440,53 @@ pub async fn recorded(
         .find_map(|m| m.sqitch.as_ref())
         .map(|s| s.project.clone())
         .unwrap_or_default();
+    match format {
+        Format::Sqlx => {
+            let failed = texts(
+                conn,
+                "SELECT CAST(version AS TEXT) FROM _sqlx_migrations WHERE NOT success",
+                &doing,
+            )
+            .await?;
+            if let Some(v) = failed.first() {
+                return Err(history_err(
+                    format,
+                    format!("migration {v} is recorded as failed (dirty); fix it with sqlx first"),
+                ));
+            }
+        }
+        Format::Flyway => {
+            let failed = texts(
+                conn,
+                "SELECT COALESCE(version, script) FROM flyway_schema_history WHERE NOT success",
+                &doing,
+            )
+            .await?;
+            if let Some(v) = failed.first() {
+                return Err(history_err(
+                    format,
+                    format!("a failed migration ({v}) is recorded; run `flyway repair` first"),
+                ));
+            }
+        }
+        _ => {}
+    }
     let sql = match format {
         Format::Sqlx if pg => {
             "SELECT CAST(version AS TEXT), description, encode(checksum, 'hex') \
-             FROM _sqlx_migrations WHERE success ORDER BY version"
+             FROM _sqlx_migrations WHERE success ORDER BY installed_on, version"
         }
         Format::Sqlx => {
             "SELECT CAST(version AS TEXT), description, lower(hex(checksum)) \
-             FROM _sqlx_migrations WHERE success ORDER BY version"
+             FROM _sqlx_migrations WHERE success ORDER BY installed_on, version"
         }
-        Format::Diesel => "SELECT version, '', CAST(NULL AS TEXT) FROM __diesel_schema_migrations",
+        Format::Diesel => {
+            "SELECT version, '', CAST(NULL AS TEXT) FROM __diesel_schema_migrations \
+             ORDER BY run_on, version"
+        }
         Format::GolangMigrate => {
-            "SELECT CAST(version AS TEXT), '', CAST(NULL AS TEXT) FROM schema_migrations \
-             WHERE NOT dirty"
+            "SELECT CAST(version AS TEXT), CASE WHEN dirty THEN 'dirty' ELSE '' END, \
+             CAST(NULL AS TEXT) FROM schema_migrations"
         }
         // The latest successful SQL row of each version that no later undo took back.
         Format::Flyway => {
@@ -578,13 +495,15 @@ pub async fn recorded(
              WHERE h.success AND h.version IS NOT NULL AND h.type = 'SQL' \
              AND NOT EXISTS (SELECT 1 FROM flyway_schema_history u \
                WHERE u.version = h.version AND u.success \
-               AND u.type IN ('SQL', 'UNDO_SQL') AND u.installed_rank > h.installed_rank)"
+               AND u.type IN ('SQL', 'UNDO_SQL') AND u.installed_rank > h.installed_rank) \
+             ORDER BY h.installed_rank"
         }
         Format::Refinery => {
-            "SELECT CAST(version AS TEXT), name, checksum FROM refinery_schema_history"
+            "SELECT CAST(version AS TEXT), name, checksum FROM refinery_schema_history \
+             ORDER BY applied_on, version"
         }
         Format::Sqitch => {
-            "SELECT change, change, script_hash FROM sqitch.changes WHERE project = $1 \
+            "SELECT change_id, change, script_hash FROM sqitch.changes WHERE project = $1 \
              ORDER BY committed_at"
         }
     };
@@ -607,8 +526,39 @@ pub async fn recorded(
                 .filter(|c| !c.is_empty()),
         });
     }
-    if format != Format::Sqitch {
-        out.sort_by(|a, b| cmp_versions(&a.key, &b.key));
+    // Rows installed in one transaction share their time; the SQL above breaks such ties by
+    // version, in the database's order, which is the tool's order for these formats (numbers,
+    // and diesel's digit strings).
+    if format == Format::GolangMigrate {
+        match out.as_slice() {
+            [] => {}
+            [one] => {
+                if one.name == "dirty" {
+                    return Err(history_err(
+                        format,
+                        format!(
+                            "the database is dirty at version {}; fix it with `migrate force` first",
+                            one.key
+                        ),
+                    ));
+                }
+                let current = one.key.clone();
+                if migrations.iter().any(|m| m.version == current) {
+                    out = migrations
+                        .iter()
+                        .filter(|m| format.cmp_versions(&m.version, &current).is_le())
+                        .map(|m| Recorded {
+                            key: m.version.clone(),
+                            name: String::new(),
+                            checksum: None,
+                        })
+                        .collect();
+                } else {
+                    out[0].name = String::new();
+                }
+            }
+            _ => return Err(history_err(format, "more than one row")),
+        }
     }
     Ok(out)
 }

@@ -19,10 +19,12 @@ pub mod drift;
 pub mod history;
 pub mod migrations;
 pub mod runner;
+pub mod sets;
 
 pub use drift::{Drift, DriftKind, DriftReport, Unchecked, drift};
 pub use migrations::{Format, Migration, SqitchChange, SqitchTag};
 pub use runner::{Phase, applied, apply, revert};
+pub use sets::{DeployPlan, NO_LEVEL, RevertPlan, State};
 
 /// Everything that can go wrong, naming the file or migration concerned.
 #[derive(Debug, thiserror::Error)]

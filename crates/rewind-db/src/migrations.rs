@@ -151,6 +151,51 @@ impl Format {
     }
 }
 
+impl Format {
+    /// Orders two versions the way the tool orders its migrations:
+    ///
+    /// - diesel: as text, byte by byte (`MigrationVersion` is a string; `2026-01-01-000000-0000`
+    ///   → `202601010000000000` sorts before `20260201000000` although it is the larger
+    ///   number), exactly as `diesel migration run` picks pending migrations;
+    /// - sqlx, golang-migrate, refinery: as integers;
+    /// - Flyway: dot-separated integer parts, missing parts count as 0 (`1.0` = `1`,
+    ///   `1.10` > `1.9`), as `MigrationVersion.compareTo` does;
+    /// - sqitch: the plan's order (the version is the position in the plan).
+    pub fn cmp_versions(self, a: &str, b: &str) -> Ordering {
+        match self {
+            Format::Diesel => a.cmp(b),
+            Format::Flyway => {
+                let parts = |s: &str| -> Vec<String> {
+                    let mut p: Vec<String> = s
+                        .split('.')
+                        .map(|x| {
+                            let t = x.trim_start_matches('0');
+                            if t.is_empty() { "0".into() } else { t.into() }
+                        })
+                        .collect();
+                    while p.len() > 1 && p.last().is_some_and(|x| x == "0") {
+                        p.pop();
+                    }
+                    p
+                };
+                let (pa, pb) = (parts(a), parts(b));
+                for i in 0..pa.len().max(pb.len()) {
+                    let x = pa.get(i).map(String::as_str).unwrap_or("0");
+                    let y = pb.get(i).map(String::as_str).unwrap_or("0");
+                    let ord = x.len().cmp(&y.len()).then_with(|| x.cmp(y));
+                    if ord != Ordering::Equal {
+                        return ord;
+                    }
+                }
+                Ordering::Equal
+            }
+            Format::Sqlx | Format::GolangMigrate | Format::Refinery | Format::Sqitch => {
+                cmp_versions(a, b)
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for Format {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -168,7 +213,7 @@ impl std::str::FromStr for Format {
 }
 
 /// One migration, in the tool's own terms.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Migration {
     /// The version as the tool stores it (see the module table); sorts with
     /// [`cmp_versions`].
@@ -185,9 +230,40 @@ pub struct Migration {
     pub down_file: Option<PathBuf>,
     /// sqitch only: what the registry needs about the change.
     pub sqitch: Option<SqitchChange>,
+    /// How the team's tool is told to run the up script outside a transaction, when it is
+    /// (diesel's `metadata.toml` `run_in_transaction = false`, sqlx's `-- no-transaction`
+    /// first line, a Flyway `.sql.conf` with `executeInTransaction=false`).
+    pub up_marker: Option<String>,
+    /// The same for the down script (sqlx and Flyway mark each file on its own; diesel's
+    /// metadata covers both).
+    pub down_marker: Option<String>,
+    /// Things the tool itself would quietly do with this migration that a person should know
+    /// (an unreadable `metadata.toml` that diesel ignores …).
+    pub warnings: Vec<String>,
 }
 
 impl Migration {
+    /// What identifies this migration in the tool's history: the version, or for sqitch the
+    /// change id (a reworked change has one name and several ids).
+    pub fn key(&self) -> &str {
+        match &self.sqitch {
+            Some(s) => &s.change_id,
+            None => &self.version,
+        }
+    }
+
+    /// The version and name for a person: `20240101000000 create_users`; sqitch changes by
+    /// name (`add_email`, a reworked one as `add_email@v1.0`).
+    pub fn label(&self) -> String {
+        match &self.sqitch {
+            Some(s) => match &s.rework_tag {
+                Some(t) => format!("{}@{t}", self.name),
+                None => self.name.clone(),
+            },
+            None => format!("{} {}", self.version, self.name),
+        }
+    }
+
     /// True when there is no down script, or it is only whitespace and comments: running it
     /// would not undo anything, so rollback tooling must treat it as missing.
     pub fn down_is_empty(&self) -> bool {
@@ -216,6 +292,9 @@ pub struct SqitchChange {
     pub planner_email: String,
     pub note: String,
     pub verify: Option<String>,
+    /// For a change planned again later (`sqitch rework`): the tag its scripts are named
+    /// after (`deploy/<change>@<tag>.sql`); `None` for the newest instance.
+    pub rework_tag: Option<String>,
 }
 
 /// A `@tag` line of `sqitch.plan`: what the registry's `tags` table records about it.
@@ -287,7 +366,23 @@ pub fn read(dir: &Path, format: Format) -> Result<Vec<Migration>> {
         Format::Diesel => read_diesel(dir)?,
         Format::Sqitch => return read_sqitch(dir),
     };
-    list.sort_by(|a, b| cmp_versions(&a.version, &b.version));
+    list.sort_by(|a, b| format.cmp_versions(&a.version, &b.version));
+    if format == Format::Flyway {
+        // `V1` and `V1.0` are the same version to Flyway, which refuses the pair.
+        for w in list.windows(2) {
+            if format.cmp_versions(&w[0].version, &w[1].version) == Ordering::Equal {
+                return Err(bad(
+                    &w[1].file,
+                    format!(
+                        "version {} is the same Flyway version as {} ({})",
+                        w[1].version,
+                        w[0].version,
+                        w[0].file.display()
+                    ),
+                ));
+            }
+        }
+    }
     Ok(list)
 }
 
@@ -415,7 +510,7 @@ fn finish_pairs(pairs: BTreeMap<String, Pair>) -> Result<Vec<Migration>> {
             down,
             file,
             down_file,
-            sqitch: None,
+            ..Migration::default()
         });
     }
     Ok(out)
@@ -474,7 +569,57 @@ fn read_flat(dir: &Path, format: Format) -> Result<Vec<Migration>> {
         }
         insert_part(&mut pairs, &path, version, &name, is_down)?;
     }
-    finish_pairs(pairs)
+    let mut list = finish_pairs(pairs)?;
+    if format == Format::Sqlx {
+        // sqlx looks at each file's raw text (a byte-order mark hides the directive).
+        let marker = |sql: &str| {
+            sql.starts_with(SQLX_NO_TRANSACTION)
+                .then(|| format!("`{SQLX_NO_TRANSACTION}` on its first line"))
+        };
+        for m in &mut list {
+            m.up_marker = marker(&m.up);
+            m.down_marker = m.down.as_deref().and_then(marker);
+        }
+    }
+    Ok(list)
+}
+
+/// sqlx's directive, on a script's first line, to run it outside a transaction.
+const SQLX_NO_TRANSACTION: &str = "-- no-transaction";
+
+/// Flyway's per-script configuration `<script>.conf` (Java properties): the marker when it
+/// says `executeInTransaction=false`.
+fn flyway_script_marker(script: &Path) -> Result<Option<String>> {
+    let mut conf = script.as_os_str().to_owned();
+    conf.push(".conf");
+    let conf = PathBuf::from(conf);
+    if !conf.is_file() {
+        return Ok(None);
+    }
+    let text = read_text(&conf)?;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once(['=', ':']) else {
+            continue;
+        };
+        if key.trim() == "executeInTransaction" {
+            return match value.trim().to_ascii_lowercase().as_str() {
+                "false" => Ok(Some(format!(
+                    "{} says executeInTransaction=false",
+                    file_name(&conf)
+                ))),
+                "true" => Ok(None),
+                other => Err(bad(
+                    &conf,
+                    format!("executeInTransaction must be true or false, not {other:?}"),
+                )),
+            };
+        }
+    }
+    Ok(None)
 }
 
 /// Flyway (`V`/`U`) and refinery (`V`): `<prefix><version>__<description>.sql`.
@@ -543,7 +688,16 @@ fn read_versioned(dir: &Path, format: Format) -> Result<Vec<Migration>> {
             pair.down = Some((path.clone(), read_text(&path)?));
         }
     }
-    finish_pairs(pairs)
+    let mut list = finish_pairs(pairs)?;
+    if format == Format::Flyway {
+        for m in &mut list {
+            m.up_marker = flyway_script_marker(&m.file)?;
+            if let Some(down) = &m.down_file {
+                m.down_marker = flyway_script_marker(down)?;
+            }
+        }
+    }
+    Ok(list)
 }
 
 /// diesel: `<version>_<name>/up.sql` and `down.sql`.
@@ -590,6 +744,7 @@ fn read_diesel(dir: &Path) -> Result<Vec<Migration>> {
         } else {
             (None, None)
         };
+        let (marker, warnings) = diesel_metadata(&path.join("metadata.toml"));
         out.push(Migration {
             version,
             name: name.to_string(),
@@ -597,10 +752,65 @@ fn read_diesel(dir: &Path) -> Result<Vec<Migration>> {
             down,
             file: up_file,
             down_file,
-            sqitch: None,
+            up_marker: marker.clone(),
+            down_marker: marker,
+            warnings,
+            ..Migration::default()
         });
     }
     Ok(out)
+}
+
+/// diesel's `metadata.toml`, read as diesel reads it (`TomlMetadata`): no file, or one that
+/// does not parse, means "in a transaction" (diesel ignores the parse error); a file that
+/// parses but does not set `run_in_transaction` means NOT in a transaction, because diesel's
+/// field default is `bool::default()`. Returns the marker and warnings for the surprising
+/// cases.
+fn diesel_metadata(path: &Path) -> (Option<String>, Vec<String>) {
+    #[derive(serde::Deserialize)]
+    struct Metadata {
+        run_in_transaction: Option<toml::Value>,
+    }
+    let Ok(text) = fs::read_to_string(path) else {
+        return (None, Vec::new());
+    };
+    match toml::from_str::<Metadata>(&text) {
+        Err(e) => (
+            None,
+            vec![format!(
+                "{} does not parse ({}); diesel ignores it and runs the migration in a transaction",
+                path.display(),
+                e.message()
+            )],
+        ),
+        Ok(Metadata {
+            run_in_transaction: None,
+        }) => (
+            Some("metadata.toml without run_in_transaction (diesel then runs it outside a transaction)".into()),
+            vec![format!(
+                "{} does not set run_in_transaction; diesel reads that as false and runs the migration outside a transaction",
+                path.display()
+            )],
+        ),
+        Ok(Metadata {
+            run_in_transaction: Some(toml::Value::Boolean(false)),
+        }) => (
+            Some("metadata.toml says run_in_transaction = false".into()),
+            Vec::new(),
+        ),
+        Ok(Metadata {
+            run_in_transaction: Some(toml::Value::Boolean(true)),
+        }) => (None, Vec::new()),
+        Ok(Metadata {
+            run_in_transaction: Some(other),
+        }) => (
+            None,
+            vec![format!(
+                "{}: run_in_transaction = {other} is not a boolean; diesel fails to read the file and runs the migration in a transaction",
+                path.display()
+            )],
+        ),
+    }
 }
 
 /// One line of `sqitch.plan` that declares a change or a tag, split into its parts.
@@ -701,14 +911,22 @@ fn is_plan_timestamp(ts: &str) -> bool {
 /// sqitch insists; dependencies on other projects (`other:change`) are resolved against the
 /// registry when the change is applied.
 ///
-/// Not supported (an error naming the line): reworked changes (a name planned twice, whose
-/// earlier scripts live in `deploy/<change>@<tag>.sql`) and `-change` revert entries.
+/// Reworked changes (`sqitch rework`: the same name planned again after a tag) are read as
+/// sqitch reads them: every instance is its own change with its own id, and the earlier
+/// instances' scripts live in `deploy/<change>@<tag>.sql` (likewise `revert/`, `verify/`),
+/// where `<tag>` is the first of the tags between the instance and its next rework whose
+/// file exists (sqitch's `Change::path_segments`). A name planned twice without a tag in
+/// between is refused, as sqitch refuses it.
+///
+/// Not supported (an error naming the line): `-change` revert entries.
 fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
     let plan_file = dir.join("sqitch.plan");
     let plan = read_text(&plan_file)?;
     let mut project = None;
     let mut uri = None;
     let mut out: Vec<Migration> = Vec::new();
+    // Changes planned since the last tag, with their lines: a name may not repeat among them.
+    let mut since_tag: BTreeMap<String, usize> = BTreeMap::new();
     for (i, raw) in plan.lines().enumerate() {
         let at_line = |reason: &str| bad(&plan_file, format!("line {}: {reason}", i + 1));
         let line = raw.trim();
@@ -750,6 +968,7 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
             };
             tag.tag_id = sqitch_tag_id(&tag, change);
             change.tags.push(tag);
+            since_tag.clear();
             continue;
         }
         if line.starts_with('-') {
@@ -761,10 +980,61 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
         };
         let entry = parse_plan_entry(line).map_err(|e| at_line(&e))?;
         let name = entry.name;
-        if out.iter().any(|m| m.name == name) {
+        if let Some(line) = since_tag.insert(name.to_string(), i + 1) {
             return Err(at_line(&format!(
-                "change {name:?} is planned twice (reworked changes are not supported)"
+                "change {name:?} duplicates its declaration on line {line}; a change is \
+                 planned again only after a tag (`sqitch rework`)"
             )));
+        }
+        // A rework: the previous instance's scripts become `<name>@<tag>.sql`.
+        if let Some(prev) = out.iter().rposition(|m| m.name == name) {
+            // The tags of the changes after it (newest first), then its own, as sqitch
+            // collects them.
+            let mut tags: Vec<String> = Vec::new();
+            for m in out[prev + 1..].iter().rev() {
+                let s = m.sqitch.as_ref().expect("sqitch change");
+                tags.extend(s.tags.iter().rev().map(|t| t.name.clone()));
+            }
+            let own = out[prev].sqitch.as_ref().expect("sqitch change");
+            tags.extend(own.tags.iter().rev().map(|t| t.name.clone()));
+            let exists = |t: &str| dir.join("deploy").join(format!("{name}@{t}.sql")).is_file();
+            let Some(tag) = tags
+                .iter()
+                .find(|t| exists(t))
+                .or_else(|| tags.first())
+                .cloned()
+            else {
+                return Err(at_line(&format!(
+                    "change {name:?} is planned again without a tag after its earlier declaration"
+                )));
+            };
+            let file = |kind: &str| dir.join(kind).join(format!("{name}@{tag}.sql"));
+            let deploy = file("deploy");
+            if !deploy.is_file() {
+                return Err(bad(
+                    &deploy,
+                    format!(
+                        "missing deploy script of change {name} as of @{tag} (sqitch rework keeps the earlier script there)"
+                    ),
+                ));
+            }
+            let m = &mut out[prev];
+            m.up = read_text(&deploy)?;
+            m.file = deploy;
+            let revert = file("revert");
+            (m.down, m.down_file) = if revert.is_file() {
+                (Some(read_text(&revert)?), Some(revert))
+            } else {
+                (None, None)
+            };
+            let verify = file("verify");
+            let s = m.sqitch.as_mut().expect("sqitch change");
+            s.verify = if verify.is_file() {
+                Some(read_text(&verify)?)
+            } else {
+                None
+            };
+            s.rework_tag = Some(tag);
         }
         let (mut requires, mut conflicts) = (Vec::new(), Vec::new());
         for dep in entry.deps.unwrap_or("").split_whitespace() {
@@ -831,6 +1101,7 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
             } else {
                 None
             },
+            rework_tag: None,
         };
         change.change_id = sqitch_change_id(name, &change, parent.as_deref());
         let (down, down_file) = if revert.is_file() {
@@ -846,6 +1117,7 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
             file: deploy,
             down_file,
             sqitch: Some(change),
+            ..Migration::default()
         });
     }
     // A revert script without a planned change.
@@ -857,6 +1129,7 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
                 continue;
             }
             let change = fname.trim_end_matches(".sql");
+            let change = change.split_once('@').map_or(change, |(c, _)| c);
             if !out.iter().any(|m| m.name == change) {
                 return Err(bad(
                     &path,
@@ -1150,6 +1423,7 @@ mod tests {
             file: "1_init.sql".into(),
             down_file: None,
             sqitch: None,
+            ..Migration::default()
         };
         // sqlx hashes the exact bytes: a CRLF checkout is drift to sqlx.
         assert_ne!(
@@ -1247,6 +1521,7 @@ mod tests {
             file: "V3__add_index.sql".into(),
             down_file: None,
             sqitch: None,
+            ..Migration::default()
         };
         let mut h = std::collections::hash_map::DefaultHasher::new();
         m.name.hash(&mut h);

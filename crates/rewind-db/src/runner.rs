@@ -290,6 +290,7 @@ mod tests {
             file: "deploy/x.sql".into(),
             down_file: None,
             sqitch: None,
+            ..Migration::default()
         }
     }
 
