@@ -19,6 +19,7 @@ use rewind_core::dbplan::{
     BackupFacts, DbDeployFacts, DbRollbackFacts, DownScript, MigrationFacts, NO_LEVEL,
 };
 use rewind_core::{Action, CountBaseline, RestoreSource};
+use rewind_db::sql::{Dialect, Effect};
 use rewind_db::{Format, Migration};
 use rewind_dbkit::{BackupInfo, BackupKind, Inspect, PgUrl};
 use serde::{Deserialize, Serialize};
@@ -129,6 +130,15 @@ impl Database {
 
     pub fn config(&self) -> &DatabaseConfig {
         &self.cfg
+    }
+
+    /// The SQL dialect its migrations are written in.
+    fn dialect(&self) -> Dialect {
+        if self.postgres {
+            Dialect::Postgres
+        } else {
+            Dialect::Sqlite
+        }
     }
 
     fn fail(&self, message: impl std::fmt::Display) -> ComponentError {
@@ -295,7 +305,7 @@ impl Database {
         let pending: Vec<MigrationFacts> = migs
             .iter()
             .filter(|m| !applied.contains(&m.version))
-            .map(classify)
+            .map(|m| classify(m, self.dialect()))
             .collect();
         let drift = self.drift(format, &migs, &applied).await?;
         Ok(DbDeployFacts {
@@ -357,7 +367,7 @@ impl Database {
             .enumerate()
             .rev()
             .filter(|(i, m)| target_pos.is_none_or(|t| *i > t) && applied.contains(&m.version))
-            .map(|(_, m)| classify(m))
+            .map(|(_, m)| classify(m, self.dialect()))
             .collect();
         let failing_checks = if self.exists() {
             self.checks(Baseline::None).await?.failures
@@ -964,33 +974,28 @@ fn level_of(migs: &[Migration], applied: &[String]) -> String {
         .unwrap_or_else(|| NO_LEVEL.into())
 }
 
-fn classify(m: &Migration) -> MigrationFacts {
-    let c = rewind_dbkit::classify(&m.up);
+/// What a migration's up script does, for the plan: every finding's sentence when any
+/// effect other than adding shows (long locks and breaking changes included, so the plan
+/// says them), and data counted lost when rows or values go (a rollback cannot bring
+/// overwritten values back either).
+fn classify(m: &Migration, dialect: Dialect) -> MigrationFacts {
+    let c = rewind_db::sql::classify(&m.up, dialect);
+    let destructive = if c.effects().iter().any(|e| *e != Effect::Adds) {
+        c.lines()
+    } else {
+        Vec::new()
+    };
     MigrationFacts {
         version: m.version.clone(),
         name: m.name.clone(),
-        destructive: c
-            .destructive
-            .iter()
-            .map(|f| match &f.object {
-                Some(o) => format!("{} {o}: {}", kind_words(f.kind), f.reason),
-                None => format!("{}: {}", kind_words(f.kind), f.reason),
-            })
-            .collect(),
-        loses_data: c.loses_data(),
+        destructive,
+        loses_data: c.loses_data() || c.rewrites_data(),
         down: match &m.down {
             None => DownScript::Missing,
             Some(_) if m.down_is_empty() => DownScript::Empty,
             Some(_) => DownScript::Present,
         },
     }
-}
-
-fn kind_words(k: rewind_dbkit::FindingKind) -> String {
-    serde_json::to_value(k)
-        .ok()
-        .and_then(|v| v.as_str().map(|s| s.replace('-', " ").to_uppercase()))
-        .unwrap_or_default()
 }
 
 #[async_trait]
@@ -1156,5 +1161,55 @@ impl Database {
                 "backup": meta,
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(up: &str, dialect: Dialect) -> MigrationFacts {
+        let m = Migration {
+            version: "3".into(),
+            name: "x".into(),
+            up: up.into(),
+            down: Some("-- nothing to undo\n".into()),
+            file: "3_x.up.sql".into(),
+            down_file: Some("3_x.down.sql".into()),
+            sqitch: None,
+            ..Migration::default()
+        };
+        classify(&m, dialect)
+    }
+
+    #[test]
+    fn migrations_are_described_by_effect() {
+        let f = facts("CREATE TABLE t (a int);", Dialect::Postgres);
+        assert!(f.destructive.is_empty() && !f.loses_data);
+        assert_eq!(f.down, DownScript::Empty);
+
+        // A long lock is said, but loses nothing.
+        let f = facts("CREATE INDEX ON orders (user_id);", Dialect::Postgres);
+        assert_eq!(f.destructive.len(), 1);
+        assert!(
+            f.destructive[0]
+                .starts_with("line 1: CREATE INDEX ON orders (user_id) takes a long lock")
+        );
+        assert!(!f.loses_data);
+        // SQLite holds no such lock.
+        assert!(
+            facts("CREATE INDEX ON orders (user_id);", Dialect::Sqlite)
+                .destructive
+                .is_empty()
+        );
+
+        // Overwritten values count as lost: a down script cannot bring them back.
+        let f = facts(
+            "CREATE TABLE a (id int);\nUPDATE users SET plan = 'free' WHERE plan IS NULL;",
+            Dialect::Sqlite,
+        );
+        assert_eq!(f.destructive.len(), 1, "{:?}", f.destructive);
+        assert!(f.destructive[0].contains("line 2: UPDATE users"));
+        assert!(f.loses_data && f.revert_loses_data());
     }
 }

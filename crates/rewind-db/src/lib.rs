@@ -9,6 +9,8 @@
 //!   alike, and reports changed and missing migrations.
 //! - [`runner`] applies and reverts migrations, each batch in one transaction, on SQLite
 //!   and PostgreSQL through sqlx's `Any` driver.
+//! - [`sql`] reads migration SQL the way the engine will (one lexer for splitting, finding
+//!   transaction control, and classifying a migration by effect).
 //!
 //! Connect with [`connect`] (it installs the `Any` drivers); a SQLite URL gets
 //! `mode=rwc` so the file is created when missing.
@@ -20,6 +22,7 @@ pub mod history;
 pub mod migrations;
 pub mod runner;
 pub mod sets;
+pub mod sql;
 
 pub use drift::{Drift, DriftKind, DriftReport, Unchecked, drift};
 pub use migrations::{Format, Migration, SqitchChange, SqitchTag};

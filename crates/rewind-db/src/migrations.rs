@@ -264,11 +264,20 @@ impl Migration {
         }
     }
 
-    /// True when there is no down script, or it is only whitespace and comments: running it
-    /// would not undo anything, so rollback tooling must treat it as missing.
+    /// True when there is no down script, or it is only whitespace, comments and `;`:
+    /// running it would not undo anything, so rollback tooling must treat it as missing.
     pub fn down_is_empty(&self) -> bool {
-        self.down.as_deref().is_none_or(sql_is_empty)
+        self.down.as_deref().is_none_or(script_is_empty)
     }
+}
+
+/// True when `sql` does nothing on either engine. A migration does not know its engine, and
+/// the two disagree only on comments (PostgreSQL nests `/* */` and wants it closed; SQLite
+/// neither): counting a script as empty when either engine reads it so errs on the side of
+/// a missing down script (rollback needs a backup), never on running a no-op as the undo.
+pub(crate) fn script_is_empty(sql: &str) -> bool {
+    crate::sql::is_empty(sql, crate::sql::Dialect::Postgres)
+        || crate::sql::is_empty(sql, crate::sql::Dialect::Sqlite)
 }
 
 /// What sqitch's registry records about a change, from `sqitch.plan`.
@@ -308,27 +317,6 @@ pub struct SqitchTag {
     pub planner_name: String,
     pub planner_email: String,
     pub note: String,
-}
-
-/// True when `sql` holds only whitespace, `-- …` line comments and `/* … */` block comments.
-pub fn sql_is_empty(sql: &str) -> bool {
-    let mut rest = sql.trim_start_matches('\u{feff}');
-    loop {
-        rest = rest.trim_start();
-        if rest.is_empty() {
-            return true;
-        }
-        if let Some(after) = rest.strip_prefix("--") {
-            rest = after.split_once('\n').map_or("", |(_, r)| r);
-        } else if let Some(after) = rest.strip_prefix("/*") {
-            match after.split_once("*/") {
-                Some((_, r)) => rest = r,
-                None => return true,
-            }
-        } else {
-            return false;
-        }
-    }
 }
 
 /// Compares two versions: `.`-separated parts, each numerically when both are digits
@@ -1393,9 +1381,13 @@ mod tests {
 
     #[test]
     fn empty_down_scripts() {
-        assert!(sql_is_empty(""));
-        assert!(sql_is_empty("  \n-- nothing to undo\n/* really */\n"));
-        assert!(!sql_is_empty("-- drop it\nDROP TABLE t;"));
+        assert!(script_is_empty(""));
+        assert!(script_is_empty("  \n-- nothing to undo\n/* really */\n;"));
+        assert!(!script_is_empty("-- drop it\nDROP TABLE t;"));
+        // Empty to one engine is empty: PostgreSQL's nested comment, SQLite's open one.
+        assert!(script_is_empty("/* a /* nested */ comment */"));
+        assert!(script_is_empty("-- irreversible\n/* left open"));
+        assert!(!script_is_empty("SELECT 'unterminated"));
     }
 
     #[test]

@@ -6,16 +6,21 @@
 //! are exactly as before — no golang-migrate "dirty" row, no failed Flyway row.
 //!
 //! Consequently scripts that cannot run in a transaction are refused before anything runs:
-//! a script whose first line is sqlx's `-- no-transaction` directive, and a script that
+//! a script whose first line is sqlx's `-- no-transaction` directive, a script that
 //! manages its own transaction (a `BEGIN`/`COMMIT`/`ROLLBACK` statement, as sqitch scripts
-//! often have): its `COMMIT` would end rewind's transaction half-way.
+//! often have: its `COMMIT` would end rewind's transaction half-way), and a script with a
+//! statement the engine refuses in a transaction (`CREATE INDEX CONCURRENTLY`, `VACUUM` …).
+//! Scripts are read with [`crate::sql`], so a PL/pgSQL body's `END;` or a SQLite trigger's
+//! `BEGIN … END` is not mistaken for transaction control.
 
+use std::path::Path;
 use std::time::Instant;
 
 use sqlx::{AnyConnection, AnyPool, Connection};
 
 use crate::history;
 use crate::migrations::{Format, Migration, cmp_versions};
+use crate::sql::{self, Dialect, TxControl};
 use crate::{Error, Result, query_err};
 
 /// Where a migration is, for a progress callback (a journal).
@@ -73,51 +78,58 @@ fn find<'a>(migrations: &'a [Migration], target: &str) -> Result<&'a Migration> 
     found.ok_or_else(|| Error::UnknownVersion(target.to_string()))
 }
 
-/// Refuses scripts that cannot run inside rewind's transaction.
-fn check_transactional(m: &Migration, sql: &str) -> Result<()> {
-    let refuse = |reason: &str| {
+/// The SQL dialect of a connection.
+fn dialect_of(conn: &AnyConnection) -> Dialect {
+    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+        Dialect::Sqlite
+    } else {
+        Dialect::Postgres
+    }
+}
+
+/// Refuses scripts that cannot run inside rewind's transaction, naming the statement's
+/// line in `file`.
+fn check_transactional(m: &Migration, sql: &str, file: &Path, dialect: Dialect) -> Result<()> {
+    let refuse = |reason: String| {
         Err(Error::NotTransactional {
             version: m.version.clone(),
             name: m.name.clone(),
-            file: m.file.clone(),
-            reason: reason.to_string(),
+            file: file.to_path_buf(),
+            reason,
         })
     };
     if sql
         .trim_start_matches('\u{feff}')
         .starts_with("-- no-transaction")
     {
-        return refuse("it is marked `-- no-transaction`");
+        return refuse("it is marked `-- no-transaction`".into());
     }
-    for stmt in sql.split(';') {
-        // Drop leading comment lines of the statement.
-        let words: Vec<String> = stmt
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("--"))
-            .flat_map(|l| l.split_whitespace())
-            .take(2)
-            .map(|w| w.to_ascii_uppercase())
-            .collect();
-        let first = words.first().map(String::as_str).unwrap_or("");
-        let second = words.get(1).map(String::as_str).unwrap_or("");
-        let txn = matches!(first, "BEGIN" | "COMMIT" | "ROLLBACK" | "END")
-            && (second.is_empty()
-                || matches!(
-                    second,
-                    "TRANSACTION" | "WORK" | "IMMEDIATE" | "EXCLUSIVE" | "DEFERRED"
-                ))
-            || (first == "START" && second == "TRANSACTION");
-        if txn {
-            return refuse(
-                "it contains its own BEGIN/COMMIT; remove them (rewind wraps the batch in one transaction)",
-            );
+    let statements = sql::split(sql, dialect).map_err(|e| Error::BadFile {
+        file: file.to_path_buf(),
+        reason: format!("cannot read its SQL: {e}"),
+    })?;
+    for s in &statements {
+        if let Some(tx) = s.transaction_control(dialect) {
+            let word = match tx {
+                TxControl::Begin => "BEGIN",
+                TxControl::Commit => "COMMIT",
+                TxControl::Rollback => "ROLLBACK",
+            };
+            return refuse(format!(
+                "line {}: it manages its own transaction ({word}); remove its BEGIN/COMMIT \
+                 (rewind wraps the batch in one transaction)",
+                s.line
+            ));
+        }
+        if let Some(why) = s.outside_transaction(dialect) {
+            return refuse(format!("line {}: {why}", s.line));
         }
     }
     Ok(())
 }
 
 async fn run_script(conn: &mut AnyConnection, sql: &str) -> std::result::Result<(), sqlx::Error> {
-    if crate::migrations::sql_is_empty(sql) {
+    if crate::migrations::script_is_empty(sql) {
         return Ok(());
     }
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
@@ -139,6 +151,7 @@ pub async fn apply(
 ) -> Result<Vec<String>> {
     let limit = up_to.map(|v| find(migrations, v)).transpose()?;
     let mut conn = pool.acquire().await.map_err(query_err("connecting"))?;
+    let dialect = dialect_of(&conn);
     history::prepare(&mut conn, format).await?;
     let mut tx = conn
         .begin()
@@ -155,7 +168,7 @@ pub async fn apply(
         .filter(|m| limit.is_none_or(|l| cmp_versions(&m.version, &l.version).is_le()))
         .collect();
     for m in &pending {
-        check_transactional(m, &m.up)?;
+        check_transactional(m, &m.up, &m.file, dialect)?;
     }
     let mut finished = Vec::new();
     for m in &pending {
@@ -206,6 +219,7 @@ pub async fn revert(
 ) -> Result<Vec<String>> {
     let keep = down_to.map(|v| find(migrations, v)).transpose()?;
     let mut conn = pool.acquire().await.map_err(query_err("connecting"))?;
+    let dialect = dialect_of(&conn);
     history::prepare(&mut conn, format).await?;
     let mut tx = conn
         .begin()
@@ -232,7 +246,8 @@ pub async fn revert(
                 file: m.file.clone(),
             });
         }
-        check_transactional(m, m.down.as_deref().unwrap_or_default())?;
+        let file = m.down_file.as_ref().unwrap_or(&m.file);
+        check_transactional(m, m.down.as_deref().unwrap_or_default(), file, dialect)?;
     }
     let mut finished = Vec::new();
     for m in &to_revert {
@@ -311,20 +326,70 @@ mod tests {
         assert!(target("nope").is_err());
     }
 
+    fn check(sql: &str, dialect: Dialect) -> std::result::Result<(), String> {
+        let m = m(sql);
+        check_transactional(&m, sql, &m.file, dialect).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn scripts_with_their_own_transaction_are_refused() {
-        let ok = "-- Deploy x\nCREATE TABLE begin_end (id INT);\nINSERT INTO t VALUES (1);";
-        assert!(check_transactional(&m(ok), ok).is_ok());
-        for bad in [
-            "BEGIN;\nCREATE TABLE t (id INT);\nCOMMIT;",
-            "-- Deploy x\nbegin transaction;\nCREATE TABLE t (id INT);",
-            "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);",
+        for ok in [
+            "-- Deploy x\nCREATE TABLE begin_end (id INT);\nINSERT INTO t VALUES (1);",
+            // A PL/pgSQL body ends with END; inside its dollar quotes.
+            "CREATE FUNCTION touch() RETURNS trigger AS $$\nBEGIN\n  NEW.at := now();\n  RETURN NEW;\nEND;\n$$ LANGUAGE plpgsql;",
+            "DO $$ BEGIN PERFORM 1; END $$;",
+            "CREATE FUNCTION one() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;",
+            "-- a comment; with a semicolon\nSELECT E'it\\'s; ok';",
         ] {
-            let err = check_transactional(&m(bad), bad).unwrap_err().to_string();
+            assert_eq!(check(ok, Dialect::Postgres), Ok(()), "{ok}");
+        }
+        let trigger = "CREATE TRIGGER t AFTER INSERT ON a\nBEGIN\n  UPDATE b SET n = n + 1;\nEND;";
+        assert_eq!(check(trigger, Dialect::Sqlite), Ok(()));
+
+        for (bad, dialect, says) in [
+            (
+                "BEGIN;\nCREATE TABLE t (id INT);\nCOMMIT;",
+                Dialect::Postgres,
+                "line 1: it manages its own transaction (BEGIN)",
+            ),
+            (
+                "-- Deploy x\nbegin transaction;\nCREATE TABLE t (id INT);",
+                Dialect::Sqlite,
+                "line 2: it manages its own transaction (BEGIN)",
+            ),
+            (
+                "CREATE TABLE t (id INT);\n\nCOMMIT;",
+                Dialect::Postgres,
+                "line 3: it manages its own transaction (COMMIT)",
+            ),
+            (
+                "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);",
+                Dialect::Postgres,
+                "marked `-- no-transaction`",
+            ),
+            (
+                "CREATE TABLE t (c int);\nCREATE INDEX CONCURRENTLY i ON t (c);",
+                Dialect::Postgres,
+                "line 2: CREATE INDEX CONCURRENTLY cannot run inside a transaction block",
+            ),
+            (
+                "PRAGMA foreign_keys = OFF;\nCREATE TABLE t (c int);",
+                Dialect::Sqlite,
+                "line 1: PRAGMA foreign_keys does nothing inside a transaction",
+            ),
+        ] {
+            let err = check(bad, dialect).unwrap_err();
             assert!(
                 err.contains("cannot run inside rewind's transaction"),
                 "{err}"
             );
+            assert!(err.contains("deploy/x.sql"), "{err}");
+            assert!(err.contains(says), "{bad}: {err}");
         }
+        let err = check("SELECT 1;\nSELECT 'open;", Dialect::Postgres).unwrap_err();
+        assert!(
+            err.contains("deploy/x.sql: cannot read its SQL: line 2, column 8"),
+            "{err}"
+        );
     }
 }

@@ -949,3 +949,106 @@ async fn sqitch_cross_project_sqlite() {
 async fn sqitch_cross_project_postgres() {
     sqitch_cross_project(Kind::Postgres).await;
 }
+
+/// Migrations whose bodies hold `;` and `END;` (a PL/pgSQL trigger function and a
+/// SQL-standard body on PostgreSQL, a trigger on SQLite) apply, work and revert; one that
+/// builds an index CONCURRENTLY is refused before anything runs, naming its line.
+async fn bodies_with_semicolons(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, sql: &str| std::fs::write(dir.path().join(name), sql).unwrap();
+    write(
+        "1_items.up.sql",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, touched INTEGER NOT NULL DEFAULT 0);\n",
+    );
+    write("1_items.down.sql", "DROP TABLE items;\n");
+    match kind {
+        Kind::Postgres => {
+            write(
+                "2_touch.up.sql",
+                "-- Count updates; a comment; with semicolons.\n\
+                 CREATE FUNCTION touch() RETURNS trigger AS $$\n\
+                 BEGIN\n\
+                 \x20   NEW.touched := OLD.touched + 1;\n\
+                 \x20   RETURN NEW;\n\
+                 END;\n\
+                 $$ LANGUAGE plpgsql;\n\
+                 CREATE TRIGGER items_touch BEFORE UPDATE ON items\n\
+                 \x20   FOR EACH ROW EXECUTE FUNCTION touch();\n\
+                 CREATE FUNCTION twice(n int) RETURNS int LANGUAGE sql\n\
+                 BEGIN ATOMIC\n\
+                 \x20   SELECT n * 2;\n\
+                 END;\n",
+            );
+            write(
+                "2_touch.down.sql",
+                "DROP FUNCTION twice(int);\nDROP TRIGGER items_touch ON items;\nDROP FUNCTION touch();\n",
+            );
+        }
+        Kind::Sqlite => {
+            write(
+                "2_touch.up.sql",
+                "-- Count updates; a comment; with semicolons.\n\
+                 CREATE TRIGGER items_touch AFTER UPDATE OF name ON items\n\
+                 FOR EACH ROW WHEN old.name IS NOT new.name\n\
+                 BEGIN\n\
+                 \x20   UPDATE items SET touched = touched + 1 WHERE id = new.id;\n\
+                 END;\n",
+            );
+            write("2_touch.down.sql", "DROP TRIGGER items_touch;\n");
+        }
+    }
+    let migs = migrations::read(dir.path(), Format::Sqlx).unwrap();
+    let t = fresh(kind, "bodies").await;
+    let done = apply(&t.pool, Format::Sqlx, &migs, None, no_progress)
+        .await
+        .unwrap();
+    assert_eq!(done, ["1", "2"]);
+    sqlx::raw_sql(
+        "INSERT INTO items (id, name) VALUES (1, 'a'); UPDATE items SET name = 'b' WHERE id = 1;",
+    )
+    .execute(&t.pool)
+    .await
+    .unwrap();
+    let touched: i64 = sqlx::query("SELECT CAST(touched AS BIGINT) FROM items")
+        .fetch_one(&t.pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(touched, 1, "the trigger ran");
+    let reverted = revert(&t.pool, Format::Sqlx, &migs, Some("1"), no_progress)
+        .await
+        .unwrap();
+    assert_eq!(reverted, ["2"]);
+
+    if kind == Kind::Postgres {
+        write(
+            "3_index.up.sql",
+            "CREATE INDEX items_name ON items (name);\n\nCREATE INDEX CONCURRENTLY items_touched ON items (touched);\n",
+        );
+        write("3_index.down.sql", "DROP INDEX items_name;\n");
+        let migs = migrations::read(dir.path(), Format::Sqlx).unwrap();
+        let err = apply(&t.pool, Format::Sqlx, &migs, None, no_progress)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("3_index.up.sql") && err.contains("line 3: CREATE INDEX CONCURRENTLY"),
+            "{err}"
+        );
+        assert_eq!(
+            applied(&t.pool, Format::Sqlx, &migs).await.unwrap(),
+            ["1"],
+            "nothing ran"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bodies_with_semicolons_sqlite() {
+    bodies_with_semicolons(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn bodies_with_semicolons_postgres() {
+    bodies_with_semicolons(Kind::Postgres).await;
+}

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 
+use rewind_db::sql::{self, Dialect};
 use serde::Serialize;
 use sqlx::{PgPool, Row, SqlitePool};
 
@@ -58,13 +59,21 @@ pub struct CheckOutcome {
 
 /// [`Inspect::sql_checks`] for any pool: the same SQL runs on SQLite and PostgreSQL.
 macro_rules! sql_checks {
-    ($pool:expr, $checks:expr, $secret:expr) => {{
+    ($pool:expr, $checks:expr, $secret:expr, $dialect:expr) => {{
         let mut out = Vec::new();
         for (name, sql) in $checks {
-            let q = format!(
-                "SELECT CAST(CASE WHEN ({}) THEN 1 ELSE 0 END AS BIGINT)",
-                sql.trim().trim_end_matches(';')
-            );
+            let q = match assertion_query(sql, $dialect) {
+                Ok(q) => q,
+                Err(e) => {
+                    out.push(CheckOutcome {
+                        name: name.clone(),
+                        holds: None,
+                        error: Some(e),
+                        missing_table: false,
+                    });
+                    continue;
+                }
+            };
             let got: std::result::Result<i64, sqlx::Error> =
                 sqlx::query_scalar(sqlx::AssertSqlSafe(q))
                     .fetch_one($pool)
@@ -86,6 +95,24 @@ macro_rules! sql_checks {
         }
         out
     }};
+}
+
+/// An assertion's query wrapped to yield 1 when it holds. Only its one statement goes in
+/// the wrapping: a trailing `;` would break it, and a trailing `-- comment` would swallow
+/// its closing parenthesis.
+fn assertion_query(sql: &str, dialect: Dialect) -> std::result::Result<String, String> {
+    let statements = sql::split(sql, dialect).map_err(|e| format!("cannot read its SQL: {e}"))?;
+    match statements.as_slice() {
+        [one] => Ok(format!(
+            "SELECT CAST(CASE WHEN ({}) THEN 1 ELSE 0 END AS BIGINT)",
+            one.text
+        )),
+        [] => Err("its SQL is empty: write one query of one value".into()),
+        more => Err(format!(
+            "its SQL holds {} statements: write one query of one value",
+            more.len()
+        )),
+    }
 }
 
 /// PostgreSQL's `undefined_table`, or SQLite's "no such table".
@@ -148,7 +175,7 @@ impl Inspect for SqlitePool {
         checks: &[(String, String)],
         secret: Option<&str>,
     ) -> Vec<CheckOutcome> {
-        sql_checks!(self, checks, secret)
+        sql_checks!(self, checks, secret, Dialect::Sqlite)
     }
 
     async fn row_counts(&self) -> Result<BTreeMap<String, i64>> {
@@ -217,7 +244,7 @@ impl Inspect for PgPool {
         checks: &[(String, String)],
         secret: Option<&str>,
     ) -> Vec<CheckOutcome> {
-        sql_checks!(self, checks, secret)
+        sql_checks!(self, checks, secret, Dialect::Postgres)
     }
 
     async fn row_counts(&self) -> Result<BTreeMap<String, i64>> {
@@ -325,5 +352,43 @@ impl Inspect for PgPool {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assertions_are_wrapped_without_their_edges() {
+        let wrap =
+            |inner: &str| format!("SELECT CAST(CASE WHEN ({inner}) THEN 1 ELSE 0 END AS BIGINT)");
+        for (sql, inner) in [
+            ("SELECT count(*) = 0 FROM t", "SELECT count(*) = 0 FROM t"),
+            (
+                "-- no negative balances\nSELECT count(*) = 0 FROM accounts WHERE balance < 0; -- ok\n",
+                "SELECT count(*) = 0 FROM accounts WHERE balance < 0",
+            ),
+            (
+                "SELECT count(*) = 0 -- none left\nFROM t;",
+                "SELECT count(*) = 0 -- none left\nFROM t",
+            ),
+            ("SELECT ';' <> ''", "SELECT ';' <> ''"),
+        ] {
+            assert_eq!(
+                assertion_query(sql, Dialect::Sqlite),
+                Ok(wrap(inner)),
+                "{sql}"
+            );
+        }
+        let err = assertion_query("SELECT 1; DELETE FROM t", Dialect::Postgres).unwrap_err();
+        assert!(err.contains("2 statements"), "{err}");
+        assert!(
+            assertion_query("-- nothing", Dialect::Postgres)
+                .unwrap_err()
+                .contains("empty")
+        );
+        let err = assertion_query("SELECT 'open", Dialect::Postgres).unwrap_err();
+        assert!(err.contains("line 1, column 8"), "{err}");
     }
 }

@@ -1,13 +1,11 @@
-//! Database groundwork for rewind:
+//! Database groundwork for rewind (classifying migrations lives in `rewind_db::sql`):
 //!
-//! - [`classify`]: is a migration destructive or additive (pure, no database);
 //! - [`backup`]: SQLite snapshots (`VACUUM INTO`) and PostgreSQL dumps (`pg_dump -Fc`) as
 //!   restore points, their restore, and their verification in a scratch database;
 //! - [`inspect`]: rows per table and orphaned foreign keys on a live database;
 //! - [`pitr`]: point-in-time recovery of PostgreSQL through pgBackRest.
 
 pub mod backup;
-pub mod classify;
 pub mod error;
 pub mod inspect;
 pub mod pitr;
@@ -17,7 +15,6 @@ pub use backup::{
     pg_restore, pg_verify, pg_verify_with, sqlite_file_counts, sqlite_restore, sqlite_snapshot,
     sqlite_verify, sqlite_verify_with,
 };
-pub use classify::{Classification, Finding, FindingKind, Impact, classify, down_is_empty};
 pub use error::{Error, Result};
 pub use inspect::{CheckOutcome, FkOrphans, Inspect, fk_orphans, integrity_check, row_counts};
 pub use pitr::{

@@ -165,7 +165,7 @@ fn sqlite_destructive_migration_is_flagged_and_rolled_back_by_restore() {
     plan.ok();
     assert!(
         plan.stdout
-            .contains("4 drop legacy — DESTRUCTIVE: DROP COLUMN"),
+            .contains("4 drop legacy — DESTRUCTIVE: line 2: ALTER TABLE users DROP COLUMN legacy loses data: drops column legacy of users"),
         "{}",
         plan.all()
     );
