@@ -19,6 +19,7 @@ use rewind_core::dbplan::{
     BackupFacts, DbDeployFacts, DbRollbackFacts, DownScript, MigrationFacts, NO_LEVEL,
 };
 use rewind_core::{Action, CountBaseline, RestoreSource};
+use rewind_db::State;
 use rewind_db::sql::{Dialect, Effect};
 use rewind_db::{Format, Migration};
 use rewind_dbkit::{BackupInfo, BackupKind, Inspect, PgUrl};
@@ -89,6 +90,27 @@ fn backup_info(source: &RestoreSource) -> Option<BackupInfo> {
         }),
         RestoreSource::PointInTime { .. } => None,
     }
+}
+
+/// A database's migrations against a release's (see [`Database::set_report`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SetReport {
+    pub level: String,
+    pub applied_not_in_release: Vec<String>,
+    pub in_release_not_applied: Vec<String>,
+    pub partial: Vec<String>,
+}
+
+/// What a rollback moves a database to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbTarget {
+    /// The target release's name.
+    pub release: String,
+    /// Its level, as the ledger recorded it.
+    pub level: String,
+    /// The migrations applied when it ran, as the ledger recorded them (keys); `None` for
+    /// releases recorded before sets were kept.
+    pub set: Option<Vec<String>>,
 }
 
 /// What row counts are compared with.
@@ -279,96 +301,229 @@ impl Database {
             .map_err(|e| self.fail(format!("opening {}: {e}", path.display())))
     }
 
-    /// The versions applied now, in apply order.
-    pub async fn applied(&self, format: Format, migs: &[Migration]) -> Result<Vec<String>> {
+    /// What the tool's history records now (nothing when a SQLite file does not exist yet).
+    pub async fn state(&self, format: Format, migs: &[Migration]) -> Result<State> {
         if let Some(p) = self.sqlite_path()
             && !p.exists()
         {
+            return Ok(State::default());
+        }
+        let pool = self.pool().await?;
+        let state = rewind_db::runner::state(&pool, format, migs).await;
+        pool.close().await;
+        state.map_err(|e| self.fail(e))
+    }
+
+    /// The level: the newest applied migration in the tool's order, or `none`.
+    pub async fn level(&self, format: Format, migs: &[Migration]) -> Result<String> {
+        Ok(self.state(format, migs).await?.level(format, migs))
+    }
+
+    /// Migrations that ran partly (outside a transaction, killed or failed half-way) and
+    /// INVALID indexes, one line each.
+    pub async fn partial(&self) -> Result<Vec<String>> {
+        if !self.exists() {
             return Ok(Vec::new());
         }
         let pool = self.pool().await?;
-        let applied = rewind_db::applied(&pool, format, migs).await;
+        let r = async {
+            let mut out: Vec<String> = rewind_db::runner::partial(&pool)
+                .await?
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            out.extend(
+                rewind_db::runner::invalid_indexes(&pool)
+                    .await?
+                    .into_iter()
+                    .map(|i| format!("index {i} is INVALID (an interrupted or failed CREATE INDEX CONCURRENTLY left it)")),
+            );
+            Ok::<_, rewind_db::Error>(out)
+        }
+        .await;
         pool.close().await;
-        applied.map_err(|e| self.fail(e))
+        r.map_err(|e| self.fail(e))
     }
 
-    /// The level: the newest applied migration (by the directory's order), or `none`.
-    pub async fn level(&self, format: Format, migs: &[Migration]) -> Result<String> {
-        let applied = self.applied(format, migs).await?;
-        Ok(level_of(migs, &applied))
+    /// One migration's facts for a deploy (its up script) or a revert (its down script).
+    fn facts_of(
+        &self,
+        format: Format,
+        m: &Migration,
+        down: bool,
+        refusals: &mut Vec<String>,
+    ) -> MigrationFacts {
+        let dialect = self.dialect();
+        let base = classify(m, dialect);
+        let c = rewind_db::sql::classify(&m.up, dialect);
+        let alone = match rewind_db::run_mode(format, m, down, dialect) {
+            Ok(rewind_db::RunMode::Alone(why)) => Some(why),
+            Ok(rewind_db::RunMode::Batch) => None,
+            Err(e) => {
+                refusals.push(e.to_string());
+                None
+            }
+        };
+        if !down && format == Format::Diesel && m.up.is_empty() {
+            refusals.push(format!(
+                "{} is empty: diesel refuses to run an empty up.sql (EmptyMigration)",
+                m.file.display()
+            ));
+        }
+        MigrationFacts {
+            key: m.key().to_string(),
+            effects: c
+                .effects()
+                .into_iter()
+                .filter(|e| *e != Effect::Adds)
+                .map(|e| e.words().to_string())
+                .collect(),
+            alone,
+            warnings: m.warnings.clone(),
+            display: m.label(),
+            ..base
+        }
     }
 
-    /// What a deploy of `release` would do to this database.
+    /// What a deploy of `release` would do to this database: the migrations the release
+    /// ships that the history lacks (in the tool's order, out-of-order ones marked), those
+    /// applied that it does not ship, drift, and everything that would make the deploy refuse.
     pub async fn deploy_facts(&self, release: &str) -> Result<DbDeployFacts> {
         let (format, migs) = self.read_migrations(release)?;
-        let applied = self.applied(format, &migs).await?;
-        let pending: Vec<MigrationFacts> = migs
+        let state = self.state(format, &migs).await?;
+        let plan = rewind_db::sets::plan_deploy(format, &migs, &state);
+        let mut refusals = plan.refusals.clone();
+        let mut notes = plan.notes.clone();
+        // Levels as the migrations are applied, in order.
+        let mut level = state.level(format, &migs);
+        let mut known: Vec<&Migration> = state.applied(&migs);
+        let mut pending = Vec::new();
+        for m in &plan.to_apply {
+            let mut f = self.facts_of(format, m, false, &mut refusals);
+            f.out_of_order = plan.out_of_order.iter().any(|o| o.key() == m.key());
+            known.push(m);
+            level = known
+                .iter()
+                .max_by(|a, b| format.cmp_versions(&a.version, &b.version))
+                .map(|m| m.version.clone())
+                .unwrap_or(level);
+            f.level_after = level.clone();
+            pending.push(f);
+        }
+        for m in &migs {
+            for w in &m.warnings {
+                if !notes.contains(w) {
+                    notes.push(w.clone());
+                }
+            }
+        }
+        let (drift, drifted) = self.drift(format, &migs, &state).await?;
+        let partial = self.partial().await?;
+        for p in &partial {
+            refusals.push(format!(
+                "{p}; finish it with `rewind resume` (when the run that ran it is unfinished), or roll back (a restore)"
+            ));
+        }
+        let mut set_after: Vec<String> = migs
             .iter()
-            .filter(|m| !applied.contains(&m.version))
-            .map(|m| classify(m, self.dialect()))
+            .filter(|m| state.is_applied(m) || plan.to_apply.iter().any(|p| p.key() == m.key()))
+            .map(|m| m.key().to_string())
             .collect();
-        let drift = self.drift(format, &migs, &applied).await?;
+        set_after.extend(plan.unknown.iter().map(|r| r.key.clone()));
         Ok(DbDeployFacts {
             format: format.name().to_string(),
-            level_now: level_of(&migs, &applied),
-            target_level: migs
-                .last()
-                .map(|m| m.version.clone())
-                .unwrap_or_else(|| NO_LEVEL.into()),
+            level_now: state.level(format, &migs),
+            target_level: level,
             pending,
+            unknown: plan
+                .unknown
+                .iter()
+                .map(|r| rewind_db::sets::unknown_label(format, r))
+                .collect(),
             drift,
+            drifted,
+            refusals,
+            notes,
+            set_after,
         })
     }
 
     /// Applied migrations whose file changed (or vanished) since they were applied, one line
-    /// each; CRLF and LF count as the same, but a file that differs only in line endings is
-    /// mentioned, because tools that hash bytes (sqlx, sqitch) will see it as changed.
+    /// each, and the keys of those a deploy must not go past (without `--accept-drift`): an
+    /// edited file, and — for sqlx and refinery, which hash bytes and refuse — a file that
+    /// differs in line endings only.
     async fn drift(
         &self,
         format: Format,
         migs: &[Migration],
-        applied: &[String],
-    ) -> Result<Vec<String>> {
-        if applied.is_empty() {
-            return Ok(Vec::new());
+        state: &State,
+    ) -> Result<(Vec<String>, Vec<String>)> {
+        if state.recorded.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
         }
         let pool = self.pool().await?;
         let report = rewind_db::drift(&pool, format, migs).await;
         pool.close().await;
         let report = report.map_err(|e| self.fail(e))?;
-        let mut out: Vec<String> = report.drift.iter().map(|d| d.to_string()).collect();
-        for v in &report.line_endings_only {
-            out.push(format!(
-                "{v} differs from what was applied in line endings only: not drift for rewind, but {} hashes bytes and will call it changed",
-                format.name()
-            ));
+        let mut lines = Vec::new();
+        let mut keys = Vec::new();
+        for d in &report.drift {
+            if let rewind_db::DriftKind::Changed { .. } = d.kind {
+                lines.push(d.to_string());
+                if let Some(m) = migs.iter().find(|m| m.version == d.version) {
+                    keys.push(m.key().to_string());
+                }
+            }
         }
-        Ok(out)
+        let strict = matches!(format, Format::Sqlx | Format::Refinery);
+        for v in &report.line_endings_only {
+            if strict {
+                lines.push(format!(
+                    "{v} differs from what was applied in line endings only, and {} hashes bytes: it refuses to go on (check the file out as it was applied, e.g. with core.autocrlf, or --accept-drift)",
+                    format.name()
+                ));
+                if let Some(m) = migs.iter().find(|m| &m.version == v) {
+                    keys.push(m.key().to_string());
+                }
+            } else {
+                lines.push(format!(
+                    "{v} differs from what was applied in line endings only: not drift for rewind or {}",
+                    format.name()
+                ));
+            }
+        }
+        Ok((lines, keys))
     }
 
-    /// What a rollback from `from_release` to `target_level` needs to know.
+    /// What a rollback from `from_release` to `target` needs to know: every applied
+    /// migration the target does not ship (newest applied first), what cannot be reverted,
+    /// half-done migrations, failing checks, and the backup at the target's level.
     pub async fn rollback_facts(
         &self,
         from_release: &str,
-        target_level: &str,
+        target: &DbTarget,
     ) -> Result<DbRollbackFacts> {
         let (format, migs) = self.read_migrations(from_release)?;
-        let applied = self.applied(format, &migs).await?;
-        let level_now = level_of(&migs, &applied);
-        let target_pos = migs.iter().position(|m| m.version == target_level);
-        if target_level != NO_LEVEL && target_pos.is_none() {
-            return Err(self.fail(format!(
-                "the target's level {target_level} is not in {}: its migration was removed",
-                self.migrations_dir(from_release).display()
-            )));
+        let state = self.state(format, &migs).await?;
+        let level_now = state.level(format, &migs);
+        let target_set: std::collections::BTreeSet<String> = match &target.set {
+            Some(set) => set.iter().cloned().collect(),
+            None => self.target_set(format, &migs, target)?,
+        };
+        let plan = rewind_db::sets::plan_revert(&migs, &state, &target_set);
+        let mut revert_refusals = Vec::new();
+        let mut remaining: Vec<&Migration> = state.applied(&migs);
+        let mut to_revert = Vec::new();
+        for m in &plan.to_revert {
+            let mut f = self.facts_of(format, m, true, &mut revert_refusals);
+            remaining.retain(|r| r.key() != m.key());
+            f.level_after = remaining
+                .iter()
+                .max_by(|a, b| format.cmp_versions(&a.version, &b.version))
+                .map(|m| m.version.clone())
+                .unwrap_or_else(|| NO_LEVEL.into());
+            to_revert.push(f);
         }
-        let to_revert: Vec<MigrationFacts> = migs
-            .iter()
-            .enumerate()
-            .rev()
-            .filter(|(i, m)| target_pos.is_none_or(|t| *i > t) && applied.contains(&m.version))
-            .map(|(_, m)| classify(m, self.dialect()))
-            .collect();
         let failing_checks = if self.exists() {
             self.checks(Baseline::None).await?.failures
         } else {
@@ -378,17 +533,107 @@ impl Database {
             .list_backups()?
             .into_iter()
             .rev()
-            .find(|b| b.level == target_level)
+            .find(|b| b.level == target.level)
             .map(|b| b.facts());
         Ok(DbRollbackFacts {
             level_now,
-            target_level: target_level.to_string(),
+            target_level: target.level.clone(),
             to_revert,
+            unrevertable: plan
+                .unrevertable
+                .iter()
+                .map(|r| rewind_db::sets::unknown_label(format, r))
+                .collect(),
+            not_applied: plan
+                .not_applied
+                .iter()
+                .map(|k| {
+                    migs.iter()
+                        .find(|m| m.key() == k)
+                        .map(|m| m.label())
+                        .unwrap_or_else(|| k.clone())
+                })
+                .collect(),
+            partial: self.partial().await?,
+            revert_refusals,
             failing_checks,
             backup,
             pitr_window: None,
             now: rewind_core::now_rfc3339(),
         })
+    }
+
+    /// How the database's migrations compare with a release's (`rewind status`): applied
+    /// ones the release does not ship, ones it ships that are not applied (against the set
+    /// the ledger recorded for it, else its migrations directory), and half-done ones.
+    pub async fn set_report(
+        &self,
+        release: &str,
+        recorded: Option<&[String]>,
+    ) -> Result<SetReport> {
+        let (format, migs) = self.read_migrations(release)?;
+        let state = self.state(format, &migs).await?;
+        let expected: Vec<String> = match recorded {
+            Some(set) if !set.is_empty() => set.to_vec(),
+            _ => migs.iter().map(|m| m.key().to_string()).collect(),
+        };
+        let label = |key: &str| {
+            migs.iter()
+                .find(|m| m.key() == key)
+                .map(|m| m.label())
+                .or_else(|| {
+                    state
+                        .recorded
+                        .iter()
+                        .find(|r| r.key == key)
+                        .map(|r| rewind_db::sets::unknown_label(format, r))
+                })
+                .unwrap_or_else(|| key.to_string())
+        };
+        Ok(SetReport {
+            level: state.level(format, &migs),
+            applied_not_in_release: state
+                .recorded
+                .iter()
+                .filter(|r| !expected.contains(&r.key))
+                .map(|r| label(&r.key))
+                .collect(),
+            in_release_not_applied: expected
+                .iter()
+                .filter(|k| !state.recorded.iter().any(|r| &r.key == *k))
+                .map(|k| label(k))
+                .collect(),
+            partial: self.partial().await?,
+        })
+    }
+
+    /// The migrations a target release ships when the ledger did not record them: its own
+    /// migrations directory when each release has one (`{release}` in `migrations`), else
+    /// every migration up to the target's level in the current directory.
+    fn target_set(
+        &self,
+        format: Format,
+        migs: &[Migration],
+        target: &DbTarget,
+    ) -> Result<std::collections::BTreeSet<String>> {
+        if self.cfg.migrations.contains("{release}")
+            && self.migrations_dir(&target.release).is_dir()
+        {
+            let (_, theirs) = self.read_migrations(&target.release)?;
+            return Ok(theirs.iter().map(|m| m.key().to_string()).collect());
+        }
+        if target.level == NO_LEVEL {
+            return Ok(Default::default());
+        }
+        let Some(pos) = migs.iter().position(|m| m.version == target.level) else {
+            return Err(self.fail(format!(
+                "the target's level {} is not in {}: its migration was removed",
+                target.level,
+                self.migrations_dir(&target.release).display()
+            )));
+        };
+        let _ = format;
+        Ok(migs[..=pos].iter().map(|m| m.key().to_string()).collect())
     }
 
     /// pgBackRest's recoverable window (RFC 3339, UTC), or `None` without `[pitr]`.
@@ -958,20 +1203,17 @@ fn phase_words(p: &rewind_db::Phase) -> String {
         Phase::Applied => "applied (not yet committed)".into(),
         Phase::Reverting => "reverting".into(),
         Phase::Reverted => "reverted (not yet committed)".into(),
+        Phase::Unit { done, total, line } => {
+            format!("{done} of {total} units committed (through line {line})")
+        }
+        Phase::Resuming { done, total } => {
+            format!("an earlier attempt committed {done} of {total} units: going on from there")
+        }
+        Phase::Note(n) => n.clone(),
         Phase::Failed(e) => format!("failed: {e}"),
         Phase::Committed => "committed".into(),
         Phase::RolledBack => "rolled back: the database is as before the batch".into(),
     }
-}
-
-/// The newest migration (in directory order) that is applied, or `none`.
-fn level_of(migs: &[Migration], applied: &[String]) -> String {
-    migs.iter()
-        .rev()
-        .find(|m| applied.contains(&m.version))
-        .map(|m| m.version.clone())
-        .or_else(|| applied.last().cloned())
-        .unwrap_or_else(|| NO_LEVEL.into())
 }
 
 /// What a migration's up script does, for the plan: every finding's sentence when any
@@ -995,6 +1237,7 @@ fn classify(m: &Migration, dialect: Dialect) -> MigrationFacts {
             Some(_) if m.down_is_empty() => DownScript::Empty,
             Some(_) => DownScript::Present,
         },
+        ..MigrationFacts::default()
     }
 }
 
@@ -1043,70 +1286,45 @@ impl Component for Database {
 
     async fn apply(&self, cx: &Ctx, action: &Action) -> Result<Outcome> {
         match action {
-            Action::Migrate { release, to, .. } => {
-                let (format, migs) = self.read_migrations(release)?;
-                let level = self.level(format, &migs).await?;
-                if &level == to {
-                    return Ok(Outcome::Skipped(format!("already at level {to}")));
-                }
-                let pool = self.pool().await?;
-                let notes = cx.notes.clone();
-                let name = self.name.clone();
-                let up_to = (to != NO_LEVEL).then_some(to.as_str());
-                let applied = rewind_db::apply(&pool, format, &migs, up_to, |m, phase| {
-                    if let Some(n) = &notes {
-                        let _ = n.send(format!(
-                            "{name}: {} {}: {}",
-                            m.version,
-                            m.name,
-                            phase_words(&phase)
-                        ));
-                    }
-                })
-                .await;
-                pool.close().await;
-                let applied = applied.map_err(|e| self.fail(e))?;
-                Ok(Outcome::Done(format!(
-                    "applied {} migration{} ({}); level {level} → {to}",
-                    applied.len(),
-                    if applied.len() == 1 { "" } else { "s" },
-                    applied.join(", ")
-                )))
+            Action::Migrate {
+                release,
+                to,
+                versions,
+                alone,
+                ..
+            } => {
+                self.run_migrations(cx, release, to, versions, alone.is_some(), false)
+                    .await
             }
-            Action::Revert { release, to, .. } => {
+            Action::Revert {
+                release,
+                to,
+                versions,
+                alone,
+                ..
+            } => {
+                self.run_migrations(cx, release, to, versions, alone.is_some(), true)
+                    .await
+            }
+            Action::AcceptDrift {
+                release, versions, ..
+            } => {
                 let (format, migs) = self.read_migrations(release)?;
-                let level = self.level(format, &migs).await?;
-                if &level == to {
-                    return Ok(Outcome::Skipped(format!("already at level {to}")));
-                }
                 let pool = self.pool().await?;
-                let notes = cx.notes.clone();
-                let name = self.name.clone();
-                let step_id = format!("{}.revert", self.name);
-                let down_to = (to != NO_LEVEL).then_some(to.as_str());
-                let reverted = rewind_db::revert(&pool, format, &migs, down_to, |m, phase| {
-                    if let Some(n) = &notes {
-                        let _ = n.send(format!(
-                            "{name}: {} {}: {}",
-                            m.version,
-                            m.name,
-                            phase_words(&phase)
-                        ));
-                    }
-                    // The kill tests stop here: one migration reverted, nothing committed.
-                    if phase == rewind_db::Phase::Reverted {
-                        crash::point("mid", &step_id);
-                    }
-                })
-                .await;
+                let r = rewind_db::drift::accept(&pool, format, &migs, versions).await;
                 pool.close().await;
-                let reverted = reverted.map_err(|e| self.fail(e))?;
-                Ok(Outcome::Done(format!(
-                    "reverted {} migration{} ({}); level {level} → {to}",
-                    reverted.len(),
-                    if reverted.len() == 1 { "" } else { "s" },
-                    reverted.join(", ")
-                )))
+                let updated = r.map_err(|e| self.fail(e))?;
+                if updated.is_empty() {
+                    Ok(Outcome::Skipped(
+                        "the history already holds the files' checksums".into(),
+                    ))
+                } else {
+                    Ok(Outcome::Done(format!(
+                        "recorded the new checksums of {} in the {} history",
+                        updated.join(", "),
+                        format.name()
+                    )))
+                }
             }
             Action::Freeze { .. } => self.freeze(cx, true).await,
             Action::Unfreeze { .. } => self.freeze(cx, false).await,
@@ -1139,6 +1357,79 @@ impl Component for Database {
 }
 
 impl Database {
+    /// Applies (or, `down`, reverts) the migrations `versions` of `release`'s directory:
+    /// one that runs alone by itself, the others in one transaction. Without `versions` (a
+    /// run recorded before sets): everything pending up to `to` (or applied after it).
+    async fn run_migrations(
+        &self,
+        cx: &Ctx,
+        release: &str,
+        to: &str,
+        versions: &[String],
+        alone: bool,
+        down: bool,
+    ) -> Result<Outcome> {
+        let (format, migs) = self.read_migrations(release)?;
+        let level = self.level(format, &migs).await?;
+        let pool = self.pool().await?;
+        let notes = cx.notes.clone();
+        let name = self.name.clone();
+        let step_id = format!("{}.{}", self.name, if down { "revert" } else { "migrate" });
+        let progress = |m: &Migration, phase: rewind_db::Phase| {
+            if let Some(n) = &notes {
+                let _ = n.send(format!("{name}: {}: {}", m.label(), phase_words(&phase)));
+            }
+            // The kill tests stop here: one migration reverted, nothing committed; or one
+            // unit of a migration that runs alone committed.
+            if down && phase == rewind_db::Phase::Reverted {
+                crash::point("mid", &step_id);
+            }
+            if let rewind_db::Phase::Unit { done, .. } = phase {
+                crash::point("unit", &format!("{step_id}.{}.{done}", m.key()));
+            }
+        };
+        let verb = if down { "reverted" } else { "applied" };
+        let r: std::result::Result<Vec<String>, rewind_db::Error> = if versions.is_empty() {
+            // A run recorded before sets: the old shape of the step.
+            let target = (to != NO_LEVEL).then_some(to);
+            if down {
+                rewind_db::revert(&pool, format, &migs, target, progress).await
+            } else {
+                rewind_db::apply(&pool, format, &migs, target, progress).await
+            }
+        } else if alone {
+            let key = &versions[0];
+            let outcome = if down {
+                rewind_db::revert_alone(&pool, format, &migs, key, progress).await
+            } else {
+                rewind_db::apply_alone(&pool, format, &migs, key, progress).await
+            };
+            outcome.map(|o| match o {
+                rewind_db::AloneOutcome::Done => migs
+                    .iter()
+                    .filter(|m| m.key() == key)
+                    .map(|m| m.version.clone())
+                    .collect(),
+                rewind_db::AloneOutcome::AlreadyDone => Vec::new(),
+            })
+        } else if down {
+            rewind_db::revert_batch(&pool, format, &migs, versions, progress).await
+        } else {
+            rewind_db::apply_batch(&pool, format, &migs, versions, progress).await
+        };
+        pool.close().await;
+        let done = r.map_err(|e| self.fail(e))?;
+        if done.is_empty() {
+            return Ok(Outcome::Skipped(format!("already {verb} (level {level})")));
+        }
+        Ok(Outcome::Done(format!(
+            "{verb} {} migration{} ({}); level {level} → {to}",
+            done.len(),
+            if done.len() == 1 { "" } else { "s" },
+            done.join(", ")
+        )))
+    }
+
     /// A restore point: the level, and a full backup when `backup` gives a reason.
     pub async fn restore_point_with(&self, cx: &Ctx, backup: Option<&str>) -> Result<Snapshot> {
         let release = cx.current_release.clone().unwrap_or_default();

@@ -30,64 +30,124 @@ use crate::model::{Action, CountBaseline, LedgerEffect, RestoreSource, Step};
 pub const NO_LEVEL: &str = "none";
 
 /// Whether a migration's down script can undo it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum DownScript {
     Present,
     /// The format has none, or the file is missing.
+    #[default]
     Missing,
     /// The file exists but holds only comments and whitespace.
     Empty,
 }
 
 /// One migration, classified.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct MigrationFacts {
     pub version: String,
     pub name: String,
-    /// What in its up script is destructive (`DROP COLUMN users.legacy: …`); empty: additive.
+    /// What identifies it in the tool's history (the version; sqitch: the change id).
+    #[serde(default)]
+    pub key: String,
+    /// What its script does, one sentence per finding (`line 3: DELETE FROM sessions … loses
+    /// data: …`); empty: it only adds.
     pub destructive: Vec<String>,
-    /// Some of it loses data (or may): only a backup brings it back.
+    /// Its effects in words, most severe first (`loses data`, `rewrites data`, `takes a long
+    /// lock`, …); empty: it only adds.
+    #[serde(default)]
+    pub effects: Vec<String>,
+    /// Some of it loses or rewrites data: only a backup brings the old data back.
     pub loses_data: bool,
     pub down: DownScript,
+    /// Why its tool runs the script (up for a deploy, down for a revert) outside a
+    /// transaction, by itself; `None`: in rewind's batch.
+    #[serde(default)]
+    pub alone: Option<String>,
+    /// A deploy: it is older than the newest applied migration (merged out of order).
+    #[serde(default)]
+    pub out_of_order: bool,
+    /// The level once it is applied (a deploy) or reverted (a rollback).
+    #[serde(default)]
+    pub level_after: String,
+    /// What the tool would quietly do that a person should know.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// How a person recognises it (see [`MigrationFacts::label`]).
+    #[serde(default)]
+    pub display: String,
 }
 
 impl MigrationFacts {
-    /// Reverting it cannot bring the data back: its up script destroyed data, or nothing
-    /// undoes it.
+    /// Reverting it cannot bring the data back: its up script destroyed or rewrote data, or
+    /// nothing undoes it.
     pub fn revert_loses_data(&self) -> bool {
         self.loses_data || self.down != DownScript::Present
     }
 
-    /// One line for a person: `V3 add_email — additive, down script present`.
+    /// One line for a person: `V3 add_email — adds; down script present`.
     pub fn describe(&self) -> String {
-        let what = if self.destructive.is_empty() {
-            "additive".to_string()
-        } else {
+        let what = if self.effects.is_empty() && self.destructive.is_empty() {
+            "adds".to_string()
+        } else if self.effects.is_empty() {
             format!("DESTRUCTIVE: {}", self.destructive.join("; "))
+        } else {
+            format!(
+                "{}: {}",
+                self.effects.join(", ").to_uppercase(),
+                self.destructive.join("; ")
+            )
         };
         let down = match self.down {
             DownScript::Present => "down script present",
             DownScript::Missing => "NO down script",
             DownScript::Empty => "down script EMPTY",
         };
-        format!("{} {} — {what}; {down}", self.version, self.name)
+        let mut line = format!("{} — {what}; {down}", self.label());
+        if self.out_of_order {
+            line.push_str("; OUT OF ORDER (older than the newest applied migration)");
+        }
+        if let Some(why) = &self.alone {
+            line.push_str(&format!(
+                "; runs alone, outside the batch's transaction: {why}"
+            ));
+        }
+        line
     }
 }
 
 /// What a deploy needs to know about one database component.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DbDeployFacts {
     /// The migration tool's format (`sqlx` …).
     pub format: String,
     /// Applied now (from the history table).
     pub level_now: String,
-    /// After the deploy: the newest migration in the release's directory.
+    /// After the deploy: the newest applied migration then, in the tool's order.
     pub target_level: String,
-    /// Pending migrations in apply order.
+    /// The migrations of this release the history lacks ("in this release but not
+    /// applied"), in the order they are applied (the tool's).
     pub pending: Vec<MigrationFacts>,
+    /// Applied migrations this release does not ship ("applied but not in this release").
+    #[serde(default)]
+    pub unknown: Vec<String>,
     /// Applied migrations whose file changed (or vanished) since: one line each.
     pub drift: Vec<String>,
+    /// The keys of the applied migrations whose file was edited after they were applied
+    /// (what `--accept-drift` re-records).
+    #[serde(default)]
+    pub drifted: Vec<String>,
+    /// Why the deploy cannot run as planned, one line each: what the team's tool would
+    /// refuse, drift, scripts it cannot run, a migration left half-done. Non-empty: the
+    /// deploy is refused before anything runs.
+    #[serde(default)]
+    pub refusals: Vec<String>,
+    /// What a person should know that does not stop the deploy.
+    #[serde(default)]
+    pub notes: Vec<String>,
+    /// Every migration applied once the deploy is done (keys, in the tool's order): what the
+    /// ledger records for the release.
+    #[serde(default)]
+    pub set_after: Vec<String>,
 }
 
 impl DbDeployFacts {
@@ -99,10 +159,22 @@ impl DbDeployFacts {
             .filter(|m| m.revert_loses_data())
             .map(|m| m.version.as_str())
             .collect();
+        let alone: Vec<&str> = self
+            .pending
+            .iter()
+            .filter(|m| m.alone.is_some())
+            .map(|m| m.version.as_str())
+            .collect();
         if !risky.is_empty() {
             Some(format!(
                 "{} cannot be reverted without losing data",
                 risky.join(", ")
+            ))
+        } else if !alone.is_empty() {
+            Some(format!(
+                "{} run{} outside a transaction: a failure half-way cannot be rolled back",
+                alone.join(", "),
+                if alone.len() == 1 { "s" } else { "" }
             ))
         } else if cfg.backup == BackupPolicy::Always {
             Some("backup = \"always\"".into())
@@ -136,12 +208,26 @@ pub enum DbMode {
 }
 
 /// What a rollback needs to know about one database component.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DbRollbackFacts {
     pub level_now: String,
     pub target_level: String,
-    /// Applied migrations newer than the target's level, newest first.
+    /// Applied migrations the target release does not ship, newest applied first.
     pub to_revert: Vec<MigrationFacts>,
+    /// Applied migrations the target does not ship and that no release directory holds a
+    /// script for: nothing can revert them.
+    #[serde(default)]
+    pub unrevertable: Vec<String>,
+    /// Migrations the target ships that are not applied (a rollback does not apply them).
+    #[serde(default)]
+    pub not_applied: Vec<String>,
+    /// Migrations that ran partly (killed or failed half-way outside a transaction), and
+    /// INVALID indexes: the schema is in no release's state.
+    #[serde(default)]
+    pub partial: Vec<String>,
+    /// Why a revert could not run as its tool would (a down script it cannot run).
+    #[serde(default)]
+    pub revert_refusals: Vec<String>,
     /// Data checks failing now (one line each): the data is corrupted.
     pub failing_checks: Vec<String>,
     /// The newest backup taken at the target's level.
@@ -289,18 +375,41 @@ pub fn decide(
             facts.target_level
         ));
     }
-    if facts.level_now == facts.target_level {
-        return Ok(DbDecision::Unchanged {
-            reason: format!(
-                "database unchanged (level {}) and its data checks pass: the application is rolled back alone",
-                facts.level_now
-            ),
+    if !facts.partial.is_empty() {
+        return restore_from_backup(format!(
+            "the schema is in no release's state ({}): restore from the newest backup at level {}",
+            facts.partial.join("; "),
+            facts.target_level
+        ))
+        .map_err(|_| DbRefusal::NoBackup {
+            component: component.into(),
+            target: facts.target_level.clone(),
+            why: facts.partial.join("; "),
         });
+    }
+    if facts.to_revert.is_empty() && facts.unrevertable.is_empty() {
+        let mut reason = format!(
+            "database unchanged (level {}) and its data checks pass: the application is rolled back alone",
+            facts.level_now
+        );
+        if !facts.not_applied.is_empty() {
+            reason.push_str(&format!(
+                " (the target ships {} which {} not applied; a rollback does not apply migrations)",
+                facts.not_applied.join(", "),
+                if facts.not_applied.len() == 1 {
+                    "is"
+                } else {
+                    "are"
+                }
+            ));
+        }
+        return Ok(DbDecision::Unchanged { reason });
     }
     let versions = facts
         .to_revert
         .iter()
         .map(|m| m.version.as_str())
+        .chain(facts.unrevertable.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(", ");
     if cfg.policy == DbPolicy::ForwardOnly {
@@ -310,28 +419,33 @@ pub fn decide(
             versions,
         });
     }
+    // What no down script can undo: refused scripts and migrations nobody ships.
+    let mut impossible: Vec<String> = facts.revert_refusals.clone();
+    impossible.extend(facts.unrevertable.iter().map(|u| {
+        format!("{u} is applied, the target does not ship it, and no release directory holds its down script")
+    }));
     let lossy: Vec<&MigrationFacts> = facts
         .to_revert
         .iter()
         .filter(|m| m.revert_loses_data())
         .collect();
-    if lossy.is_empty() || revert_anyway {
+    if impossible.is_empty() && (lossy.is_empty() || revert_anyway) {
         let mut reason = format!(
-            "database changed ({} → {}), data intact: revert {versions} with their down scripts",
+            "database changed ({} → {}), data intact: revert {versions} with their down scripts, newest applied first",
             facts.level_now, facts.target_level
         );
         if !lossy.is_empty() {
-            reason.push_str(" (--revert-anyway: data they destroyed stays lost)");
+            reason.push_str(" (--revert-anyway: data they destroyed or rewrote stays lost)");
         }
         return Ok(DbDecision::Revert { reason });
     }
-    let why = lossy
-        .iter()
-        .map(|m| m.describe())
+    let why = impossible
+        .into_iter()
+        .chain(lossy.iter().map(|m| m.describe()))
         .collect::<Vec<_>>()
         .join("; ");
     match restore_from_backup(format!(
-        "reverting would lose data ({why}): restore the backup at level {} instead",
+        "reverting would lose data or cannot be done ({why}): restore the backup at level {} instead",
         facts.target_level
     )) {
         Ok(d) => Ok(d),
@@ -353,48 +467,191 @@ fn step(id: String, title: String, action: Action) -> Step {
     }
 }
 
-/// The deploy steps of a database component (after its restore point): apply the pending
-/// migrations.
-pub fn deploy_steps(name: &str, release: &str, facts: &DbDeployFacts) -> Vec<Step> {
-    let title = if facts.pending.is_empty() {
-        format!(
-            "{name}: no pending migrations ({} level {})",
-            facts.format, facts.level_now
-        )
-    } else {
-        let destructive = facts
-            .pending
-            .iter()
-            .filter(|m| m.revert_loses_data())
-            .count();
-        format!(
-            "{name}: apply {} {} migration{} in one transaction, {} → {}{}",
-            facts.pending.len(),
-            facts.format,
-            if facts.pending.len() == 1 { "" } else { "s" },
-            facts.level_now,
-            facts.target_level,
-            if destructive > 0 {
-                format!(" ({destructive} cannot be reverted without losing data)")
-            } else {
-                String::new()
+/// Cuts migrations into steps: consecutive ones that run in a batch together, each one that
+/// runs alone by itself (with its own journal step, so a kill in the middle is resumed at
+/// that migration).
+fn segments(list: &[MigrationFacts]) -> Vec<&[MigrationFacts]> {
+    let mut out: Vec<&[MigrationFacts]> = Vec::new();
+    let mut start = 0;
+    for (i, m) in list.iter().enumerate() {
+        if m.alone.is_some() {
+            if start < i {
+                out.push(&list[start..i]);
             }
-        )
-    };
-    let mut s = step(
-        format!("{name}.migrate"),
-        title,
-        Action::Migrate {
+            out.push(&list[i..=i]);
+            start = i + 1;
+        }
+    }
+    if start < list.len() {
+        out.push(&list[start..]);
+    }
+    out
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// The deploy steps of a database component (after its restore point): record the new
+/// checksums when drift is accepted, then apply the pending migrations — in one transaction,
+/// except those their tool runs alone, which get a step each.
+pub fn deploy_steps(
+    name: &str,
+    release: &str,
+    facts: &DbDeployFacts,
+    accept_drift: bool,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if accept_drift && !facts.drifted.is_empty() {
+        steps.push(step(
+            format!("{name}.accept-drift"),
+            format!(
+                "{name}: record the edited files' checksums for {} in the {} history (--accept-drift)",
+                facts.drifted.join(", "),
+                facts.format
+            ),
+            Action::AcceptDrift {
+                component: name.into(),
+                release: release.into(),
+                versions: facts.drifted.clone(),
+            },
+        ));
+    }
+    if facts.pending.is_empty() {
+        let mut s = step(
+            format!("{name}.migrate"),
+            format!(
+                "{name}: no pending migrations ({} level {})",
+                facts.format, facts.level_now
+            ),
+            Action::Migrate {
+                component: name.into(),
+                release: release.into(),
+                to: facts.target_level.clone(),
+                versions: vec![],
+                alone: None,
+            },
+        );
+        s.effects.push(LedgerEffect::Deployed {
             component: name.into(),
-            release: release.into(),
-            to: facts.target_level.clone(),
-        },
-    );
-    s.effects.push(LedgerEffect::Deployed {
-        component: name.into(),
-        version: facts.target_level.clone(),
-    });
-    vec![s]
+            version: facts.target_level.clone(),
+        });
+        steps.push(s);
+        return steps;
+    }
+    let parts = segments(&facts.pending);
+    let many = parts.len() > 1;
+    let mut from = facts.level_now.clone();
+    for (i, part) in parts.iter().enumerate() {
+        let last = part.last().expect("a segment has a migration");
+        let to = last.level_after.clone();
+        let alone = part[0].alone.clone();
+        let lossy = part.iter().filter(|m| m.revert_loses_data()).count();
+        let title = match &alone {
+            Some(why) => format!(
+                "{name}: apply {} {} alone, outside a transaction ({why}), {from} → {to}",
+                facts.format,
+                part[0].label()
+            ),
+            None => format!(
+                "{name}: apply {} {} migration{} in one transaction, {from} → {to}{}",
+                part.len(),
+                facts.format,
+                plural(part.len()),
+                if lossy > 0 {
+                    format!(" ({lossy} cannot be reverted without losing data)")
+                } else {
+                    String::new()
+                }
+            ),
+        };
+        let id = if many {
+            format!("{name}.migrate.{}", i + 1)
+        } else {
+            format!("{name}.migrate")
+        };
+        let mut s = step(
+            id,
+            title,
+            Action::Migrate {
+                component: name.into(),
+                release: release.into(),
+                to: to.clone(),
+                versions: part.iter().map(|m| m.key.clone()).collect(),
+                alone,
+            },
+        );
+        if i + 1 == parts.len() {
+            s.effects.push(LedgerEffect::Deployed {
+                component: name.into(),
+                version: facts.target_level.clone(),
+            });
+        }
+        steps.push(s);
+        from = to;
+    }
+    steps
+}
+
+impl MigrationFacts {
+    /// `20240101000000 create_users` (sqitch: the change name, `name@tag` for a reworked
+    /// one's earlier instance).
+    pub fn label(&self) -> String {
+        if !self.display.is_empty() {
+            self.display.clone()
+        } else {
+            format!("{} {}", self.version, self.name)
+        }
+    }
+}
+
+/// The revert steps of a rollback: the migrations to revert, newest applied first, in one
+/// transaction except those their tool runs alone.
+fn revert_steps(name: &str, from_release: &str, facts: &DbRollbackFacts) -> Vec<Step> {
+    let parts = segments(&facts.to_revert);
+    let many = parts.len() > 1;
+    let mut from = facts.level_now.clone();
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let to = if last {
+            facts.target_level.clone()
+        } else {
+            part.last()
+                .expect("a segment has a migration")
+                .level_after
+                .clone()
+        };
+        let alone = part[0].alone.clone();
+        let title = match &alone {
+            Some(why) => format!(
+                "{name}: revert {} alone, outside a transaction ({why}), {from} → {to}",
+                part[0].label()
+            ),
+            None => format!(
+                "{name}: revert {} migration{} in one transaction, {from} → {to}",
+                part.len(),
+                plural(part.len()),
+            ),
+        };
+        out.push(step(
+            if many {
+                format!("{name}.revert.{}", i + 1)
+            } else {
+                format!("{name}.revert")
+            },
+            title,
+            Action::Revert {
+                component: name.into(),
+                release: from_release.into(),
+                to: to.clone(),
+                versions: part.iter().map(|m| m.key.clone()).collect(),
+                alone,
+            },
+        ));
+        from = to;
+    }
+    out
 }
 
 /// The rollback steps of a database component for a decision.
@@ -409,21 +666,7 @@ pub fn rollback_steps(
     let (work, level, baseline) = match decision {
         DbDecision::Unchanged { .. } => return steps,
         DbDecision::Revert { .. } => (
-            step(
-                format!("{name}.revert"),
-                format!(
-                    "{name}: revert {} migration{} in one transaction, {} → {}",
-                    facts.to_revert.len(),
-                    if facts.to_revert.len() == 1 { "" } else { "s" },
-                    facts.level_now,
-                    facts.target_level
-                ),
-                Action::Revert {
-                    component: name.into(),
-                    release: from_release.into(),
-                    to: facts.target_level.clone(),
-                },
-            ),
+            revert_steps(name, from_release, facts),
             facts.target_level.clone(),
             CountBaseline::RestorePoint,
         ),
@@ -443,7 +686,7 @@ pub fn rollback_steps(
                 }
             };
             (
-                step(
+                vec![step(
                     format!("{name}.restore"),
                     format!(
                         "{name}: {what}; writes after {loses_writes_since} are discarded (kept in the backup taken just before)"
@@ -452,7 +695,7 @@ pub fn rollback_steps(
                         component: name.into(),
                         source: source.clone(),
                     },
-                ),
+                )],
                 level.clone(),
                 baseline.clone(),
             )
@@ -477,11 +720,13 @@ pub fn rollback_steps(
         },
     ));
     let mut work = work;
-    work.effects.push(LedgerEffect::Deployed {
-        component: name.into(),
-        version: level,
-    });
-    steps.push(work);
+    if let Some(last) = work.last_mut() {
+        last.effects.push(LedgerEffect::Deployed {
+            component: name.into(),
+            version: level,
+        });
+    }
+    steps.extend(work);
     let checks = 2 + cfg.checks.len();
     steps.push(step(
         format!("{name}.check"),
@@ -537,13 +782,9 @@ pub fn restore_steps(name: &str, cfg: &DatabaseConfig, backup: &BackupFacts) -> 
         RestoreSource::PointInTime { .. } => NO_LEVEL.into(),
     };
     let facts = DbRollbackFacts {
-        level_now: String::new(),
         target_level: level.clone(),
-        to_revert: vec![],
-        failing_checks: vec![],
         backup: Some(backup.clone()),
-        pitr_window: None,
-        now: String::new(),
+        ..DbRollbackFacts::default()
     };
     let decision = DbDecision::Restore {
         reason: String::new(),
@@ -584,14 +825,12 @@ mod tests {
         let facts = DbRollbackFacts {
             level_now: "3".into(),
             target_level: "2".into(),
-            to_revert: vec![],
-            failing_checks: vec![],
-            backup: None,
             pitr_window: Some((
                 "2026-11-21T14:00:00.000000Z".into(),
                 "2026-11-21T15:00:00.000000Z".into(),
             )),
             now: "2026-11-21T15:00:01.000000Z".into(),
+            ..DbRollbackFacts::default()
         };
         let at = |t: &str| decide("db", &cfg(), &facts, &DbMode::PointInTime(t.into()), false);
         for inside in ["2026-11-21T14:00:00.000000Z", "2026-11-21T14:59:59.999999Z"] {
@@ -632,5 +871,135 @@ mod tests {
             ),
             Err(DbRefusal::NoPitr { .. })
         ));
+    }
+
+    fn mig(version: &str, alone: bool, level_after: &str) -> MigrationFacts {
+        MigrationFacts {
+            version: version.into(),
+            name: format!("m{version}"),
+            key: version.into(),
+            down: DownScript::Present,
+            alone: alone.then(|| "metadata.toml says run_in_transaction = false".into()),
+            level_after: level_after.into(),
+            ..MigrationFacts::default()
+        }
+    }
+
+    #[test]
+    fn a_migration_that_runs_alone_gets_a_step_of_its_own() {
+        let facts = DbDeployFacts {
+            format: "diesel".into(),
+            level_now: "1".into(),
+            target_level: "5".into(),
+            pending: vec![
+                mig("2", false, "2"),
+                mig("3", false, "3"),
+                mig("4", true, "4"),
+                mig("5", false, "5"),
+            ],
+            ..DbDeployFacts::default()
+        };
+        let steps = deploy_steps("db", "v2", &facts, false);
+        let shape: Vec<(String, Vec<String>, bool)> = steps
+            .iter()
+            .map(|s| match &s.action {
+                Action::Migrate {
+                    versions, alone, ..
+                } => (s.id.clone(), versions.clone(), alone.is_some()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("db.migrate.1".into(), vec!["2".into(), "3".into()], false),
+                ("db.migrate.2".into(), vec!["4".into()], true),
+                ("db.migrate.3".into(), vec!["5".into()], false),
+            ]
+        );
+        // Only the last step moves the ledger.
+        assert!(steps[..2].iter().all(|s| s.effects.is_empty()));
+        assert_eq!(steps[2].effects.len(), 1);
+        // A migration outside a transaction asks for a full backup before the deploy.
+        let mut c = cfg();
+        c.backup = BackupPolicy::Destructive;
+        assert!(
+            facts
+                .backup_reason(&c)
+                .unwrap()
+                .contains("outside a transaction")
+        );
+    }
+
+    #[test]
+    fn what_no_down_script_can_undo_is_restored() {
+        let backup = BackupFacts {
+            source: RestoreSource::Backup {
+                path: "/b/1.dump".into(),
+                kind: "pg-dump-custom".into(),
+                checksum: "x".into(),
+                bytes: 1,
+                created_at: "2026-11-21T14:00:00Z".into(),
+                level: "2".into(),
+            },
+            row_counts: BTreeMap::new(),
+            created_at: "2026-11-21T14:00:00Z".into(),
+        };
+        let base = DbRollbackFacts {
+            level_now: "4".into(),
+            target_level: "2".into(),
+            to_revert: vec![mig("4", false, "3"), mig("3", false, "2")],
+            backup: Some(backup),
+            ..DbRollbackFacts::default()
+        };
+        let decide_with = |f: &DbRollbackFacts| decide("db", &cfg(), f, &DbMode::Auto, false);
+        assert!(matches!(decide_with(&base), Ok(DbDecision::Revert { .. })));
+        for f in [
+            DbRollbackFacts {
+                unrevertable: vec!["7 hand_made".into()],
+                ..base.clone()
+            },
+            DbRollbackFacts {
+                partial: vec!["diesel migration 4 ran partly".into()],
+                ..base.clone()
+            },
+            DbRollbackFacts {
+                revert_refusals: vec!["down script of 4 cannot run".into()],
+                ..base.clone()
+            },
+        ] {
+            assert!(
+                matches!(decide_with(&f), Ok(DbDecision::Restore { .. })),
+                "{f:?}"
+            );
+            // --revert-anyway cannot revert what has no script.
+            let anyway = decide("db", &cfg(), &f, &DbMode::Auto, true);
+            assert!(
+                matches!(anyway, Ok(DbDecision::Restore { .. })),
+                "{anyway:?}"
+            );
+        }
+        // A set already the target's: nothing to do, whatever the levels say.
+        let same = DbRollbackFacts {
+            to_revert: vec![],
+            not_applied: vec!["3".into()],
+            ..base.clone()
+        };
+        match decide_with(&same) {
+            Ok(DbDecision::Unchanged { reason }) => assert!(reason.contains("ships 3"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Reverting steps follow the same cut as deploying ones.
+        let alone = DbRollbackFacts {
+            to_revert: vec![mig("4", true, "3"), mig("3", false, "2")],
+            ..base
+        };
+        let d = decide_with(&alone).unwrap();
+        let steps = rollback_steps("db", &cfg(), "v3", &alone, &d);
+        let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["db.restore-point", "db.revert.1", "db.revert.2", "db.check"]
+        );
     }
 }

@@ -126,6 +126,11 @@ pub struct Release {
     pub seq: i64,
     /// Component name → version that this release deploys.
     pub components: BTreeMap<String, String>,
+    /// Database component name → the migrations applied once this release is deployed (their
+    /// keys: versions, for sqitch change ids, in the tool's order): what a rollback to this
+    /// release returns the database to. Empty for releases recorded before sets were kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub migrations: BTreeMap<String, Vec<String>>,
     pub created_at: String,
     pub updated_at: String,
     /// `user@host` that recorded it.
@@ -139,6 +144,9 @@ pub struct Release {
 pub struct NewRelease {
     pub name: String,
     pub components: BTreeMap<String, String>,
+    /// See [`Release::migrations`].
+    #[serde(default)]
+    pub migrations: BTreeMap<String, Vec<String>>,
 }
 
 /// What one step changes in the ledger, applied in the same transaction as the step's
@@ -204,19 +212,42 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         backup: Option<String>,
     },
-    /// Apply a database's pending migrations (from `release`'s migrations directory) up to
-    /// and including `to`, in one transaction.
+    /// Apply database migrations from `release`'s migrations directory: those named in
+    /// `versions` (by their key: the version, for sqitch the change id), in that order, in
+    /// one transaction — or, with `alone`, the one migration its tool runs outside a
+    /// transaction, by itself. `to` is the level afterwards. A run recorded before
+    /// `versions` existed has none: then every pending migration up to `to`.
     Migrate {
         component: String,
         release: String,
         to: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        versions: Vec<String>,
+        /// Why the migration runs alone (its tool's marker, its own BEGIN/COMMIT …).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alone: Option<String>,
     },
-    /// Revert a database's migrations newer than `to` with their down scripts (read from
-    /// `release`'s migrations directory, the release being left), in one transaction.
+    /// Revert database migrations with their down scripts (read from `release`'s migrations
+    /// directory, the release being left): those named in `versions`, in that order (newest
+    /// applied first), in one transaction — or, with `alone`, one by itself. `to` is the level
+    /// afterwards. Without `versions` (older runs): every applied migration newer than `to`.
     Revert {
         component: String,
         release: String,
         to: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        versions: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alone: Option<String>,
+    },
+    /// Record, in the tool's history, the checksums the migration files have now for the
+    /// applied migrations `versions` whose files were edited after they were applied, as the
+    /// tool's own repair does (`flyway repair`; for sqlx, refinery and sqitch the same update
+    /// of the stored checksum). Only on `--accept-drift`.
+    AcceptDrift {
+        component: String,
+        release: String,
+        versions: Vec<String>,
     },
     /// Stop writes to a database (read-only or the user's freeze command).
     Freeze { component: String },
@@ -298,6 +329,7 @@ impl Action {
         match self {
             Action::Migrate { component, .. }
             | Action::Revert { component, .. }
+            | Action::AcceptDrift { component, .. }
             | Action::Freeze { component }
             | Action::Unfreeze { component }
             | Action::Restore { component, .. }

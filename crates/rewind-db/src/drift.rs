@@ -115,6 +115,74 @@ pub async fn drift(
     Ok(compare(format, migrations, &recorded))
 }
 
+/// Records, for the applied migrations `keys` (see [`Migration::key`]), the checksum their
+/// files have now, as the tool's own repair does (`flyway repair` realigns the checksum and
+/// description; sqlx, refinery and sqitch have no command for it, so their stored checksum
+/// is updated the same way), in one transaction. Returns the versions whose stored value
+/// changed. diesel and golang-migrate keep no checksum: nothing to record.
+pub async fn accept(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    keys: &[String],
+) -> Result<Vec<String>> {
+    use sqlx::Connection;
+    let mut conn = pool.acquire().await.map_err(query_err("connecting"))?;
+    history::prepare(&mut conn, format).await?;
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(query_err("beginning a transaction"))?;
+    let recorded = history::recorded(&mut tx, format, migrations).await?;
+    let mut updated = Vec::new();
+    for key in keys {
+        let Some(m) = migrations.iter().find(|m| m.key() == key) else {
+            return Err(crate::Error::UnknownVersion(key.clone()));
+        };
+        let Some(r) = recorded.iter().find(|r| &r.key == key) else {
+            continue;
+        };
+        let sum = crate::migrations::tool_checksum(format, m);
+        if r.checksum.as_deref() == Some(sum.to_text().as_str()) {
+            continue;
+        }
+        let doing = format!("recording the new checksum of {}", m.label());
+        let q = match (format, &sum) {
+            (Format::Sqlx, crate::migrations::Checksum::Sha384(bytes)) => {
+                sqlx::query("UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2")
+                    .bind(bytes.clone())
+                    .bind(m.version.parse::<i64>().unwrap_or_default())
+            }
+            (Format::Flyway, crate::migrations::Checksum::Crc32(c)) => sqlx::query(
+                "UPDATE flyway_schema_history SET checksum = $1, description = $2 \
+                 WHERE installed_rank = (SELECT MAX(installed_rank) FROM flyway_schema_history \
+                 WHERE version = $3 AND type = 'SQL' AND success)",
+            )
+            .bind(*c)
+            .bind(m.name.clone())
+            .bind(m.version.clone()),
+            (Format::Refinery, _) => sqlx::query(
+                "UPDATE refinery_schema_history SET checksum = $1, name = $2 WHERE version = $3",
+            )
+            .bind(sum.to_text())
+            .bind(m.name.clone())
+            .bind(m.version.parse::<i32>().unwrap_or_default()),
+            (Format::Sqitch, _) => {
+                sqlx::query("UPDATE sqitch.changes SET script_hash = $1 WHERE change_id = $2")
+                    .bind(sum.to_text())
+                    .bind(key.clone())
+            }
+            _ => continue,
+        };
+        q.execute(&mut *tx).await.map_err(query_err(doing))?;
+        updated.push(m.version.clone());
+    }
+    tx.commit()
+        .await
+        .map_err(query_err("committing the new checksums"))?;
+    Ok(updated)
+}
+
 const NO_CHECKSUM_KEPT: &str = "the tool keeps no checksum";
 const ROW_HAS_NONE: &str = "the history row has no checksum";
 

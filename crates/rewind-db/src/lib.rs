@@ -26,7 +26,10 @@ pub mod sql;
 
 pub use drift::{Drift, DriftKind, DriftReport, Unchecked, drift};
 pub use migrations::{Format, Migration, SqitchChange, SqitchTag};
-pub use runner::{Phase, applied, apply, revert};
+pub use runner::{
+    AloneOutcome, Partial, Phase, RunMode, applied, apply, apply_alone, apply_batch, revert,
+    revert_alone, revert_batch, run_mode,
+};
 pub use sets::{DeployPlan, NO_LEVEL, RevertPlan, State};
 
 /// Everything that can go wrong, naming the file or migration concerned.
@@ -49,20 +52,46 @@ pub enum Error {
     },
     #[error("unknown version {0}: it is not in the migrations directory")]
     UnknownVersion(String),
-    #[error("migration V{version} ({name}, {}) failed{}: {source}", file.display(), if *down { " to revert" } else { "" })]
+    #[error(
+        "migration V{version} ({name}, {}{}) failed{}: {}",
+        file.display(),
+        line.map(|l| format!(":{l}")).unwrap_or_default(),
+        if *down { " to revert" } else { "" },
+        runner::db_error_text(source)
+    )]
     Migration {
         version: String,
         name: String,
         file: PathBuf,
+        /// The line of the file where the failing statement (or the error in it) is.
+        line: Option<usize>,
         down: bool,
         source: sqlx::Error,
     },
-    #[error("migration V{version} ({name}, {}) cannot run inside rewind's transaction: {reason}", file.display())]
+    #[error("migration V{version} ({name}, {}:{line}) cannot run as its tool would: {reason}", file.display())]
     NotTransactional {
         version: String,
         name: String,
         file: PathBuf,
+        line: usize,
         reason: String,
+    },
+    #[error(
+        "{what} would lose data, so it was rolled back: {}; {deletes}",
+        problems.join("; ")
+    )]
+    DataGuard {
+        what: String,
+        problems: Vec<String>,
+        deletes: String,
+    },
+    #[error(
+        "{source}\n(it runs outside a transaction: {units_done} of its {units} units stay committed; running it again goes on from there)"
+    )]
+    Partial {
+        source: Box<Error>,
+        units_done: usize,
+        units: usize,
     },
     #[error("{doing}: {source}")]
     Query { doing: String, source: sqlx::Error },

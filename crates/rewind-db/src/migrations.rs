@@ -476,15 +476,31 @@ fn insert_part(
     Ok(())
 }
 
-fn finish_pairs(pairs: BTreeMap<String, Pair>) -> Result<Vec<Migration>> {
+/// Directory-level warnings go to the first migration, where a person reading the plan
+/// sees them.
+fn attach_warnings(list: &mut [Migration], warnings: Vec<String>) {
+    if let Some(first) = list.first_mut() {
+        first.warnings.extend(warnings);
+    }
+}
+
+fn finish_pairs(
+    pairs: BTreeMap<String, Pair>,
+    format: Format,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<Migration>> {
     let mut out = Vec::new();
     for (version, pair) in pairs {
         let Some((file, up)) = pair.up else {
+            // The tools read each file on its own: a down script whose up script is missing
+            // (or named with another version) is never run.
             let (down_file, _) = pair.down.expect("a pair has an up or a down");
-            return Err(bad(
-                &down_file,
-                format!("a down script without an up script for version {version}"),
+            skipped.push(format!(
+                "{} is a down script without an up script for version {version}: {} never runs it",
+                down_file.display(),
+                format.name()
             ));
+            continue;
         };
         // A missing down file is allowed (golang-migrate and sqlx accept it): "no down".
         let (down_file, down) = match pair.down {
@@ -506,6 +522,7 @@ fn finish_pairs(pairs: BTreeMap<String, Pair>) -> Result<Vec<Migration>> {
 
 /// sqlx and golang-migrate: `<n>_<name>.sql`, `<n>_<name>.up.sql`, `<n>_<name>.down.sql`.
 fn read_flat(dir: &Path, format: Format) -> Result<Vec<Migration>> {
+    let mut skipped = Vec::new();
     let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
     let mut simple: BTreeMap<String, PathBuf> = BTreeMap::new();
     for (path, is_dir) in read_dir(dir)? {
@@ -514,7 +531,13 @@ fn read_flat(dir: &Path, format: Format) -> Result<Vec<Migration>> {
             continue;
         }
         let Some((v, rest)) = fname.split_once('_') else {
-            return Err(bad(&path, "expected <version>_<name>.sql"));
+            // Both tools pass over a file that is not `<version>_<name>…sql`.
+            skipped.push(format!(
+                "{} is not <version>_<name>.sql: {} ignores it",
+                path.display(),
+                format.name()
+            ));
+            continue;
         };
         let (stem, is_down, is_simple) = if let Some(s) = rest.strip_suffix(".up.sql") {
             (s, false, false)
@@ -524,10 +547,11 @@ fn read_flat(dir: &Path, format: Format) -> Result<Vec<Migration>> {
             (rest.strip_suffix(".sql").unwrap_or(rest), false, true)
         };
         if is_simple && format == Format::GolangMigrate {
-            return Err(bad(
-                &path,
-                "golang-migrate needs <version>_<name>.up.sql or .down.sql",
+            skipped.push(format!(
+                "{} has no .up.sql/.down.sql suffix: golang-migrate never runs it",
+                path.display()
             ));
+            continue;
         }
         if stem.is_empty() {
             return Err(bad(&path, "the migration has no name"));
@@ -557,7 +581,8 @@ fn read_flat(dir: &Path, format: Format) -> Result<Vec<Migration>> {
         }
         insert_part(&mut pairs, &path, version, &name, is_down)?;
     }
-    let mut list = finish_pairs(pairs)?;
+    let mut list = finish_pairs(pairs, format, &mut skipped)?;
+    attach_warnings(&mut list, skipped);
     if format == Format::Sqlx {
         // sqlx looks at each file's raw text (a byte-order mark hides the directive).
         let marker = |sql: &str| {
@@ -612,6 +637,7 @@ fn flyway_script_marker(script: &Path) -> Result<Option<String>> {
 
 /// Flyway (`V`/`U`) and refinery (`V`): `<prefix><version>__<description>.sql`.
 fn read_versioned(dir: &Path, format: Format) -> Result<Vec<Migration>> {
+    let mut skipped: Vec<String> = Vec::new();
     let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
     for (path, is_dir) in read_dir(dir)? {
         let fname = file_name(&path);
@@ -619,7 +645,19 @@ fn read_versioned(dir: &Path, format: Format) -> Result<Vec<Migration>> {
             continue;
         }
         if fname.starts_with("R__") {
-            return Err(bad(&path, "repeatable migrations (R__) are not supported"));
+            return Err(bad(
+                &path,
+                "Flyway repeatable migrations (R__) are not supported by rewind: Flyway runs them after the versioned ones whenever they change",
+            ));
+        }
+        if format == Format::Flyway && fname.starts_with('B') && fname.contains("__") {
+            // A baseline migration: Flyway uses it only to start an empty database (instead of
+            // the versioned migrations up to it); once a history exists it is ignored.
+            skipped.push(format!(
+                "{} is a Flyway baseline migration: rewind applies the versioned migrations instead, which Flyway does too once a history exists (on an empty database Flyway would start from the baseline)",
+                path.display()
+            ));
+            continue;
         }
         let stem = fname.strip_suffix(".sql").unwrap_or(&fname);
         let Some((prefix, desc)) = stem.split_once("__") else {
@@ -676,7 +714,8 @@ fn read_versioned(dir: &Path, format: Format) -> Result<Vec<Migration>> {
             pair.down = Some((path.clone(), read_text(&path)?));
         }
     }
-    let mut list = finish_pairs(pairs)?;
+    let mut list = finish_pairs(pairs, format, &mut skipped)?;
+    attach_warnings(&mut list, skipped);
     if format == Format::Flyway {
         for m in &mut list {
             m.up_marker = flyway_script_marker(&m.file)?;
@@ -699,6 +738,13 @@ fn read_diesel(dir: &Path) -> Result<Vec<Migration>> {
         let dname = file_name(&path);
         let up_file = path.join("up.sql");
         let down_file = path.join("down.sql");
+        // diesel passes over empty directories (a checkout leaves them behind).
+        if fs::read_dir(&path)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false)
+        {
+            continue;
+        }
         if !up_file.is_file() {
             if down_file.is_file() {
                 return Err(bad(&down_file, "a down.sql without an up.sql"));
@@ -708,12 +754,11 @@ fn read_diesel(dir: &Path) -> Result<Vec<Migration>> {
         let Some((v, name)) = dname.split_once('_') else {
             return Err(bad(&path, "expected <version>_<name>"));
         };
+        // diesel's version is whatever stands before the first `_`, dashes removed; it need
+        // not be a number (`202305231715updatesubgraph…` is one in a real project).
         let version = v.replace('-', "");
-        if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
-            return Err(bad(
-                &path,
-                "expected <version>_<name> with a numeric version (dashes allowed)",
-            ));
+        if version.is_empty() || name.is_empty() {
+            return Err(bad(&path, "expected <version>_<name>"));
         }
         if version.len() > 50 {
             return Err(bad(

@@ -1,26 +1,44 @@
-//! Applying and reverting migrations, each call in ONE transaction.
+//! Applying and reverting migrations the way the team's tool runs them, with rewind's
+//! guarantees on top.
 //!
-//! PostgreSQL and SQLite both run DDL inside transactions, so a batch (the scripts and the
-//! history-table updates, and creating the history table itself) either happens entirely or
-//! not at all: on any error the transaction is rolled back and the database and its history
-//! are exactly as before — no golang-migrate "dirty" row, no failed Flyway row.
+//! Every script is split into statements by the engine's lexical rules ([`crate::sql`]) and
+//! run statement by statement, so an error names the line of the user's file. A migration
+//! runs in one of two ways ([`run_mode`]):
 //!
-//! Consequently scripts that cannot run in a transaction are refused before anything runs:
-//! a script whose first line is sqlx's `-- no-transaction` directive, a script that
-//! manages its own transaction (a `BEGIN`/`COMMIT`/`ROLLBACK` statement, as sqitch scripts
-//! often have: its `COMMIT` would end rewind's transaction half-way), and a script with a
-//! statement the engine refuses in a transaction (`CREATE INDEX CONCURRENTLY`, `VACUUM` …).
-//! Scripts are read with [`crate::sql`], so a PL/pgSQL body's `END;` or a SQLite trigger's
-//! `BEGIN … END` is not mistaken for transaction control.
+//! - **in a batch** ([`apply_batch`], [`revert_batch`]): migrations the tool runs inside a
+//!   transaction run together in ONE transaction with their history rows. On any error the
+//!   transaction is rolled back and the database and its history are exactly as before: no
+//!   golang-migrate "dirty" row, no failed Flyway row. Before the commit the **data guard**
+//!   runs: on SQLite `PRAGMA foreign_key_check` (new violations fail the batch), and on both
+//!   engines a table that lost rows although no migration of the batch deletes from it (nor
+//!   from a table it cascades from) fails the batch, naming the table and the counts.
+//! - **alone** ([`apply_alone`], [`revert_alone`]): a migration the tool runs outside a
+//!   transaction (diesel's `run_in_transaction = false`, sqlx's `-- no-transaction`, a
+//!   Flyway script with `executeInTransaction=false` or only non-transactional statements, a
+//!   script with its own `BEGIN; … COMMIT;` as sqitch's templates and golang-migrate files
+//!   have, a `CREATE INDEX CONCURRENTLY`) runs by itself, as the tool would. It is cut into
+//!   **units**: a block the script wraps in `BEGIN`/`COMMIT`, a run of ordinary statements
+//!   (rewind gives them a transaction: psql would commit each one, rewind commits them
+//!   together, which can only fail less half-way), or one statement that cannot run in a
+//!   transaction. A migration of more than one unit records its progress in the table
+//!   `_rewind_progress` of the same database, in the same transaction as each unit (right
+//!   after a non-transactional one), and its history row with the last; so a kill or a
+//!   failure leaves a state that [`partial`] reports and that running the migration again
+//!   finishes: committed units are skipped, an interrupted `CREATE INDEX CONCURRENTLY` whose
+//!   index was left INVALID is dropped and built again.
+//!
+//! SQLite's `foreign_keys` setting is the tool's: sqlx turns it on for its connections, the
+//! other tools leave SQLite's default (off).
 
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use sqlx::{AnyConnection, AnyPool, Connection};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 
-use crate::history;
-use crate::migrations::{Format, Migration, cmp_versions};
-use crate::sql::{self, Dialect, TxControl};
+use crate::history::{self, Backend, Recorded};
+use crate::migrations::{Format, Migration};
+use crate::sets::State;
+use crate::sql::{self, Dialect, Statement, TxControl};
 use crate::{Error, Result, query_err};
 
 /// Where a migration is, for a progress callback (a journal).
@@ -34,15 +52,251 @@ pub enum Phase {
     Reverting,
     /// Its down script ran and the history records it (not yet committed).
     Reverted,
-    /// It failed; the whole batch is being rolled back. The text is the error.
+    /// One unit of a migration that runs alone is done (committed): `done` of `total`,
+    /// ending at `line` of the file.
+    Unit {
+        done: usize,
+        total: usize,
+        line: usize,
+    },
+    /// A migration that runs alone was interrupted before; it goes on after unit `done`.
+    Resuming { done: usize, total: usize },
+    /// Something a person should know (an INVALID index dropped to be built again …).
+    Note(String),
+    /// It failed; the whole batch (or the unit) is being rolled back. The text is the error.
     Failed(String),
-    /// The batch it belongs to was committed.
+    /// The batch it belongs to (or its last unit) was committed.
     Committed,
     /// The batch it belongs to was rolled back.
     RolledBack,
 }
 
-/// The versions the history of `format` says are applied (see [`history::applied`]).
+/// How a script runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunMode {
+    /// With the other batchable migrations, in rewind's one transaction.
+    Batch,
+    /// By itself, outside the batch's transaction; the text says why.
+    Alone(String),
+}
+
+impl RunMode {
+    pub fn is_alone(&self) -> bool {
+        matches!(self, RunMode::Alone(_))
+    }
+}
+
+/// The SQL dialect of a backend.
+pub fn dialect(backend: Backend) -> Dialect {
+    match backend {
+        Backend::Sqlite => Dialect::Sqlite,
+        Backend::Postgres => Dialect::Postgres,
+    }
+}
+
+fn script_of(m: &Migration, down: bool) -> (&str, &std::path::Path) {
+    if down {
+        (
+            m.down.as_deref().unwrap_or_default(),
+            m.down_file.as_deref().unwrap_or(&m.file),
+        )
+    } else {
+        (&m.up, &m.file)
+    }
+}
+
+/// Splits `m`'s up (or down) script, naming the file and line of a lexical error.
+pub fn statements(m: &Migration, down: bool, dialect: Dialect) -> Result<Vec<Statement>> {
+    let (sql, file) = script_of(m, down);
+    sql::split(sql, dialect).map_err(|e| Error::BadFile {
+        file: file.to_path_buf(),
+        reason: format!("line {}, column {}: {}", e.line, e.column, e.message),
+    })
+}
+
+/// How the team's tool runs `m`'s up (or down) script on `dialect`, or why it would refuse
+/// it (an error naming the file and line, with what to do).
+pub fn run_mode(format: Format, m: &Migration, down: bool, dialect: Dialect) -> Result<RunMode> {
+    let stmts = statements(m, down, dialect)?;
+    let (_, file) = script_of(m, down);
+    let refuse = |line: usize, reason: String| Error::NotTransactional {
+        version: m.version.clone(),
+        name: m.name.clone(),
+        file: file.to_path_buf(),
+        line,
+        reason,
+    };
+    if let Some(s) = stmts.iter().find(|s| s.text.starts_with('\\')) {
+        let word = s.text.split_whitespace().next().unwrap_or("\\");
+        return Err(refuse(
+            s.line,
+            format!(
+                "{word} is a psql meta-command, not SQL; rewind runs the SQL itself: inline what it does"
+            ),
+        ));
+    }
+    let marker = if down { &m.down_marker } else { &m.up_marker };
+    let own_tx = stmts
+        .iter()
+        .find(|s| s.transaction_control(dialect).is_some());
+    let outside: Vec<(&Statement, &'static str)> = stmts
+        .iter()
+        .filter_map(|s| s.outside_transaction(dialect).map(|r| (s, r)))
+        .collect();
+    if let Some(marker) = marker {
+        return Ok(RunMode::Alone(format!(
+            "{} runs it outside a transaction: {marker}",
+            format.name()
+        )));
+    }
+    if let Some(s) = own_tx {
+        return Ok(RunMode::Alone(format!(
+            "it manages its own transaction ({} at line {})",
+            first_words(&s.text),
+            s.line
+        )));
+    }
+    let Some((first, why)) = outside.first() else {
+        return Ok(RunMode::Batch);
+    };
+    match format {
+        Format::Flyway if outside.len() == stmts.len() => Ok(RunMode::Alone(format!(
+            "Flyway runs it outside a transaction: {why} (line {})",
+            first.line
+        ))),
+        Format::Flyway => Err(refuse(
+            first.line,
+            format!(
+                "{why}, and the script also has statements that run in a transaction: Flyway refuses such a mix (\"Detected both transactional and non-transactional statements within the same migration\"); move line {} into a migration of its own",
+                first.line
+            ),
+        )),
+        Format::GolangMigrate | Format::Sqitch => Ok(RunMode::Alone(format!(
+            "{} runs the file as it is, and {why} (line {})",
+            format.name(),
+            first.line
+        ))),
+        Format::Sqlx => Err(refuse(
+            first.line,
+            format!(
+                "{why}, and sqlx runs this migration in a transaction; make `-- no-transaction` its first line"
+            ),
+        )),
+        Format::Diesel => Err(refuse(
+            first.line,
+            format!(
+                "{why}, and diesel runs this migration in a transaction; add a metadata.toml with `run_in_transaction = false` beside it"
+            ),
+        )),
+        Format::Refinery => Err(refuse(
+            first.line,
+            format!(
+                "{why}, and refinery runs every migration in a transaction (it has no way to say otherwise); run it outside refinery"
+            ),
+        )),
+    }
+}
+
+fn first_words(text: &str) -> String {
+    text.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The text of a database error: its message, its SQLSTATE, and PostgreSQL's detail and
+/// hint.
+pub fn db_error_text(e: &sqlx::Error) -> String {
+    let Some(db) = e.as_database_error() else {
+        return e.to_string();
+    };
+    let mut text = db.message().to_string();
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        if let Some(d) = pg.detail() {
+            text.push_str(&format!("; {d}"));
+        }
+        if let Some(h) = pg.hint() {
+            text.push_str(&format!(" (hint: {h})"));
+        }
+    }
+    if let Some(code) = db.code() {
+        text.push_str(&format!(" [SQLSTATE {code}]"));
+    }
+    text
+}
+
+/// The line of the file where an error in `stmt` is: PostgreSQL points at a character of
+/// the statement; otherwise the statement's first line.
+fn error_line(stmt: &Statement, e: &sqlx::Error) -> usize {
+    let pos = e
+        .as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|pg| match pg.position() {
+            Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),
+            _ => None,
+        });
+    match pos {
+        Some(p) if p > 0 => {
+            let before: String = stmt.text.chars().take(p - 1).collect();
+            stmt.line + before.matches('\n').count()
+        }
+        _ => stmt.line,
+    }
+}
+
+fn failed(m: &Migration, down: bool, stmt: &Statement, source: sqlx::Error) -> Error {
+    let (_, file) = script_of(m, down);
+    Error::Migration {
+        version: m.version.clone(),
+        name: m.name.clone(),
+        file: file.to_path_buf(),
+        line: Some(error_line(stmt, &source)),
+        down,
+        source,
+    }
+}
+
+async fn exec(conn: &mut AnyConnection, sql: &str) -> std::result::Result<(), sqlx::Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Runs statements one by one, naming the failing one's line.
+async fn run_statements(
+    conn: &mut AnyConnection,
+    m: &Migration,
+    down: bool,
+    stmts: &[Statement],
+) -> Result<()> {
+    for s in stmts {
+        exec(conn, &s.text)
+            .await
+            .map_err(|e| failed(m, down, s, e))?;
+    }
+    Ok(())
+}
+
+/// A connection ready for `format`: the sqitch registry attached on SQLite, and SQLite's
+/// `foreign_keys` as the tool has it.
+async fn connection(
+    pool: &AnyPool,
+    format: Format,
+) -> Result<(sqlx::pool::PoolConnection<sqlx::Any>, Backend)> {
+    let mut conn = pool.acquire().await.map_err(query_err("connecting"))?;
+    history::prepare(&mut conn, format).await?;
+    let backend = Backend::of(&conn)?;
+    if backend == Backend::Sqlite {
+        let on = if format == Format::Sqlx { "ON" } else { "OFF" };
+        exec(&mut conn, &format!("PRAGMA foreign_keys = {on}"))
+            .await
+            .map_err(query_err("setting SQLite's foreign_keys"))?;
+    }
+    Ok((conn, backend))
+}
+
+/// The migrations the history of `format` says are applied, in apply order.
 pub async fn applied(
     pool: &AnyPool,
     format: Format,
@@ -53,95 +307,1181 @@ pub async fn applied(
     history::applied(&mut conn, format, migrations).await
 }
 
-/// The migration `target` names: its version, its name, or for sqitch a tag (`@v1.0`, the
-/// change the tag is on) or a change as of a tag (`change@v1.0`, the same change: reworked
-/// changes are not supported).
-fn find<'a>(migrations: &'a [Migration], target: &str) -> Result<&'a Migration> {
-    let tagged = |tag: &str| {
-        migrations.iter().find(|m| {
+/// What the history of `format` records, in apply order (see [`State`]).
+pub async fn state(pool: &AnyPool, format: Format, migrations: &[Migration]) -> Result<State> {
+    let mut conn = pool.acquire().await.map_err(query_err("connecting"))?;
+    history::prepare(&mut conn, format).await?;
+    Ok(State::new(
+        history::recorded(&mut conn, format, migrations).await?,
+    ))
+}
+
+fn find<'a>(migrations: &'a [Migration], key: &str) -> Result<&'a Migration> {
+    migrations
+        .iter()
+        .find(|m| m.key() == key)
+        .ok_or_else(|| Error::UnknownVersion(key.to_string()))
+}
+
+/// The migration `target` names: its version, its name, or for sqitch a tag (`@v1.0`: the
+/// change the tag is on) or a change as of a tag (`change@v1.0`: the last instance of that
+/// change planned at or before the tag).
+pub fn find_target<'a>(migrations: &'a [Migration], target: &str) -> Result<&'a Migration> {
+    let tag_pos = |tag: &str| {
+        migrations.iter().position(|m| {
             m.sqitch
                 .as_ref()
                 .is_some_and(|s| s.tags.iter().any(|t| t.name == tag))
         })
     };
     let found = match target.split_once('@') {
-        Some(("", tag)) => tagged(tag),
-        Some((change, tag)) => tagged(tag).and_then(|_| {
-            migrations
+        Some(("", tag)) => tag_pos(tag).map(|i| &migrations[i]),
+        Some((change, tag)) => tag_pos(tag).and_then(|i| {
+            migrations[..=i]
                 .iter()
+                .rev()
                 .find(|m| m.name == change && m.sqitch.is_some())
         }),
         None => migrations
             .iter()
-            .find(|m| m.version == target || m.name == target),
+            .rev()
+            .find(|m| m.version == target || m.name == target || m.key() == target),
     };
     found.ok_or_else(|| Error::UnknownVersion(target.to_string()))
 }
 
-/// The SQL dialect of a connection.
-fn dialect_of(conn: &AnyConnection) -> Dialect {
-    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
-        Dialect::Sqlite
-    } else {
-        Dialect::Postgres
-    }
+// ---- the data guard ------------------------------------------------------------------------
+
+/// What the data guard needs from before a batch or unit.
+struct Guard {
+    backend: Backend,
+    /// SQLite: table → (rootpage, rows).
+    counts: BTreeMap<String, (i64, i64)>,
+    /// SQLite: (table, parent) → rows violating a foreign key.
+    fk: BTreeMap<(String, String), i64>,
+    /// PostgreSQL: table oid → name.
+    tables: BTreeMap<i64, String>,
 }
 
-/// Refuses scripts that cannot run inside rewind's transaction, naming the statement's
-/// line in `file`.
-fn check_transactional(m: &Migration, sql: &str, file: &Path, dialect: Dialect) -> Result<()> {
-    let refuse = |reason: String| {
-        Err(Error::NotTransactional {
-            version: m.version.clone(),
-            name: m.name.clone(),
-            file: file.to_path_buf(),
-            reason,
-        })
+/// Tables the guard leaves out: the tools' own bookkeeping, which a revert empties.
+fn is_bookkeeping(table: &str) -> bool {
+    let bare = table.rsplit('.').next().unwrap_or(table);
+    [
+        "_sqlx_migrations",
+        "__diesel_schema_migrations",
+        "schema_migrations",
+        "flyway_schema_history",
+        "refinery_schema_history",
+        PROGRESS_TABLE,
+    ]
+    .contains(&bare)
+        || table.starts_with("sqitch.")
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+async fn sqlite_fk_violations(conn: &mut AnyConnection) -> Result<BTreeMap<(String, String), i64>> {
+    let doing = "checking foreign keys (PRAGMA foreign_key_check)";
+    let rows = sqlx::query(
+        "SELECT \"table\", parent, count(*) FROM pragma_foreign_key_check GROUP BY 1, 2",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err(doing))?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let t: String = r.try_get(0).map_err(query_err(doing))?;
+        let p: String = r.try_get(1).map_err(query_err(doing))?;
+        let n: i64 = r.try_get(2).map_err(query_err(doing))?;
+        out.insert((t, p), n);
+    }
+    Ok(out)
+}
+
+async fn sqlite_counts(conn: &mut AnyConnection) -> Result<BTreeMap<String, (i64, i64)>> {
+    let doing = "counting rows";
+    let rows = sqlx::query(
+        "SELECT name, rootpage FROM sqlite_master WHERE type = 'table' \
+         AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err(doing))?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let name: String = r.try_get(0).map_err(query_err(doing))?;
+        let page: i64 = r.try_get(1).map_err(query_err(doing))?;
+        if is_bookkeeping(&name) {
+            continue;
+        }
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}",
+            quote(&name)
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(query_err(format!("counting the rows of {name}")))?;
+        out.insert(name, (page, n));
+    }
+    Ok(out)
+}
+
+async fn pg_tables(conn: &mut AnyConnection) -> Result<BTreeMap<i64, String>> {
+    let doing = "listing tables";
+    let rows = sqlx::query(
+        "SELECT CAST(c.oid AS BIGINT), CAST(CAST(c.oid AS regclass) AS TEXT) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND n.nspname NOT LIKE 'pg\\_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err(doing))?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        out.insert(
+            r.try_get::<i64, _>(0).map_err(query_err(doing))?,
+            r.try_get::<String, _>(1).map_err(query_err(doing))?,
+        );
+    }
+    Ok(out)
+}
+
+async fn guard_start(conn: &mut AnyConnection, backend: Backend) -> Result<Guard> {
+    Ok(match backend {
+        Backend::Sqlite => Guard {
+            backend,
+            counts: sqlite_counts(conn).await?,
+            fk: sqlite_fk_violations(conn).await?,
+            tables: BTreeMap::new(),
+        },
+        Backend::Postgres => Guard {
+            backend,
+            counts: BTreeMap::new(),
+            fk: BTreeMap::new(),
+            tables: pg_tables(conn).await?,
+        },
+    })
+}
+
+/// `a` and `b` name the same table (either may be schema-qualified, both lower-cased).
+fn same_table(a: &str, b: &str) -> bool {
+    let (a, b) = (a.to_lowercase(), b.to_lowercase());
+    let bare = |s: &str| {
+        s.rsplit('.')
+            .next()
+            .unwrap_or(s)
+            .trim_matches('"')
+            .to_string()
     };
-    if sql
-        .trim_start_matches('\u{feff}')
-        .starts_with("-- no-transaction")
-    {
-        return refuse("it is marked `-- no-transaction`".into());
-    }
-    let statements = sql::split(sql, dialect).map_err(|e| Error::BadFile {
-        file: file.to_path_buf(),
-        reason: format!("cannot read its SQL: {e}"),
-    })?;
-    for s in &statements {
-        if let Some(tx) = s.transaction_control(dialect) {
-            let word = match tx {
-                TxControl::Begin => "BEGIN",
-                TxControl::Commit => "COMMIT",
-                TxControl::Rollback => "ROLLBACK",
-            };
-            return refuse(format!(
-                "line {}: it manages its own transaction ({word}); remove its BEGIN/COMMIT \
-                 (rewind wraps the batch in one transaction)",
-                s.line
-            ));
-        }
-        if let Some(why) = s.outside_transaction(dialect) {
-            return refuse(format!("line {}: {why}", s.line));
-        }
-    }
-    Ok(())
+    a == b || ((!a.contains('.') || !b.contains('.')) && bare(&a) == bare(&b))
 }
 
-async fn run_script(conn: &mut AnyConnection, sql: &str) -> std::result::Result<(), sqlx::Error> {
-    if crate::migrations::script_is_empty(sql) {
+/// Tables that lose rows when `allowed` do: those that reference them with `ON DELETE
+/// CASCADE`, and partitions / children of inheritance, transitively.
+async fn with_dependents(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    allowed: &BTreeSet<String>,
+) -> Result<BTreeSet<String>> {
+    let doing = "reading cascading foreign keys";
+    let edges: Vec<(String, String)> = match backend {
+        Backend::Postgres => {
+            let rows = sqlx::query(
+                "SELECT CAST(CAST(confrelid AS regclass) AS TEXT), CAST(CAST(conrelid AS regclass) AS TEXT) \
+                 FROM pg_constraint WHERE contype = 'f' AND confdeltype = 'c' \
+                 UNION ALL SELECT CAST(CAST(inhparent AS regclass) AS TEXT), CAST(CAST(inhrelid AS regclass) AS TEXT) FROM pg_inherits",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(query_err(doing))?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<std::result::Result<_, sqlx::Error>>()
+                .map_err(query_err(doing))?
+        }
+        Backend::Sqlite => {
+            let rows = sqlx::query(
+                "SELECT f.\"table\", m.name FROM sqlite_master m, pragma_foreign_key_list(m.name) f \
+                 WHERE m.type = 'table' AND upper(f.on_delete) = 'CASCADE'",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(query_err(doing))?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<std::result::Result<_, sqlx::Error>>()
+                .map_err(query_err(doing))?
+        }
+    };
+    let mut out = allowed.clone();
+    loop {
+        let before = out.len();
+        for (parent, child) in &edges {
+            if out.iter().any(|a| same_table(a, parent)) {
+                out.insert(child.to_lowercase());
+            }
+        }
+        if out.len() == before {
+            return Ok(out);
+        }
+    }
+}
+
+/// The data guard after a batch or unit, before its commit: new foreign-key violations
+/// (SQLite) and rows lost in tables that no script of the batch deletes from.
+async fn guard_check(
+    conn: &mut AnyConnection,
+    guard: &Guard,
+    removes: &Removes,
+    what: &str,
+) -> Result<()> {
+    let mut problems = Vec::new();
+    let mut allowed = with_dependents(conn, guard.backend, &removes.deletes).await?;
+    allowed.extend(removes.drops.iter().cloned());
+    let is_allowed = |t: &str| allowed.iter().any(|a| same_table(a, t));
+    match guard.backend {
+        Backend::Sqlite => {
+            let fk = sqlite_fk_violations(conn).await?;
+            for ((table, parent), n) in &fk {
+                let was = guard
+                    .fk
+                    .get(&(table.clone(), parent.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                if *n > was {
+                    problems.push(format!(
+                        "foreign key of {table} → {parent}: {n} row{} point at missing {parent} rows (before: {was})",
+                        if *n == 1 { "" } else { "s" }
+                    ));
+                }
+            }
+            let now = sqlite_counts(conn).await?;
+            for (table, (page, was)) in &guard.counts {
+                if is_allowed(table) {
+                    continue;
+                }
+                // The same name (a rebuilt table), else the same root page (a renamed one).
+                let after = now
+                    .get(table)
+                    .map(|(_, n)| (table.clone(), *n))
+                    .or_else(|| {
+                        now.iter()
+                            .find(|(_, (p, _))| p == page)
+                            .map(|(t, (_, n))| (t.clone(), *n))
+                    });
+                match after {
+                    Some((_, n)) if n >= *was => {}
+                    Some((name, n)) => problems.push(format!(
+                        "table {name} lost {} of its {was} rows ({was} → {n})",
+                        was - n
+                    )),
+                    None => problems.push(format!("table {table} ({was} rows) is gone")),
+                }
+            }
+        }
+        Backend::Postgres => {
+            let doing = "reading the rows deleted in this transaction";
+            let rows = sqlx::query(
+                "SELECT CAST(relid AS BIGINT), CAST(CAST(relid AS regclass) AS TEXT), n_tup_del \
+                 FROM pg_stat_xact_user_tables WHERE n_tup_del > 0",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(query_err(doing))?;
+            let now = pg_tables(conn).await?;
+            for r in rows {
+                let oid: i64 = r.try_get(0).map_err(query_err(doing))?;
+                let name: String = r.try_get(1).map_err(query_err(doing))?;
+                let deleted: i64 = r.try_get(2).map_err(query_err(doing))?;
+                let old_name = guard
+                    .tables
+                    .get(&oid)
+                    .cloned()
+                    .unwrap_or_else(|| name.clone());
+                if is_bookkeeping(&name) || is_allowed(&name) || is_allowed(&old_name) {
+                    continue;
+                }
+                // A table this batch created may lose the rows it put there.
+                if !guard.tables.contains_key(&oid) {
+                    continue;
+                }
+                problems.push(format!(
+                    "table {name} lost {deleted} row{}",
+                    if deleted == 1 { "" } else { "s" }
+                ));
+            }
+            for (oid, name) in &guard.tables {
+                if !now.contains_key(oid) && !is_bookkeeping(name) && !is_allowed(name) {
+                    problems.push(format!("table {name} is gone"));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
         return Ok(());
     }
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&mut *conn)
-        .await?;
+    let deletes = if allowed.is_empty() {
+        "no migration of it deletes rows".to_string()
+    } else {
+        format!(
+            "only {} may lose rows",
+            allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    };
+    Err(Error::DataGuard {
+        what: what.to_string(),
+        problems,
+        deletes,
+    })
+}
+
+/// What a script is classified to remove: tables it deletes rows from (whose rows may
+/// cascade into the tables referencing them) and tables (or schemas) it drops (whose rows go
+/// with them; a cascade a DROP sets off in SQLite is NOT expected: that is how a table
+/// rebuild inside a transaction empties its children).
+#[derive(Debug, Default, Clone)]
+struct Removes {
+    deletes: BTreeSet<String>,
+    drops: BTreeSet<String>,
+}
+
+impl Removes {
+    fn extend(&mut self, other: Removes) {
+        self.deletes.extend(other.deletes);
+        self.drops.extend(other.drops);
+    }
+}
+
+fn removes(m: &Migration, down: bool, dialect: Dialect) -> Removes {
+    let (sql, _) = script_of(m, down);
+    let c = sql::classify(sql, dialect);
+    let mut out = Removes::default();
+    for f in &c.findings {
+        if matches!(
+            f.kind,
+            sql::FindingKind::DropTable | sql::FindingKind::DropSchema
+        ) && let Some(o) = &f.object
+        {
+            for name in o.split(", ") {
+                out.drops.insert(name.trim().to_lowercase());
+            }
+        }
+    }
+    for t in &c.tables_losing_rows {
+        let t = t.to_lowercase();
+        if !out.drops.contains(&t) {
+            out.deletes.insert(t);
+        }
+    }
+    out
+}
+
+// ---- batches ------------------------------------------------------------------------------
+
+/// Applies the migrations of `migrations` named by `keys` (see [`Migration::key`]), in that
+/// order, in ONE transaction with their history rows and the data guard; those already
+/// applied are skipped. Each must run in a batch ([`run_mode`]): checked before anything
+/// runs. Returns the versions applied.
+pub async fn apply_batch(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    keys: &[String],
+    progress: impl FnMut(&Migration, Phase),
+) -> Result<Vec<String>> {
+    batch(pool, format, migrations, keys, false, progress).await
+}
+
+/// Reverts the migrations named by `keys`, in that order (newest applied first), with their
+/// down scripts, in ONE transaction with their history rows and the data guard; those not
+/// applied are skipped. Each must have a non-empty down script that runs in a batch: checked
+/// before anything runs. Returns the versions reverted.
+pub async fn revert_batch(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    keys: &[String],
+    progress: impl FnMut(&Migration, Phase),
+) -> Result<Vec<String>> {
+    batch(pool, format, migrations, keys, true, progress).await
+}
+
+fn require_down(m: &Migration) -> Result<()> {
+    if m.down_is_empty() {
+        return Err(Error::NoDown {
+            version: m.version.clone(),
+            name: m.name.clone(),
+            file: m.file.clone(),
+        });
+    }
     Ok(())
 }
 
-/// Applies the pending migrations of `migrations` (in `format`, with its history table) in
-/// order, up to and including `up_to` (a version or, for sqitch, a change name or `@tag`;
-/// `None`: all).
-/// Returns the versions applied. Everything happens in one transaction.
+async fn batch(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    keys: &[String],
+    down: bool,
+    mut progress: impl FnMut(&Migration, Phase),
+) -> Result<Vec<String>> {
+    let list: Vec<&Migration> = keys
+        .iter()
+        .map(|k| find(migrations, k))
+        .collect::<Result<_>>()?;
+    let (mut conn, backend) = connection(pool, format).await?;
+    let dialect = dialect(backend);
+    let mut scripts = Vec::new();
+    for m in &list {
+        if down {
+            require_down(m)?;
+        }
+        if let RunMode::Alone(why) = run_mode(format, m, down, dialect)? {
+            return Err(Error::NotTransactional {
+                version: m.version.clone(),
+                name: m.name.clone(),
+                file: script_of(m, down).1.to_path_buf(),
+                line: 1,
+                reason: format!("{why}; it runs alone, not in a batch"),
+            });
+        }
+        scripts.push(statements(m, down, dialect)?);
+    }
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(query_err("beginning a transaction"))?;
+    history::ensure_table(&mut tx, format).await?;
+    let mut recorded = history::recorded(&mut tx, format, migrations).await?;
+    let guard = guard_start(&mut tx, backend).await?;
+    let mut allowed = Removes::default();
+    let mut finished = Vec::new();
+    for (m, stmts) in list.iter().zip(&scripts) {
+        let is_applied = recorded.iter().any(|r| r.key == m.key());
+        if is_applied == down {
+            // Applied already (or, reverting, not applied): nothing to do.
+        } else {
+            progress(
+                m,
+                if down {
+                    Phase::Reverting
+                } else {
+                    Phase::Applying
+                },
+            );
+            let started = Instant::now();
+            let outcome = async {
+                if down {
+                    history::check_revert(&mut tx, format, m).await?;
+                } else {
+                    history::check_apply(&mut tx, format, m).await?;
+                }
+                run_statements(&mut tx, m, down, stmts).await?;
+                if down {
+                    let previous = previous_after_revert(format, migrations, &recorded, m);
+                    history::record_revert(&mut tx, format, m, previous, started.elapsed()).await
+                } else {
+                    history::record_apply(&mut tx, format, m, started.elapsed()).await
+                }
+            }
+            .await;
+            if let Err(e) = outcome {
+                progress(m, Phase::Failed(e.to_string()));
+                let _ = tx.rollback().await;
+                progress(m, Phase::RolledBack);
+                return Err(e);
+            }
+            allowed.extend(removes(m, down, dialect));
+            if down {
+                recorded.retain(|r| r.key != m.key());
+            } else {
+                recorded.push(Recorded {
+                    key: m.key().to_string(),
+                    name: m.name.clone(),
+                    checksum: None,
+                });
+            }
+            progress(
+                m,
+                if down {
+                    Phase::Reverted
+                } else {
+                    Phase::Applied
+                },
+            );
+            finished.push(*m);
+        }
+    }
+    if !finished.is_empty() {
+        let what = format!(
+            "the batch ({})",
+            finished
+                .iter()
+                .map(|m| m.label())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Err(e) = guard_check(&mut tx, &guard, &allowed, &what).await {
+            if let Some(m) = finished.last() {
+                progress(m, Phase::Failed(e.to_string()));
+            }
+            let _ = tx.rollback().await;
+            if let Some(m) = finished.last() {
+                progress(m, Phase::RolledBack);
+            }
+            return Err(e);
+        }
+    }
+    tx.commit().await.map_err(query_err(if down {
+        "committing the revert"
+    } else {
+        "committing the migrations"
+    }))?;
+    for m in &finished {
+        progress(m, Phase::Committed);
+    }
+    Ok(finished.iter().map(|m| m.version.clone()).collect())
+}
+
+/// golang-migrate's single row after reverting `m`: the newest migration still applied.
+fn previous_after_revert<'a>(
+    format: Format,
+    migrations: &'a [Migration],
+    recorded: &[Recorded],
+    m: &Migration,
+) -> Option<&'a Migration> {
+    recorded
+        .iter()
+        .filter(|r| r.key != m.key())
+        .filter_map(|r| migrations.iter().find(|x| x.key() == r.key))
+        .max_by(|a, b| format.cmp_versions(&a.version, &b.version))
+}
+
+// ---- alone --------------------------------------------------------------------------------
+
+/// The table where a migration that runs alone records its progress.
+pub const PROGRESS_TABLE: &str = "_rewind_progress";
+
+/// One unit of a migration that runs alone.
+#[derive(Debug, Clone)]
+struct Unit {
+    statements: Vec<Statement>,
+    /// Runs in a transaction (rewind's, or the block the script opened).
+    transactional: bool,
+    /// The script ends this block with ROLLBACK: its work is thrown away, as psql would.
+    rolled_back: bool,
+}
+
+impl Unit {
+    fn last_line(&self) -> usize {
+        self.statements.last().map(|s| s.line).unwrap_or(1)
+    }
+}
+
+/// Cuts a script into units (see the module documentation). `ALTER TYPE … ADD VALUE` ends a
+/// unit: PostgreSQL does not let the new value be used in the transaction that added it.
+fn units(stmts: &[Statement], dialect: Dialect) -> Vec<Unit> {
+    let mut out = Vec::new();
+    let mut open: Option<Unit> = None; // a block the script opened
+    let mut plain: Vec<Statement> = Vec::new();
+    let flush = |plain: &mut Vec<Statement>, out: &mut Vec<Unit>| {
+        if !plain.is_empty() {
+            out.push(Unit {
+                statements: std::mem::take(plain),
+                transactional: true,
+                rolled_back: false,
+            });
+        }
+    };
+    for s in stmts {
+        let control = s.transaction_control(dialect);
+        if let Some(block) = open.as_mut() {
+            match control {
+                Some(TxControl::Commit) => out.push(open.take().expect("open block")),
+                Some(TxControl::Rollback) => {
+                    block.rolled_back = true;
+                    out.push(open.take().expect("open block"));
+                }
+                // A second BEGIN inside a block: PostgreSQL warns and goes on.
+                Some(TxControl::Begin) => {}
+                None => block.statements.push(s.clone()),
+            }
+            continue;
+        }
+        match control {
+            Some(TxControl::Begin) => {
+                flush(&mut plain, &mut out);
+                open = Some(Unit {
+                    statements: Vec::new(),
+                    transactional: true,
+                    rolled_back: false,
+                });
+            }
+            // COMMIT/ROLLBACK without a block: PostgreSQL warns, nothing happens.
+            Some(_) => {}
+            None if s.outside_transaction(dialect).is_some() => {
+                flush(&mut plain, &mut out);
+                out.push(Unit {
+                    statements: vec![s.clone()],
+                    transactional: false,
+                    rolled_back: false,
+                });
+            }
+            None => {
+                let ends = is_add_enum_value(s, dialect);
+                plain.push(s.clone());
+                if ends {
+                    flush(&mut plain, &mut out);
+                }
+            }
+        }
+    }
+    // A block never committed: psql's session ends and PostgreSQL rolls it back.
+    if let Some(mut block) = open {
+        block.rolled_back = true;
+        out.push(block);
+    }
+    flush(&mut plain, &mut out);
+    out
+}
+
+fn is_add_enum_value(s: &Statement, dialect: Dialect) -> bool {
+    let w = s.words(dialect);
+    w.len() >= 2
+        && w[0] == "ALTER"
+        && w[1] == "TYPE"
+        && w.windows(2).any(|p| p[0] == "ADD" && p[1] == "VALUE")
+}
+
+/// A migration that ran partly, from the progress table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partial {
+    /// The tool's format name.
+    pub tool: String,
+    /// [`Migration::key`].
+    pub migration: String,
+    /// `up` or `down`.
+    pub direction: String,
+    pub units_done: i64,
+    pub units: i64,
+    /// The last line of the file that is done.
+    pub line: i64,
+    pub started_at: String,
+}
+
+impl std::fmt::Display for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} migration {} ran partly ({}): {} of {} units committed, through line {} (since {})",
+            self.tool,
+            self.migration,
+            if self.direction == "down" {
+                "reverting"
+            } else {
+                "applying"
+            },
+            self.units_done,
+            self.units,
+            self.line,
+            self.started_at
+        )
+    }
+}
+
+async fn progress_table_exists(conn: &mut AnyConnection, backend: Backend) -> Result<bool> {
+    let sql = match backend {
+        Backend::Postgres => {
+            "SELECT 1 FROM pg_class WHERE relname = $1 AND pg_table_is_visible(oid)"
+        }
+        Backend::Sqlite => "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1",
+    };
+    Ok(sqlx::query(sql)
+        .bind(PROGRESS_TABLE)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(query_err("looking for rewind's progress table"))?
+        .is_some())
+}
+
+/// Migrations that ran partly (a migration that runs alone, killed or failed half-way).
+pub async fn partial(pool: &AnyPool) -> Result<Vec<Partial>> {
+    let mut conn = pool.acquire().await.map_err(query_err("connecting"))?;
+    let backend = Backend::of(&conn)?;
+    if !progress_table_exists(&mut conn, backend).await? {
+        return Ok(Vec::new());
+    }
+    let doing = "reading rewind's progress table";
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT tool, migration, direction, CAST(units_done AS BIGINT), CAST(units AS BIGINT), \
+         CAST(line AS BIGINT), started_at FROM {PROGRESS_TABLE} ORDER BY started_at"
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err(doing))?;
+    rows.iter()
+        .map(|r| {
+            Ok(Partial {
+                tool: r.try_get(0)?,
+                migration: r.try_get(1)?,
+                direction: r.try_get(2)?,
+                units_done: r.try_get(3)?,
+                units: r.try_get(4)?,
+                line: r.try_get(5)?,
+                started_at: r.try_get(6)?,
+            })
+        })
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(query_err(doing))
+}
+
+/// PostgreSQL indexes left INVALID (by an interrupted `CREATE INDEX CONCURRENTLY`), as
+/// `schema.index on table`; none on SQLite.
+pub async fn invalid_indexes(pool: &AnyPool) -> Result<Vec<String>> {
+    let mut conn = pool.acquire().await.map_err(query_err("connecting"))?;
+    if Backend::of(&conn)? != Backend::Postgres {
+        return Ok(Vec::new());
+    }
+    let doing = "looking for INVALID indexes";
+    let rows = sqlx::query(
+        "SELECT CAST(CAST(indexrelid AS regclass) AS TEXT) || ' on ' || CAST(CAST(indrelid AS regclass) AS TEXT) \
+         FROM pg_index WHERE NOT indisvalid ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err(doing))?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(query_err(doing))
+}
+
+fn script_checksum(sql: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(sql.as_bytes()))
+}
+
+/// What running a migration alone did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AloneOutcome {
+    /// It ran (or finished what an earlier attempt began).
+    Done,
+    /// The history already records it (applied; or, reverting, not applied).
+    AlreadyDone,
+}
+
+/// Applies `m` alone, outside any batch, as its tool runs it (see the module documentation);
+/// run again after a kill or a failure, it finishes what was begun.
+pub async fn apply_alone(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    key: &str,
+    progress: impl FnMut(&Migration, Phase),
+) -> Result<AloneOutcome> {
+    alone(pool, format, migrations, key, false, progress).await
+}
+
+/// Reverts `m` alone with its down script; see [`apply_alone`].
+pub async fn revert_alone(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    key: &str,
+    progress: impl FnMut(&Migration, Phase),
+) -> Result<AloneOutcome> {
+    alone(pool, format, migrations, key, true, progress).await
+}
+
+async fn alone(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    key: &str,
+    down: bool,
+    mut progress: impl FnMut(&Migration, Phase),
+) -> Result<AloneOutcome> {
+    let m = find(migrations, key)?;
+    if down {
+        require_down(m)?;
+    }
+    let (mut conn, backend) = connection(pool, format).await?;
+    let dialect = dialect(backend);
+    let stmts = statements(m, down, dialect)?;
+    let units = units(&stmts, dialect);
+    let (script, _) = script_of(m, down);
+    let checksum = script_checksum(script);
+    let direction = if down { "down" } else { "up" };
+    let tool = format.name();
+
+    history::ensure_table(&mut conn, format).await?;
+    let recorded = history::recorded(&mut conn, format, migrations).await?;
+    let is_applied = recorded.iter().any(|r| r.key == m.key());
+    // Where an earlier attempt got to.
+    let mut done = 0usize;
+    let mut resuming = false;
+    if progress_table_exists(&mut conn, backend).await? {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(units_done AS BIGINT), checksum FROM {PROGRESS_TABLE} \
+             WHERE tool = $1 AND migration = $2 AND direction = $3"
+        )))
+        .bind(tool)
+        .bind(m.key().to_string())
+        .bind(direction)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(query_err("reading rewind's progress table"))?;
+        if let Some(row) = row {
+            let n: i64 = row.try_get(0).map_err(query_err("reading progress"))?;
+            let sum: String = row.try_get(1).map_err(query_err("reading progress"))?;
+            if sum != checksum {
+                return Err(Error::History {
+                    table: PROGRESS_TABLE.into(),
+                    detail: format!(
+                        "{} ran partly ({n} of {} units) from a different version of {}; the file changed since: restore the backup taken before, or put the file back as it was",
+                        m.label(),
+                        units.len(),
+                        script_of(m, down).1.display()
+                    ),
+                });
+            }
+            done = n as usize;
+            resuming = true;
+        }
+    }
+    if is_applied != down && !resuming {
+        return Ok(AloneOutcome::AlreadyDone);
+    }
+    if down {
+        history::check_revert(&mut conn, format, m).await?;
+    } else {
+        history::check_apply(&mut conn, format, m).await?;
+    }
+    let tracked = units.len() > 1;
+    if resuming {
+        progress(
+            m,
+            Phase::Resuming {
+                done,
+                total: units.len(),
+            },
+        );
+    } else {
+        progress(
+            m,
+            if down {
+                Phase::Reverting
+            } else {
+                Phase::Applying
+            },
+        );
+        if tracked {
+            create_progress(&mut conn, backend).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {PROGRESS_TABLE} (tool, migration, direction, checksum, units_done, units, line, started_at) \
+                 VALUES ($1, $2, $3, $4, 0, $5, 0, $6)"
+            )))
+            .bind(tool)
+            .bind(m.key().to_string())
+            .bind(direction)
+            .bind(checksum.clone())
+            .bind(units.len() as i64)
+            .bind(now_text())
+            .execute(&mut *conn)
+            .await
+            .map_err(query_err("recording the start in rewind's progress table"))?;
+        }
+    }
+    let started = Instant::now();
+    let allowed = removes(m, down, dialect);
+    let previous = previous_after_revert(format, migrations, &recorded, m);
+    let total = units.len();
+    let mut finished = false;
+    for (i, unit) in units.iter().enumerate().skip(done) {
+        let last = i + 1 == total;
+        if unit.transactional {
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(query_err("beginning a transaction"))?;
+            let guard = guard_start(&mut tx, backend).await?;
+            let outcome = async {
+                run_statements(&mut tx, m, down, &unit.statements).await?;
+                if !unit.rolled_back {
+                    guard_check(
+                        &mut tx,
+                        &guard,
+                        &allowed,
+                        &format!("{} (through line {})", m.label(), unit.last_line()),
+                    )
+                    .await?;
+                    if tracked {
+                        set_progress(&mut tx, tool, m, direction, i + 1, unit.last_line()).await?;
+                    }
+                    if last {
+                        finish(
+                            &mut tx, format, m, down, previous, started, tracked, tool, direction,
+                        )
+                        .await?;
+                    }
+                }
+                Ok::<(), Error>(())
+            }
+            .await;
+            if let Err(e) = outcome {
+                progress(m, Phase::Failed(e.to_string()));
+                let _ = tx.rollback().await;
+                return Err(with_partial(e, i, total));
+            }
+            if !unit.rolled_back {
+                tx.commit()
+                    .await
+                    .map_err(query_err("committing a unit of the migration"))?;
+                finished |= last;
+            } else {
+                // The script throws this block away (it ends in ROLLBACK, or never
+                // commits); so does rewind, and records the progress apart.
+                let _ = tx.rollback().await;
+                if tracked {
+                    set_progress(&mut conn, tool, m, direction, i + 1, unit.last_line()).await?;
+                }
+            }
+        } else {
+            let stmt = &unit.statements[0];
+            // An earlier attempt may have been killed (or failed) in this very statement.
+            let resumed_here = (resuming && i == done) || (!tracked && i == 0);
+            let skip = if resumed_here {
+                settle_interrupted(&mut conn, backend, stmt, dialect, m, &mut progress).await?
+            } else {
+                false
+            };
+            if !skip {
+                exec(&mut conn, &stmt.text)
+                    .await
+                    .map_err(|e| with_partial(failed(m, down, stmt, e), i, total))?;
+            }
+            if tracked {
+                set_progress(&mut conn, tool, m, direction, i + 1, stmt.line).await?;
+            }
+        }
+        progress(
+            m,
+            Phase::Unit {
+                done: i + 1,
+                total,
+                line: unit.last_line(),
+            },
+        );
+    }
+    if !finished {
+        // The last unit ran outside a transaction (or was thrown away, or there is none, or
+        // an earlier attempt was killed right after it): record the history now.
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(query_err("beginning a transaction"))?;
+        finish(
+            &mut tx, format, m, down, previous, started, tracked, tool, direction,
+        )
+        .await?;
+        tx.commit()
+            .await
+            .map_err(query_err("recording the migration in its history"))?;
+    }
+    progress(m, Phase::Committed);
+    Ok(AloneOutcome::Done)
+}
+
+fn with_partial(e: Error, units_done: usize, total: usize) -> Error {
+    if units_done == 0 {
+        return e;
+    }
+    Error::Partial {
+        source: Box::new(e),
+        units_done,
+        units: total,
+    }
+}
+
+fn now_text() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+async fn create_progress(conn: &mut AnyConnection, backend: Backend) -> Result<()> {
+    let _ = backend;
+    exec(
+        conn,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (tool TEXT NOT NULL, migration TEXT NOT NULL, \
+             direction TEXT NOT NULL, checksum TEXT NOT NULL, units_done INTEGER NOT NULL, \
+             units INTEGER NOT NULL, line INTEGER NOT NULL, started_at TEXT NOT NULL, \
+             PRIMARY KEY (tool, migration, direction))"
+        ),
+    )
+    .await
+    .map_err(query_err("creating rewind's progress table"))
+}
+
+async fn set_progress(
+    conn: &mut AnyConnection,
+    tool: &str,
+    m: &Migration,
+    direction: &str,
+    done: usize,
+    line: usize,
+) -> Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {PROGRESS_TABLE} SET units_done = $1, line = $2 \
+         WHERE tool = $3 AND migration = $4 AND direction = $5"
+    )))
+    .bind(done as i64)
+    .bind(line as i64)
+    .bind(tool.to_string())
+    .bind(m.key().to_string())
+    .bind(direction.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(query_err("recording progress in rewind's progress table"))?;
+    Ok(())
+}
+
+/// Records `m` in its history and forgets its progress (dropping the progress table when no
+/// other migration is in it), in the caller's transaction.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    conn: &mut AnyConnection,
+    format: Format,
+    m: &Migration,
+    down: bool,
+    previous: Option<&Migration>,
+    started: Instant,
+    tracked: bool,
+    tool: &str,
+    direction: &str,
+) -> Result<()> {
+    if down {
+        history::record_revert(conn, format, m, previous, started.elapsed()).await?;
+    } else {
+        history::record_apply(conn, format, m, started.elapsed()).await?;
+    }
+    if tracked {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {PROGRESS_TABLE} WHERE tool = $1 AND migration = $2 AND direction = $3"
+        )))
+        .bind(tool.to_string())
+        .bind(m.key().to_string())
+        .bind(direction.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(query_err("clearing rewind's progress table"))?;
+        let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(count(*) AS BIGINT) FROM {PROGRESS_TABLE}"
+        )))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(query_err("reading rewind's progress table"))?;
+        if left == 0 {
+            exec(conn, &format!("DROP TABLE {PROGRESS_TABLE}"))
+                .await
+                .map_err(query_err("dropping rewind's progress table"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Before running again a non-transactional statement that an earlier attempt may have been
+/// killed in: a `CREATE INDEX CONCURRENTLY` that left its index INVALID gets the index
+/// dropped (it is built again); one whose index is there and valid is not run again.
+/// Returns true to skip the statement.
+async fn settle_interrupted(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    stmt: &Statement,
+    dialect: Dialect,
+    m: &Migration,
+    progress: &mut impl FnMut(&Migration, Phase),
+) -> Result<bool> {
+    if backend != Backend::Postgres {
+        return Ok(false);
+    }
+    let Some(index) = concurrent_index_name(stmt, dialect) else {
+        return Ok(false);
+    };
+    let row = sqlx::query(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         WHERE c.relname = $1 AND pg_table_is_visible(c.oid)",
+    )
+    .bind(index.clone())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(query_err(format!("looking up index {index}")))?;
+    match row {
+        None => Ok(false),
+        Some(r) => {
+            let valid: bool = r
+                .try_get(0)
+                .map_err(query_err(format!("looking up index {index}")))?;
+            if valid {
+                progress(
+                    m,
+                    Phase::Note(format!(
+                        "index {index} was built before the interruption; not built again"
+                    )),
+                );
+                Ok(true)
+            } else {
+                progress(
+                    m,
+                    Phase::Note(format!(
+                        "index {index} was left INVALID by the interrupted CREATE INDEX CONCURRENTLY: dropping it to build it again"
+                    )),
+                );
+                exec(
+                    conn,
+                    &format!("DROP INDEX CONCURRENTLY IF EXISTS {}", quote(&index)),
+                )
+                .await
+                .map_err(query_err(format!("dropping the INVALID index {index}")))?;
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// The index a `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON …` creates.
+fn concurrent_index_name(stmt: &Statement, dialect: Dialect) -> Option<String> {
+    let w = stmt.words(dialect);
+    let raw = stmt.raw_words(dialect);
+    let mut i = 0;
+    if w.get(i)? != "CREATE" {
+        return None;
+    }
+    i += 1;
+    if w.get(i)? == "UNIQUE" {
+        i += 1;
+    }
+    if w.get(i)? != "INDEX" || w.get(i + 1)? != "CONCURRENTLY" {
+        return None;
+    }
+    i += 2;
+    if w.get(i)? == "IF" {
+        i += 3;
+    }
+    if w.get(i)? == "ON" {
+        return None; // unnamed: PostgreSQL picks the name
+    }
+    raw.get(i).cloned()
+}
+
+// ---- the tool's whole run ---------------------------------------------------------------
+
+/// Applies every pending migration of `migrations` up to and including `up_to` (a version,
+/// a name, or for sqitch `@tag` / `change@tag`; `None`: all), as the tool's `migrate run`
+/// would: consecutive batchable ones together in one transaction, the others alone. Returns
+/// the versions applied.
 pub async fn apply(
     pool: &AnyPool,
     format: Format,
@@ -149,67 +1489,27 @@ pub async fn apply(
     up_to: Option<&str>,
     mut progress: impl FnMut(&Migration, Phase),
 ) -> Result<Vec<String>> {
-    let limit = up_to.map(|v| find(migrations, v)).transpose()?;
-    let mut conn = pool.acquire().await.map_err(query_err("connecting"))?;
-    let dialect = dialect_of(&conn);
-    history::prepare(&mut conn, format).await?;
-    let mut tx = conn
-        .begin()
-        .await
-        .map_err(query_err("beginning a transaction"))?;
-    history::ensure_table(&mut tx, format).await?;
-    let done = history::applied(&mut tx, format, migrations).await?;
-    for v in &done {
-        find(migrations, v)?;
-    }
-    let pending: Vec<&Migration> = migrations
+    let limit = up_to.map(|v| find_target(migrations, v)).transpose()?;
+    let state = state(pool, format, migrations).await?;
+    let upto = limit.map(|l| {
+        migrations
+            .iter()
+            .position(|m| m.key() == l.key())
+            .unwrap_or(0)
+    });
+    let keys: Vec<String> = migrations
         .iter()
-        .filter(|m| !done.contains(&m.version))
-        .filter(|m| limit.is_none_or(|l| cmp_versions(&m.version, &l.version).is_le()))
+        .enumerate()
+        .filter(|(i, m)| !state.is_applied(m) && upto.is_none_or(|u| *i <= u))
+        .map(|(_, m)| m.key().to_string())
         .collect();
-    for m in &pending {
-        check_transactional(m, &m.up, &m.file, dialect)?;
-    }
-    let mut finished = Vec::new();
-    for m in &pending {
-        progress(m, Phase::Applying);
-        let started = Instant::now();
-        let outcome = match history::check_apply(&mut tx, format, m).await {
-            Err(e) => Err(e),
-            Ok(()) => match run_script(&mut tx, &m.up).await {
-                Ok(()) => history::record_apply(&mut tx, format, m, started.elapsed()).await,
-                Err(source) => Err(Error::Migration {
-                    version: m.version.clone(),
-                    name: m.name.clone(),
-                    file: m.file.clone(),
-                    down: false,
-                    source,
-                }),
-            },
-        };
-        if let Err(e) = outcome {
-            progress(m, Phase::Failed(e.to_string()));
-            let _ = tx.rollback().await;
-            progress(m, Phase::RolledBack);
-            return Err(e);
-        }
-        progress(m, Phase::Applied);
-        finished.push(*m);
-    }
-    tx.commit()
-        .await
-        .map_err(query_err("committing the migrations"))?;
-    for m in &finished {
-        progress(m, Phase::Committed);
-    }
-    Ok(finished.iter().map(|m| m.version.clone()).collect())
+    run_keys(pool, format, migrations, &keys, false, &mut progress).await
 }
 
-/// Reverts the applied migrations newer than `down_to` (a version, or a sqitch change name or
-/// `@tag`, that stays applied; `None`: all), newest first, with their down scripts. Returns the versions
-/// reverted. Every migration to revert must have a non-empty down script
-/// ([`Migration::down_is_empty`]), checked before anything runs; everything happens in one
-/// transaction.
+/// Reverts the applied migrations newer than `down_to` (which stays applied; `None`: all),
+/// newest applied first: consecutive batchable ones together in one transaction, the others
+/// alone. Every one must have a non-empty down script, checked before anything runs.
+/// Returns the versions reverted.
 pub async fn revert(
     pool: &AnyPool,
     format: Format,
@@ -217,179 +1517,81 @@ pub async fn revert(
     down_to: Option<&str>,
     mut progress: impl FnMut(&Migration, Phase),
 ) -> Result<Vec<String>> {
-    let keep = down_to.map(|v| find(migrations, v)).transpose()?;
-    let mut conn = pool.acquire().await.map_err(query_err("connecting"))?;
-    let dialect = dialect_of(&conn);
-    history::prepare(&mut conn, format).await?;
-    let mut tx = conn
-        .begin()
-        .await
-        .map_err(query_err("beginning a transaction"))?;
-    history::ensure_table(&mut tx, format).await?;
-    let done = history::applied(&mut tx, format, migrations).await?;
-    let mut applied: Vec<&Migration> = done
-        .iter()
-        .map(|v| find(migrations, v))
-        .collect::<Result<_>>()?;
-    applied.sort_by(|a, b| cmp_versions(&a.version, &b.version));
-    let to_revert: Vec<&Migration> = applied
+    let keep = down_to.map(|v| find_target(migrations, v)).transpose()?;
+    let state = state(pool, format, migrations).await?;
+    let keep_pos = keep.map(|k| {
+        migrations
+            .iter()
+            .position(|m| m.key() == k.key())
+            .unwrap_or(0)
+    });
+    let applied = state.applied(migrations);
+    if let Some(r) = state.unknown(migrations).first() {
+        return Err(Error::UnknownVersion(r.key.clone()));
+    }
+    let keys: Vec<String> = applied
         .iter()
         .rev()
-        .filter(|m| keep.is_none_or(|k| cmp_versions(&m.version, &k.version).is_gt()))
-        .copied()
+        .filter(|m| {
+            let pos = migrations
+                .iter()
+                .position(|x| x.key() == m.key())
+                .unwrap_or(0);
+            keep_pos.is_none_or(|k| pos > k)
+        })
+        .map(|m| m.key().to_string())
         .collect();
-    for m in &to_revert {
-        if m.down_is_empty() {
-            return Err(Error::NoDown {
-                version: m.version.clone(),
-                name: m.name.clone(),
-                file: m.file.clone(),
-            });
-        }
-        let file = m.down_file.as_ref().unwrap_or(&m.file);
-        check_transactional(m, m.down.as_deref().unwrap_or_default(), file, dialect)?;
+    for k in &keys {
+        require_down(find(migrations, k)?)?;
     }
-    let mut finished = Vec::new();
-    for m in &to_revert {
-        progress(m, Phase::Reverting);
-        let started = Instant::now();
-        let previous = applied
-            .iter()
-            .rev()
-            .find(|p| cmp_versions(&p.version, &m.version).is_lt())
-            .copied();
-        let down = m.down.as_deref().unwrap_or_default();
-        let outcome = match history::check_revert(&mut tx, format, m).await {
-            Err(e) => Err(e),
-            Ok(()) => match run_script(&mut tx, down).await {
-                Ok(()) => {
-                    history::record_revert(&mut tx, format, m, previous, started.elapsed()).await
-                }
-                Err(source) => Err(Error::Migration {
-                    version: m.version.clone(),
-                    name: m.name.clone(),
-                    file: m.down_file.clone().unwrap_or_else(|| m.file.clone()),
-                    down: true,
-                    source,
-                }),
-            },
-        };
-        if let Err(e) = outcome {
-            progress(m, Phase::Failed(e.to_string()));
-            let _ = tx.rollback().await;
-            progress(m, Phase::RolledBack);
-            return Err(e);
-        }
-        progress(m, Phase::Reverted);
-        finished.push(*m);
-    }
-    tx.commit()
-        .await
-        .map_err(query_err("committing the revert"))?;
-    for m in &finished {
-        progress(m, Phase::Committed);
-    }
-    Ok(finished.iter().map(|m| m.version.clone()).collect())
+    run_keys(pool, format, migrations, &keys, true, &mut progress).await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn m(sql: &str) -> Migration {
-        Migration {
-            version: "1".into(),
-            name: "x".into(),
-            up: sql.into(),
-            down: None,
-            file: "deploy/x.sql".into(),
-            down_file: None,
-            sqitch: None,
-            ..Migration::default()
+/// Runs `keys` in order: consecutive batchable ones as one batch, the others alone.
+pub async fn run_keys(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    keys: &[String],
+    down: bool,
+    progress: &mut impl FnMut(&Migration, Phase),
+) -> Result<Vec<String>> {
+    let dialect = {
+        let conn = pool.acquire().await.map_err(query_err("connecting"))?;
+        dialect(Backend::of(&conn)?)
+    };
+    let mut segments: Vec<(bool, Vec<String>)> = Vec::new();
+    for k in keys {
+        let m = find(migrations, k)?;
+        let alone = run_mode(format, m, down, dialect)?.is_alone();
+        match segments.last_mut() {
+            Some((false, batch)) if !alone => batch.push(k.clone()),
+            _ => segments.push((alone, vec![k.clone()])),
         }
     }
-
-    #[test]
-    fn targets_name_versions_changes_and_sqitch_tags() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sqitch");
-        let migs = crate::migrations::read(&dir, Format::Sqitch).unwrap();
-        let target = |t: &str| {
-            find(&migs, t)
-                .map(|m| m.name.as_str())
-                .map_err(|e| e.to_string())
-        };
-        assert_eq!(target("0001"), Ok("create_users"));
-        assert_eq!(target("index_email"), Ok("index_email"));
-        assert_eq!(target("@v1.0"), Ok("add_email"));
-        assert_eq!(target("add_email@v1.0"), Ok("add_email"));
-        assert!(target("@v2.0").unwrap_err().contains("@v2.0"));
-        assert!(target("nope").is_err());
-    }
-
-    fn check(sql: &str, dialect: Dialect) -> std::result::Result<(), String> {
-        let m = m(sql);
-        check_transactional(&m, sql, &m.file, dialect).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn scripts_with_their_own_transaction_are_refused() {
-        for ok in [
-            "-- Deploy x\nCREATE TABLE begin_end (id INT);\nINSERT INTO t VALUES (1);",
-            // A PL/pgSQL body ends with END; inside its dollar quotes.
-            "CREATE FUNCTION touch() RETURNS trigger AS $$\nBEGIN\n  NEW.at := now();\n  RETURN NEW;\nEND;\n$$ LANGUAGE plpgsql;",
-            "DO $$ BEGIN PERFORM 1; END $$;",
-            "CREATE FUNCTION one() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;",
-            "-- a comment; with a semicolon\nSELECT E'it\\'s; ok';",
-        ] {
-            assert_eq!(check(ok, Dialect::Postgres), Ok(()), "{ok}");
+    let mut done = Vec::new();
+    for (alone, keys) in segments {
+        if alone {
+            let m = find(migrations, &keys[0])?;
+            if alone_run(pool, format, migrations, &keys[0], down, &mut *progress).await?
+                == AloneOutcome::Done
+            {
+                done.push(m.version.clone());
+            }
+        } else {
+            done.extend(batch(pool, format, migrations, &keys, down, &mut *progress).await?);
         }
-        let trigger = "CREATE TRIGGER t AFTER INSERT ON a\nBEGIN\n  UPDATE b SET n = n + 1;\nEND;";
-        assert_eq!(check(trigger, Dialect::Sqlite), Ok(()));
-
-        for (bad, dialect, says) in [
-            (
-                "BEGIN;\nCREATE TABLE t (id INT);\nCOMMIT;",
-                Dialect::Postgres,
-                "line 1: it manages its own transaction (BEGIN)",
-            ),
-            (
-                "-- Deploy x\nbegin transaction;\nCREATE TABLE t (id INT);",
-                Dialect::Sqlite,
-                "line 2: it manages its own transaction (BEGIN)",
-            ),
-            (
-                "CREATE TABLE t (id INT);\n\nCOMMIT;",
-                Dialect::Postgres,
-                "line 3: it manages its own transaction (COMMIT)",
-            ),
-            (
-                "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);",
-                Dialect::Postgres,
-                "marked `-- no-transaction`",
-            ),
-            (
-                "CREATE TABLE t (c int);\nCREATE INDEX CONCURRENTLY i ON t (c);",
-                Dialect::Postgres,
-                "line 2: CREATE INDEX CONCURRENTLY cannot run inside a transaction block",
-            ),
-            (
-                "PRAGMA foreign_keys = OFF;\nCREATE TABLE t (c int);",
-                Dialect::Sqlite,
-                "line 1: PRAGMA foreign_keys does nothing inside a transaction",
-            ),
-        ] {
-            let err = check(bad, dialect).unwrap_err();
-            assert!(
-                err.contains("cannot run inside rewind's transaction"),
-                "{err}"
-            );
-            assert!(err.contains("deploy/x.sql"), "{err}");
-            assert!(err.contains(says), "{bad}: {err}");
-        }
-        let err = check("SELECT 1;\nSELECT 'open;", Dialect::Postgres).unwrap_err();
-        assert!(
-            err.contains("deploy/x.sql: cannot read its SQL: line 2, column 8"),
-            "{err}"
-        );
     }
+    Ok(done)
+}
+
+async fn alone_run(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    key: &str,
+    down: bool,
+    progress: &mut impl FnMut(&Migration, Phase),
+) -> Result<AloneOutcome> {
+    alone(pool, format, migrations, key, down, progress).await
 }

@@ -1,8 +1,16 @@
 //! Round trips through each tool's layout and history table, on SQLite and PostgreSQL.
 //!
-//! PostgreSQL comes from `REWIND_TEST_PG_URL` (scripts/test starts a throwaway cluster);
-//! each test creates its own databases with `CREATE DATABASE`. Without the variable the
-//! PostgreSQL tests fail: nothing is skipped silently.
+//! PostgreSQL comes from `REWIND_TEST_PG_URL` (15) and `REWIND_TEST_PG18_URL` (18; scripts/test
+//! starts a throwaway cluster of each); each test creates its own databases with `CREATE
+//! DATABASE`. Without the variables the PostgreSQL tests fail: nothing is skipped silently.
+//!
+//! `cases` holds small cases shaped after real projects' inputs; `referee` runs the teams'
+//! own tools against what rewind does.
+
+#[path = "roundtrip/cases.rs"]
+mod cases;
+#[path = "roundtrip/referee.rs"]
+mod referee;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +23,7 @@ use sqlx::{AnyPool, Row};
 enum Kind {
     Sqlite,
     Postgres,
+    Postgres18,
 }
 
 struct Target {
@@ -30,9 +39,22 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn pg_url() -> String {
-    std::env::var("REWIND_TEST_PG_URL")
-        .unwrap_or_else(|_| panic!("REWIND_TEST_PG_URL is not set: run scripts/test"))
+fn pg_url_of(kind: Kind) -> String {
+    let var = if kind == Kind::Postgres18 {
+        "REWIND_TEST_PG18_URL"
+    } else {
+        "REWIND_TEST_PG_URL"
+    };
+    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run scripts/test"))
+}
+
+/// `pg_dump` of the server's major: PostgreSQL 18's from `REWIND_TEST_PG18_BIN`.
+fn pg_dump_for(kind: Kind) -> String {
+    match (kind, std::env::var("REWIND_TEST_PG18_BIN")) {
+        (Kind::Postgres18, Ok(bin)) => format!("{bin}/pg_dump"),
+        (Kind::Postgres18, Err(_)) => panic!("REWIND_TEST_PG18_BIN is not set: run scripts/test"),
+        _ => "pg_dump".into(),
+    }
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -50,8 +72,8 @@ async fn fresh(kind: Kind, label: &str) -> Target {
                 _dir: Some(dir),
             }
         }
-        Kind::Postgres => {
-            let admin_url = pg_url();
+        Kind::Postgres | Kind::Postgres18 => {
+            let admin_url = pg_url_of(kind);
             let admin = rewind_db::connect(&admin_url).await.unwrap();
             let name = format!(
                 "rw_{}_{}_{}",
@@ -112,8 +134,8 @@ async fn schema(t: &Target, format: Format) -> String {
             }
             out
         }
-        Kind::Postgres => {
-            let mut cmd = std::process::Command::new("pg_dump");
+        Kind::Postgres | Kind::Postgres18 => {
+            let mut cmd = std::process::Command::new(pg_dump_for(t.kind));
             cmd.args([
                 "--schema-only",
                 "--no-owner",
@@ -152,7 +174,9 @@ async fn history_exists(t: &Target, format: Format) -> bool {
     let table = format.history_table();
     let sql = match t.kind {
         Kind::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1",
-        Kind::Postgres => "SELECT table_name FROM information_schema.tables WHERE table_name = $1",
+        Kind::Postgres | Kind::Postgres18 => {
+            "SELECT table_name FROM information_schema.tables WHERE table_name = $1"
+        }
     };
     sqlx::query(sql)
         .bind(table.to_string())
@@ -427,6 +451,11 @@ roundtrip_tests! {
     flyway_postgres: Kind::Postgres, Format::Flyway, "flyway";
     sqitch_sqlite: Kind::Sqlite, Format::Sqitch, "sqitch";
     sqitch_postgres: Kind::Postgres, Format::Sqitch, "sqitch";
+    sqlx_postgres18: Kind::Postgres18, Format::Sqlx, "sqlx";
+    diesel_postgres18: Kind::Postgres18, Format::Diesel, "diesel";
+    golang_migrate_postgres18: Kind::Postgres18, Format::GolangMigrate, "golang-migrate";
+    flyway_postgres18: Kind::Postgres18, Format::Flyway, "flyway";
+    sqitch_postgres18: Kind::Postgres18, Format::Sqitch, "sqitch";
 }
 
 #[tokio::test]
@@ -761,7 +790,9 @@ async fn sqitch_cli_story(kind: Kind) {
     let t = fresh(kind, "sqitch_cli").await;
     let target = match kind {
         Kind::Sqlite => format!("db:sqlite:{}", t.url.trim_start_matches("sqlite://")),
-        Kind::Postgres => format!("db:{}", t.url.replacen("postgres://", "pg://", 1)),
+        Kind::Postgres | Kind::Postgres18 => {
+            format!("db:{}", t.url.replacen("postgres://", "pg://", 1))
+        }
     };
     let run = |args: &[&str]| {
         let (ok, text) = sqitch(project, args, &target);
@@ -869,6 +900,11 @@ async fn sqitch_cli_agrees_postgres() {
     sqitch_cli_story(Kind::Postgres).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqitch_cli_agrees_postgres18() {
+    sqitch_cli_story(Kind::Postgres18).await;
+}
+
 /// A change of another sqitch project that requires a fixture change: it cannot be applied
 /// before that change is, and the fixture change cannot be reverted while it stays.
 async fn sqitch_cross_project(kind: Kind) {
@@ -962,7 +998,7 @@ async fn bodies_with_semicolons(kind: Kind) {
     );
     write("1_items.down.sql", "DROP TABLE items;\n");
     match kind {
-        Kind::Postgres => {
+        Kind::Postgres | Kind::Postgres18 => {
             write(
                 "2_touch.up.sql",
                 "-- Count updates; a comment; with semicolons.\n\

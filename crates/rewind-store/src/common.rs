@@ -75,6 +75,11 @@ pub(crate) const SQLITE_MIGRATIONS: Embedded = Embedded(&[
         "watch incidents",
         include_str!("../migrations/sqlite/0002_watch_incidents.sql"),
     ),
+    (
+        3,
+        "release migration sets",
+        include_str!("../migrations/sqlite/0003_release_migration_sets.sql"),
+    ),
 ]);
 
 pub(crate) const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
@@ -87,6 +92,11 @@ pub(crate) const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
         2,
         "watch incidents",
         include_str!("../migrations/postgres/0002_watch_incidents.sql"),
+    ),
+    (
+        3,
+        "release migration sets",
+        include_str!("../migrations/postgres/0003_release_migration_sets.sql"),
     ),
 ]);
 
@@ -126,7 +136,7 @@ pub(crate) const SET_DEPLOYED: &str = "INSERT INTO deployed (env, component, ver
      DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at";
 
 const RELEASE_COLS: &str =
-    "env, name, seq, state, components, created_at, updated_at, actor, run_id";
+    "env, name, seq, state, components, created_at, updated_at, actor, run_id, migrations";
 pub(crate) fn release_one() -> String {
     format!("SELECT {RELEASE_COLS} FROM releases WHERE env = $1 AND name = $2")
 }
@@ -137,8 +147,8 @@ pub(crate) const RELEASE_STATE: &str = "SELECT state FROM releases WHERE env = $
 pub(crate) const NEXT_RELEASE_SEQ: &str =
     "SELECT COALESCE(MAX(seq), 0) + 1 FROM releases WHERE env = $1";
 pub(crate) const INSERT_RELEASE: &str = "INSERT INTO releases \
-     (env, name, seq, state, components, created_at, updated_at, actor, run_id) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+     (env, name, seq, state, components, created_at, updated_at, actor, run_id, migrations) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 pub(crate) const SET_RELEASE_STATE: &str =
     "UPDATE releases SET state = $1, updated_at = $2 WHERE env = $3 AND name = $4";
 
@@ -251,6 +261,10 @@ macro_rules! impl_store {
                 updated_at: col(row, "updated_at")?,
                 actor: col(row, "actor")?,
                 run_id: col(row, "run_id")?,
+                migrations: $crate::common::parse_json(
+                    "release migration sets",
+                    &col::<String>(row, "migrations")?,
+                )?,
             })
         }
 
@@ -633,6 +647,10 @@ macro_rules! impl_store {
                         .bind(&now)
                         .bind(&run.actor)
                         .bind(&run.id)
+                        .bind($crate::common::to_json(
+                            "release migration sets",
+                            &rel.migrations,
+                        )?)
                         .execute(&mut *tx)
                         .await
                         .map_err($crate::common::query_err(DOING))?;

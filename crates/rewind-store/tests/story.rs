@@ -76,6 +76,14 @@ fn new_release(name: &str) -> NewRelease {
             ("api".to_string(), name.to_string()),
             ("web".to_string(), name.to_string()),
         ]),
+        // A database's migration set, as a deploy records it (keys in the tool's order).
+        migrations: BTreeMap::from([(
+            "db".to_string(),
+            vec![
+                "20260101000000".to_string(),
+                format!("2026020100000{}", name.len()),
+            ],
+        )]),
     }
 }
 
@@ -114,6 +122,7 @@ async fn deploy(store: &dyn Store, run_id: &str, release: &str, from: Option<&st
     assert_eq!(rel.state, ReleaseState::Deploying);
     assert_eq!(rel.run_id.as_deref(), Some(run_id));
     assert_eq!(rel.components, new_release(release).components);
+    assert_eq!(rel.migrations, new_release(release).migrations);
 
     let step0 = (0, "web.restore-point");
     store

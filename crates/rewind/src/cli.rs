@@ -66,7 +66,7 @@ pub enum Command {
     /// Show the exact steps a rollback (or, with --deploy, a deploy) would take; nothing is
     /// changed.
     #[command(
-        after_help = "Takes the same options as `rewind rollback`, and shows an unfinished run that a rollback\nwould resume first. For database components it shows the decision (leave alone, revert\nmigrations, restore a backup or a point in time) and why.\n\n`rewind plan --deploy v1.5.0` shows a deploy instead: every pending migration classified\n(additive or destructive, down script or not), checksum drift, and the restore points."
+        after_help = "Takes the same options as `rewind rollback`, and shows an unfinished run that a rollback\nwould resume first. For database components it shows the decision (leave alone, revert\nmigrations, restore a backup or a point in time) and why.\n\n`rewind plan --deploy v1.5.0` shows a deploy instead: every migration of the release that the\ndatabase lacks (out-of-order ones marked), classified by effect (adds, rewrites data, loses\ndata, takes a long lock), how it runs (in the batch's transaction or alone, and why), the\napplied migrations the release does not ship, checksum drift, and everything the deploy would\nrefuse (exit 1 then)."
     )]
     Plan(PlanArgs),
     /// Roll back to the last known-good release (or --to RELEASE).
@@ -129,6 +129,12 @@ pub struct DeployArgs {
     /// `rollback`), mark the release good when the window closes cleanly.
     #[arg(long)]
     pub watch: bool,
+    /// Databases: an applied migration's file was edited after it was applied (checksum
+    /// drift). Without this flag the deploy refuses, naming the file; with it, the files'
+    /// new checksums are recorded in the tool's history first, as the tool's own repair
+    /// would (`flyway repair`), so the tool accepts them afterwards.
+    #[arg(long)]
+    pub accept_drift: bool,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +170,9 @@ pub struct PlanArgs {
     /// Show the plan of deploying RELEASE instead of a rollback.
     #[arg(long, value_name = "RELEASE", conflicts_with_all = ["to", "components", "force", "restore", "to_time", "revert_anyway"])]
     pub deploy: Option<String>,
+    /// With --deploy: plan as `rewind deploy --accept-drift` would.
+    #[arg(long, requires = "deploy")]
+    pub accept_drift: bool,
 }
 
 #[derive(Debug, Subcommand)]

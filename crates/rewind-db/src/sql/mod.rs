@@ -98,6 +98,30 @@ impl Statement {
         tx_control(&lex(&self.text, dialect).ok()?)
     }
 
+    /// Its words (unquoted ones upper-cased, quoted identifiers as written), in order;
+    /// strings, numbers and punctuation left out. For recognising a statement's shape.
+    pub fn words(&self, dialect: Dialect) -> Vec<String> {
+        lex(&self.text, dialect)
+            .map(|toks| {
+                toks.iter()
+                    .filter_map(|t| match &t.kind {
+                        Kind::Word(w) => Some(w.clone()),
+                        Kind::Quoted(n) => Some(n.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The same words as [`Statement::words`], each as the name it spells (unquoted ones
+    /// lower-cased, as PostgreSQL folds them): to look an object up in the catalog.
+    pub fn raw_words(&self, dialect: Dialect) -> Vec<String> {
+        lex(&self.text, dialect)
+            .map(|toks| toks.iter().filter_map(|t| t.name(&self.text)).collect())
+            .unwrap_or_default()
+    }
+
     /// Why this statement cannot run inside a transaction block, or None.
     pub fn outside_transaction(&self, dialect: Dialect) -> Option<&'static str> {
         let toks = lex(&self.text, dialect).ok()?;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use rewind_components::database::{BackupMeta, Database};
+use rewind_components::database::{BackupMeta, Database, DbTarget};
 use rewind_components::{Component, Ctx, host};
 use rewind_core::config::ComponentConfig;
 use rewind_core::dbplan::{self, DbDecision, DbDeployFacts, DbMode, DbRollbackFacts};
@@ -49,6 +49,41 @@ pub async fn deploy_facts(env: &Env, release: &str) -> CliResult<BTreeMap<String
     Ok(out)
 }
 
+/// Refuses a deploy before anything runs when a database component cannot take it as its
+/// tool would: every reason at once (what the tool would refuse, scripts it cannot run, a
+/// migration left half-done, and — without `--accept-drift` — edited applied migrations).
+pub fn refuse_deploy(
+    env: &Env,
+    facts: &BTreeMap<String, DbDeployFacts>,
+    accept_drift: bool,
+) -> CliResult<()> {
+    let mut problems = Vec::new();
+    let mut drift = false;
+    for (name, f) in facts {
+        problems.extend(f.refusals.iter().map(|r| format!("{name}: {r}")));
+        if !accept_drift && !f.drifted.is_empty() {
+            drift = true;
+            problems.extend(
+                f.drift
+                    .iter()
+                    .filter(|d| !d.contains("not drift"))
+                    .map(|d| format!("{name}: {d}")),
+            );
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let mut e = failed(env.redactor.redact(&format!(
+        "the deploy is refused; nothing was changed:\n  {}",
+        problems.join("\n  ")
+    )));
+    if drift {
+        e = e.hint("an applied migration was edited: put the file back as it was applied, or write a new migration; `--accept-drift` records the edited files' checksums as the tool's repair would");
+    }
+    Err(e.hint("`rewind plan --deploy RELEASE` shows the whole plan"))
+}
+
 /// The classification of every pending migration, the drift, and what a rollback would do,
 /// for a person.
 pub fn describe_deploy_facts(facts: &BTreeMap<String, DbDeployFacts>) -> String {
@@ -59,18 +94,35 @@ pub fn describe_deploy_facts(facts: &BTreeMap<String, DbDeployFacts>) -> String 
             f.format, f.level_now, f.target_level
         ));
         if f.pending.is_empty() {
-            text.push_str("\n  no pending migrations");
+            text.push_str("\n  in this release but not applied: none");
+        } else {
+            text.push_str("\n  in this release but not applied (applied in this order):");
         }
         for m in &f.pending {
-            text.push_str(&format!("\n  {}", m.describe()));
+            text.push_str(&format!("\n    {}", m.describe()));
             if m.revert_loses_data() {
                 text.push_str(
-                    "\n    → reverting it would lose data: the restore point takes a full backup, and a rollback restores it instead",
+                    "\n      → reverting it cannot bring the old data back: the restore point takes a full backup, and a rollback restores it instead",
                 );
             }
+            for w in &m.warnings {
+                text.push_str(&format!("\n      ! {w}"));
+            }
+        }
+        if !f.unknown.is_empty() {
+            text.push_str(&format!(
+                "\n  applied but not in this release: {}",
+                f.unknown.join(", ")
+            ));
         }
         for d in &f.drift {
             text.push_str(&format!("\n  DRIFT: {d}"));
+        }
+        for n in &f.notes {
+            text.push_str(&format!("\n  note: {n}"));
+        }
+        for r in &f.refusals {
+            text.push_str(&format!("\n  REFUSED: {r}"));
         }
     }
     text
@@ -122,8 +174,18 @@ pub async fn rollback_decisions(
             .get(&name)
             .cloned()
             .unwrap_or_else(|| dbplan::NO_LEVEL.into());
+        let set = env
+            .store
+            .release(&env.name, &target.to)
+            .await?
+            .and_then(|r| r.migrations.get(&name).cloned());
+        let db_target = DbTarget {
+            release: target.to.clone(),
+            level: target_level.clone(),
+            set,
+        };
         let mut facts = db
-            .rollback_facts(&target.from, &target_level)
+            .rollback_facts(&target.from, &db_target)
             .await
             .map_err(|e| failed(env.redactor.redact(&e.to_string())))?;
         if matches!(mode, DbMode::PointInTime(_)) {
@@ -134,7 +196,12 @@ pub async fn rollback_decisions(
         }
         let decision = dbplan::decide(&name, db.config(), &facts, &mode, args.revert_anyway)
             .map_err(|e| {
-                CliError::new(crate::error::Class::Failed, e).hint(
+                // Asking for a point in time without [pitr] is bad usage, not a failure.
+                let class = match e {
+                    dbplan::DbRefusal::NoPitr { .. } => crate::error::Class::Usage,
+                    _ => crate::error::Class::Failed,
+                };
+                CliError::new(class, e).hint(
                     "nothing was changed; `rewind backup list` shows the backups, `rewind plan` the steps",
                 )
             })?;

@@ -114,16 +114,7 @@ async fn deploy_and_release_lock(
         printer,
     )
     .await?;
-    let result = deploy_locked(
-        env,
-        &args.release,
-        artifacts,
-        args.watch,
-        &run_id,
-        &lock,
-        printer,
-    )
-    .await;
+    let result = deploy_locked(env, args, artifacts, &run_id, &lock, printer).await;
     lock.release().await;
     result
 }
@@ -175,13 +166,13 @@ fn parse_artifacts(env: &Env, raw: &[String]) -> CliResult<BTreeMap<String, Stri
 
 async fn deploy_locked(
     env: &Env,
-    release: &str,
+    args: &DeployArgs,
     artifacts: &BTreeMap<String, String>,
-    watch: bool,
     run_id: &str,
     lock: &LockGuard,
     printer: &Printer,
 ) -> CliResult<ExitCode> {
+    let (release, watch) = (args.release.as_str(), args.watch);
     if let Some(open) = env.store.unfinished_run(&env.name).await? {
         return Err(blocked(format!(
             "run {} ({} {}) is unfinished; a deploy cannot start on top of it",
@@ -195,8 +186,16 @@ async fn deploy_locked(
     }
     let ledger = env.ledger().await?;
     let db = super::db::deploy_facts(env, release).await?;
-    let steps =
-        rewind_core::plan::deploy_plan(&env.config, &ledger, release, artifacts, &db, watch);
+    super::db::refuse_deploy(env, &db, args.accept_drift)?;
+    let steps = rewind_core::plan::deploy_plan(
+        &env.config,
+        &ledger,
+        release,
+        artifacts,
+        &db,
+        watch,
+        args.accept_drift,
+    );
     precheck(env, &steps).await?;
     if !db.is_empty() {
         printer.note(super::db::describe_deploy_facts(&db).trim_start());
@@ -228,6 +227,10 @@ async fn deploy_locked(
     let new_release = NewRelease {
         name: release.to_string(),
         components,
+        migrations: db
+            .iter()
+            .map(|(n, f)| (n.clone(), f.set_after.clone()))
+            .collect(),
     };
     let audit = NewAudit::new(&actor, "deploy.start")
         .release(release)
@@ -258,7 +261,12 @@ async fn deploy_locked(
 
 /// `rewind plan --deploy RELEASE`: the steps of a deploy, the pending migrations classified,
 /// drift; nothing changed.
-pub async fn plan(env: &Env, release: &str, printer: &Printer) -> CliResult<ExitCode> {
+pub async fn plan(
+    env: &Env,
+    release: &str,
+    accept_drift: bool,
+    printer: &Printer,
+) -> CliResult<ExitCode> {
     validate_release_name(release)?;
     if let Some(existing) = env.store.release(&env.name, release).await? {
         return Err(usage(format!(
@@ -269,8 +277,15 @@ pub async fn plan(env: &Env, release: &str, printer: &Printer) -> CliResult<Exit
     }
     let ledger = env.ledger().await?;
     let db = super::db::deploy_facts(env, release).await?;
-    let steps =
-        rewind_core::plan::deploy_plan(&env.config, &ledger, release, &BTreeMap::new(), &db, false);
+    let steps = rewind_core::plan::deploy_plan(
+        &env.config,
+        &ledger,
+        release,
+        &BTreeMap::new(),
+        &db,
+        false,
+        accept_drift,
+    );
     let mut text = format!(
         "deploy of {release} to {} (from {}):",
         env.name,
@@ -287,16 +302,34 @@ pub async fn plan(env: &Env, release: &str, printer: &Printer) -> CliResult<Exit
     if !dbtext.is_empty() {
         text.push_str(&format!("\n\ndatabases:{}", dbtext));
     }
-    text.push_str("\n\nnothing was changed; `rewind deploy` carries this out");
-    printer.text(env.redactor.redact(&text));
-    printer.json_value(&json!({
+    let refusal = super::db::refuse_deploy(env, &db, accept_drift).err();
+    match &refusal {
+        None => text.push_str("\n\nnothing was changed; `rewind deploy` carries this out"),
+        Some(_) => text.push_str(
+            "\n\nnothing was changed; `rewind deploy` would REFUSE this release (see below)",
+        ),
+    }
+    let doc = json!({
         "environment": env.name,
         "release": release,
         "from": ledger.current,
         "steps": steps.iter().enumerate().map(|(i, s)| json!({"index": i + 1, "id": s.id, "title": env.redactor.redact(&s.title), "action": s.action})).collect::<Vec<_>>(),
         "databases": db,
-    }));
-    Ok(ExitCode::SUCCESS)
+        "refused": refusal.is_some(),
+    });
+    match refusal {
+        None => {
+            printer.text(env.redactor.redact(&text));
+            printer.json_value(&doc);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(e) => {
+            // The plan itself, then the refusal as the error (exit 1), with the plan in the
+            // JSON error's detail.
+            printer.text(env.redactor.redact(&text));
+            Err(e.detail(doc))
+        }
+    }
 }
 
 /// Checks what can be checked before anything is recorded: artifacts exist and are of a

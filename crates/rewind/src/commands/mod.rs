@@ -41,7 +41,7 @@ pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
         Command::Plan(args) => {
             let env = Env::load(&cli.config).await?;
             match args.deploy {
-                Some(release) => deploy::plan(&env, &release, printer).await,
+                Some(release) => deploy::plan(&env, &release, args.accept_drift, printer).await,
                 None => rollback::plan(&env, args.target, printer).await,
             }
         }

@@ -23,6 +23,7 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
     let mut cx = Ctx::new(&env.name, env.redactor.clone());
     cx.current_release = ledger.current.clone();
     let mut comps = Vec::new();
+    let mut details: Vec<String> = Vec::new();
     let mut table = super::table();
     table.set_header(vec!["component", "kind", "recorded", "live", ""]);
     for (name, cfg) in &env.config.components {
@@ -60,7 +61,46 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
             live_text,
             note.to_string(),
         ]);
-        comps.push(json!({"name": name, "kind": cfg.kind(), "recorded": recorded, "live": live_json, "drift": note.starts_with("drift"), "error": err_text}));
+        if let Some(e) = &err_text {
+            details.push(format!("{name}: cannot read what runs: {e}"));
+        }
+        // A database: its migrations as a set against the current release's.
+        let mut set_json = serde_json::Value::Null;
+        if let (Some(d), Some(release)) = (cfg.database(), ledger.current.as_deref())
+            && live.is_ok()
+        {
+            let db = rewind_components::database::Database::new(
+                name,
+                matches!(cfg, rewind_core::config::ComponentConfig::Postgres(_)),
+                d.clone(),
+            );
+            let recorded_set = current.and_then(|r| r.migrations.get(name)).cloned();
+            match db.set_report(release, recorded_set.as_deref()).await {
+                Ok(r) => {
+                    if !r.applied_not_in_release.is_empty() {
+                        details.push(format!(
+                            "{name}: applied but not in {release}: {}",
+                            r.applied_not_in_release.join(", ")
+                        ));
+                    }
+                    if !r.in_release_not_applied.is_empty() {
+                        details.push(format!(
+                            "{name}: in {release} but not applied: {}",
+                            r.in_release_not_applied.join(", ")
+                        ));
+                    }
+                    for p in &r.partial {
+                        details.push(format!("{name}: {p}"));
+                    }
+                    set_json = json!(r);
+                }
+                Err(e) => details.push(format!(
+                    "{name}: cannot compare its migrations with {release}: {}",
+                    env.redactor.redact(&e.to_string())
+                )),
+            }
+        }
+        comps.push(json!({"name": name, "kind": cfg.kind(), "recorded": recorded, "live": live_json, "drift": note.starts_with("drift"), "error": err_text, "migrations": set_json}));
     }
     let lock = env.store.lock_holder(&env.name).await?;
     let unfinished = env.store.unfinished_run(&env.name).await?;
@@ -83,6 +123,9 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
             .map(|t| format!("{t} (`rewind plan` shows the steps)"))
             .unwrap_or_else(|| "none (no known-good release before the current one)".into()),
     );
+    if !details.is_empty() {
+        text.push_str(&format!("\n{}", details.join("\n")));
+    }
     if let Some(h) = &lock {
         let dead = dead_reason(h, env.config.environment.lock_stale_after);
         text.push_str(&format!(
