@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::{Dialect, Kind, Tok, concurrently, lex, lex_range, line_of, statement_ranges, word_at};
+use super::{Dialect, Kind, Lines, Tok, concurrently, lex, lex_range, statement_ranges, word_at};
 
 /// What a statement does, as far as rolling it back goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -199,9 +199,11 @@ pub enum FindingKind {
 pub fn classify(sql: &str, dialect: Dialect) -> Classification {
     let mut cx = Cx {
         sql,
+        lines: Lines::new(sql),
         dialect,
         out: Classification::default(),
         created: Vec::new(),
+        added: Vec::new(),
     };
     let toks = match lex(sql, dialect) {
         Ok(t) => t,
@@ -232,11 +234,15 @@ pub fn classify(sql: &str, dialect: Dialect) -> Classification {
 
 struct Cx<'a> {
     sql: &'a str,
+    lines: Lines,
     dialect: Dialect,
     out: Classification,
     /// Tables created by an earlier statement: empty and unseen by other sessions, so
     /// locking them blocks nobody.
     created: Vec<String>,
+    /// Columns (table, column) added by an earlier statement: filling them in overwrites
+    /// nothing that was there before the migration.
+    added: Vec<(String, String)>,
 }
 
 /// One statement's tokens (or, in a DO block, one SQL statement of its body).
@@ -324,7 +330,7 @@ impl Cx<'_> {
         let end = st.toks.iter().map(|t| t.end).max().unwrap_or(start);
         self.out.findings.push(Finding {
             statement: st.index,
-            line: line_of(self.sql, start),
+            line: self.lines.of(start),
             sql: shorten(&self.sql[start..end]),
             kind,
             effect,
@@ -345,14 +351,16 @@ impl Cx<'_> {
         }
     }
 
-    /// Was `table` created by an earlier statement of this migration? Names compare
-    /// unqualified when either side is unqualified (the search path decides, and a new
-    /// table usually lands where the migration expects).
+    /// Was `table` created by an earlier statement of this migration?
     fn was_created(&self, table: &str) -> bool {
-        let last = |n: &str| n.rsplit('.').next().unwrap_or(n).to_string();
-        self.created.iter().any(|c| {
-            c == table || ((!c.contains('.') || !table.contains('.')) && last(c) == last(table))
-        })
+        self.created.iter().any(|c| same_table(c, table))
+    }
+
+    /// Was `table.column` added by an earlier statement of this migration?
+    fn was_added(&self, table: &str, column: &str) -> bool {
+        self.added
+            .iter()
+            .any(|(t, c)| c == column && same_table(t, table))
     }
 
     /// Reads a possibly qualified name (`a`, `"A"."b"`) at `i`; returns it and the index
@@ -449,14 +457,17 @@ impl Cx<'_> {
             what @ ("SCHEMA" | "DATABASE") => {
                 let names = self.name_list(st.toks, skip);
                 let (kind, noun) = if what == "SCHEMA" {
-                    (FindingKind::DropSchema, "a schema")
+                    (FindingKind::DropSchema, "schema")
                 } else {
-                    (FindingKind::DropDatabase, "a database")
+                    (FindingKind::DropDatabase, "database")
                 };
-                let reason = format!(
-                    "drops {} and every table in it; only a backup brings them back",
-                    describe(&names, noun)
-                );
+                let what = match names.as_slice() {
+                    [] => format!("a {noun}"),
+                    [one] => format!("{noun} {one}"),
+                    more => format!("{noun}s {}", more.join(", ")),
+                };
+                let reason =
+                    format!("drops {what} and every table in it; only a backup brings them back");
                 self.flag(st, kind, Effect::LosesData, join(&names), reason);
             }
             "OWNED" => self.flag(
@@ -485,9 +496,11 @@ impl Cx<'_> {
             describe(&names, "the table")
         );
         if st.has("CASCADE") {
-            reason.push_str(
-                "; CASCADE also empties every table with a foreign key to it, named nowhere here",
-            );
+            reason.push_str(if names.len() > 1 {
+                "; CASCADE also empties every table with a foreign key to them, named nowhere here"
+            } else {
+                "; CASCADE also empties every table with a foreign key to it, named nowhere here"
+            });
         }
         self.flag(
             st,
@@ -745,6 +758,7 @@ impl Cx<'_> {
                 let k = if w(1) == Some("COLUMN") { 2 } else { 1 };
                 let (col, _) = self.name_at(a, skip_if_exists(a, k));
                 let col = col.unwrap_or_else(|| "?".into());
+                self.added.push((table.to_string(), col.clone()));
                 let object = Some(format!("{table}.{col}"));
                 let not_null = a.windows(2).any(|p| p[0].is("NOT") && p[1].is("NULL"));
                 let primary = a.windows(2).any(|p| p[0].is("PRIMARY") && p[1].is("KEY"));
@@ -868,11 +882,12 @@ impl Cx<'_> {
     /// VACUUM FULL, CLUSTER, REINDEX, LOCK on PostgreSQL.
     fn maintenance(&mut self, st: &Stmt) {
         let toks = st.toks;
-        // The table named after the options, if any.
+        // The object named after the options, if any, and whether it is an index.
         let target = |cx: &Self, mut i: usize| {
             if toks.get(i).is_some_and(|t| t.kind == Kind::LParen) {
                 i = super::skip_parens(toks, i);
             }
+            let index = toks.get(i).is_some_and(|t| t.is("INDEX"));
             while matches!(
                 word_at(toks, i),
                 Some(
@@ -891,7 +906,7 @@ impl Cx<'_> {
             ) {
                 i += 1;
             }
-            cx.name_at(toks, i).0
+            (cx.name_at(toks, i).0, index)
         };
         match st.w(0) {
             Some("VACUUM") => {
@@ -902,7 +917,7 @@ impl Cx<'_> {
                             .is_some_and(|n| n.is("FALSE") || n.is("OFF"))
                 });
                 if full {
-                    let table = target(self, 1);
+                    let (table, _) = target(self, 1);
                     let reason = format!(
                         "VACUUM FULL rewrites {} under an ACCESS EXCLUSIVE lock: reads and \
                          writes wait until it finishes",
@@ -912,7 +927,7 @@ impl Cx<'_> {
                 }
             }
             Some("CLUSTER") => {
-                let table = target(self, 1);
+                let (table, _) = target(self, 1);
                 let reason = format!(
                     "CLUSTER rewrites {} under an ACCESS EXCLUSIVE lock: reads and writes wait \
                      until it finishes",
@@ -921,11 +936,15 @@ impl Cx<'_> {
                 self.flag(st, FindingKind::Cluster, Effect::LongLock, table, reason);
             }
             Some("REINDEX") if !concurrently(toks) => {
-                let table = target(self, 1);
+                let (table, index) = target(self, 1);
+                let what = match (&table, index) {
+                    (Some(i), true) => format!("the table of index {i}"),
+                    (Some(t), false) => t.clone(),
+                    (None, _) => "every table it rebuilds".into(),
+                };
                 let reason = format!(
-                    "REINDEX without CONCURRENTLY blocks writes to {} while it rebuilds, and \
-                     queries that use the rebuilt indexes wait too",
-                    table.as_deref().unwrap_or("the table")
+                    "REINDEX without CONCURRENTLY blocks writes to {what} while it rebuilds, and \
+                     queries that use the rebuilt indexes wait too"
                 );
                 self.flag(st, FindingKind::Reindex, Effect::LongLock, table, reason);
             }
@@ -1163,6 +1182,15 @@ impl Cx<'_> {
             k += 2; // SQLite: UPDATE OR REPLACE t
         }
         let (table, _) = self.name_at(toks, skip_if_exists(toks, k));
+        let cols = set_at.map_or_else(Vec::new, |s| self.set_columns(&toks[s + 1..end]));
+        // Rows of a table this migration created, or columns it added (a backfill), held
+        // nothing before it ran.
+        if let Some(t) = &table
+            && (self.was_created(t)
+                || (!is_delete && !cols.is_empty() && cols.iter().all(|c| self.was_added(t, c))))
+        {
+            return;
+        }
         let desc = table.clone().unwrap_or_else(|| "the table".into());
         let everything = match where_at {
             None => true,
@@ -1184,7 +1212,6 @@ impl Cx<'_> {
             self.flag(st, kind, Effect::LosesData, table, reason);
             return;
         }
-        let cols = set_at.map_or_else(Vec::new, |s| self.set_columns(&toks[s + 1..end]));
         let what = match cols.len() {
             0 => "values".to_string(),
             1 => cols[0].clone(),
@@ -1290,6 +1317,14 @@ fn rewrites_table(a: &[Tok], sql: &str) -> Option<String> {
         return Some("as a stored generated column".into());
     }
     None
+}
+
+/// Do two table names mean the same table? They compare unqualified when either side is
+/// unqualified (the search path decides, and a new table usually lands where the migration
+/// expects).
+fn same_table(a: &str, b: &str) -> bool {
+    let last = |n: &str| n.rsplit('.').next().unwrap_or(n).to_string();
+    a == b || ((!a.contains('.') || !b.contains('.')) && last(a) == last(b))
 }
 
 /// Skips `IF EXISTS` / `IF NOT EXISTS` / `ONLY` at `i`.
@@ -1532,6 +1567,11 @@ mod tests {
     #[case(Pg, "LOCK TABLE t", &[(LockTable, LongLock)])]
     #[case(Pg, "LOCK t, u IN SHARE MODE", &[(LockTable, LongLock)])]
     #[case(Pg, "LOCK TABLE t IN ROW EXCLUSIVE MODE", &[])]
+    // Filling what this migration created overwrites nothing that was there before.
+    #[case(Pg, "ALTER TABLE users ADD COLUMN email text;\nUPDATE users SET email = name || '@example.org';\nALTER TABLE users ALTER COLUMN email SET NOT NULL",
+        &[(SetNotNull, BreaksOldCode), (SetNotNull, LongLock)])]
+    #[case(Sqlite, "ALTER TABLE users ADD COLUMN email text;\nUPDATE users SET email = 'x', name = 'y'", &[(UpdateWithoutWhere, LosesData)])]
+    #[case(Sqlite, "CREATE TABLE t (a int);\nINSERT INTO t VALUES (1);\nDELETE FROM t WHERE a = 1;\nUPDATE t SET a = 2", &[])]
     // DO blocks run now: their body's statements count.
     #[case(Pg, "DO $$ BEGIN DELETE FROM audit_log WHERE created_at < now() - interval '1 year'; END $$;", &[(DeleteWhere, LosesData)])]
     #[case(Pg, "DO $do$\nDECLARE n int;\nBEGIN\n  IF EXISTS (SELECT 1 FROM pg_tables WHERE tablename = 'old') THEN\n    DROP TABLE old;\n  END IF;\n  FOR n IN 1..3 LOOP\n    UPDATE t SET v = n WHERE id = n;\n  END LOOP;\nEND\n$do$", &[(DropTable, LosesData), (UpdateWhere, RewritesData)])]
@@ -1568,6 +1608,9 @@ mod tests {
         );
         let truncate = &c.findings[1];
         assert!(truncate.reason.contains("CASCADE"), "{}", truncate.reason);
+        // Rows this migration inserted into its own new table are not rows lost.
+        let c = classify("CREATE TABLE t (a int);\nDELETE FROM t;", Pg);
+        assert!(c.tables_losing_rows.is_empty() && c.additive());
     }
 
     #[test]
@@ -1588,6 +1631,12 @@ mod tests {
         assert!(c.findings[0].reason.contains("narrowing"));
         assert_eq!(c.findings[0].object.as_deref(), Some("t.price"));
         assert!(c.findings[1].reason.contains("ACCESS EXCLUSIVE"));
+        let c = classify("REINDEX INDEX users_email", Pg);
+        assert!(
+            c.findings[0]
+                .reason
+                .contains("the table of index users_email")
+        );
         let c = classify("ALTER TABLE t RENAME COLUMN a TO b", Pg);
         assert!(c.findings[0].reason.contains("old name"));
         assert!(!c.loses_data() && !c.rewrites_data());

@@ -70,9 +70,10 @@ pub enum TxControl {
 /// Splits `sql` into its statements, in order. Empty statements (`;;`) are dropped.
 pub fn split(sql: &str, dialect: Dialect) -> Result<Vec<Statement>, SqlError> {
     let toks = lex(sql, dialect)?;
+    let lines = Lines::new(sql);
     Ok(statement_ranges(&toks, dialect)
         .into_iter()
-        .map(|r| statement_at(sql, &toks[r]))
+        .map(|r| statement_at(sql, &lines, &toks[r]))
         .collect())
 }
 
@@ -132,7 +133,24 @@ impl Statement {
     }
 }
 
-pub(crate) fn statement_at(sql: &str, toks: &[Tok]) -> Statement {
+/// Where each line starts, so a script of many statements finds their lines without
+/// counting from the top each time.
+pub(crate) struct Lines(Vec<usize>);
+
+impl Lines {
+    pub(crate) fn new(sql: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+        Lines(starts)
+    }
+
+    /// 1-based line of `byte_offset` (as [`line_of`]).
+    pub(crate) fn of(&self, byte_offset: usize) -> usize {
+        self.0.partition_point(|&start| start <= byte_offset)
+    }
+}
+
+pub(crate) fn statement_at(sql: &str, lines: &Lines, toks: &[Tok]) -> Statement {
     // Least start and greatest end: a COPY payload comes before its `;` in token order.
     let start = toks.iter().map(|t| t.start).min().unwrap_or(0);
     let end = toks.iter().map(|t| t.end).max().unwrap_or(start);
@@ -140,7 +158,7 @@ pub(crate) fn statement_at(sql: &str, toks: &[Tok]) -> Statement {
         text: sql[start..end].to_string(),
         start,
         end,
-        line: line_of(sql, start),
+        line: lines.of(start),
     }
 }
 
@@ -534,6 +552,10 @@ $$ LANGUAGE plpgsql;
         assert_eq!(line_of(sql, stmts[1].end), 4);
         assert_eq!(line_of(sql, 0), 1);
         assert_eq!(line_of(sql, usize::MAX), 5);
+        let lines = Lines::new(sql);
+        for offset in 0..=sql.len() + 1 {
+            assert_eq!(lines.of(offset), line_of(sql, offset), "{offset}");
+        }
     }
 
     #[test]
