@@ -576,6 +576,7 @@ mod tests {
             checks: vec![],
             pitr: None,
             command_timeout: std::time::Duration::from_secs(60),
+            pg_bin: None,
         }
     }
 

@@ -29,6 +29,7 @@ fn component() -> ComponentConfig {
         workdir: PathBuf::from("/srv/app"),
         secret_env: vec![],
         command_timeout: Duration::from_secs(600),
+        pg_bin: None,
     })
 }
 
