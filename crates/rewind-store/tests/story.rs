@@ -29,7 +29,6 @@ fn component() -> ComponentConfig {
         workdir: PathBuf::from("/srv/app"),
         secret_env: vec![],
         command_timeout: Duration::from_secs(600),
-        pg_bin: None,
     })
 }
 
