@@ -22,7 +22,7 @@ use rewind_core::{Action, CountBaseline, RestoreSource};
 use rewind_db::State;
 use rewind_db::sql::{Dialect, Effect};
 use rewind_db::{Format, Migration};
-use rewind_dbkit::{BackupInfo, BackupKind, Inspect, PgUrl};
+use rewind_dbkit::{BackupInfo, BackupKind, Catalog, Inspect, PgRestoreOptions, PgUrl};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -47,9 +47,19 @@ pub struct BackupMeta {
     pub reason: String,
     /// Rows per table in the backup.
     pub row_counts: BTreeMap<String, i64>,
+    /// The catalog's description when it was taken (same snapshot as the rows), compared
+    /// after a restore. `None` in sidecars of older rewinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<Catalog>,
 }
 
 impl BackupMeta {
+    /// The sidecar of a backup file: `<id>.json` beside `<id>.dump` / `<id>.sqlite`.
+    pub fn read_beside(file: &Path) -> Option<BackupMeta> {
+        let text = std::fs::read_to_string(file.with_extension("json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     pub fn facts(&self) -> BackupFacts {
         BackupFacts {
             source: RestoreSource::Backup {
@@ -62,6 +72,11 @@ impl BackupMeta {
             },
             row_counts: self.row_counts.clone(),
             created_at: self.created_at.clone(),
+            catalog: self
+                .catalog
+                .as_ref()
+                .map(|c| c.lines.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -122,8 +137,12 @@ pub enum Baseline<'a> {
     Missing,
     /// This run's restore point (before a revert): tables the revert drops may go.
     RestorePoint(&'a BTreeMap<String, i64>),
-    /// A backup that was restored: every table must be back, with its rows.
-    Backup(&'a BTreeMap<String, i64>),
+    /// A backup that was restored: every table must be back, with its rows, and the catalog
+    /// must be the one recorded with it (when it recorded one).
+    Backup {
+        tables: &'a BTreeMap<String, i64>,
+        catalog: &'a [String],
+    },
 }
 
 /// What the data checks found.
@@ -683,11 +702,12 @@ impl Database {
             &blake3::hash(format!("{}{}", now.as_nanosecond(), std::process::id()).as_bytes())
                 .to_hex()[..6]
         );
-        let (info, row_counts) = if self.postgres {
+        let (info, row_counts, catalog) = if self.postgres {
             let file = dir.join(format!("{id}.dump"));
-            rewind_dbkit::pg_dump_with_counts(&self.url()?, &file)
+            let b = rewind_dbkit::pg_backup(&self.url()?, &file, self.cfg.pg_bin.as_deref())
                 .await
-                .map_err(|e| self.fail(e))?
+                .map_err(|e| self.fail(e))?;
+            (b.info, b.row_counts, b.catalog)
         } else {
             let db = self.sqlite_path().expect("sqlite component");
             if !db.exists() {
@@ -700,10 +720,10 @@ impl Database {
             let info = rewind_dbkit::sqlite_snapshot(db, &file)
                 .await
                 .map_err(|e| self.fail(e))?;
-            let counts = rewind_dbkit::sqlite_file_counts(&file)
+            let (counts, catalog) = rewind_dbkit::sqlite_file_record(&file)
                 .await
                 .map_err(|e| self.fail(e))?;
-            (info, counts)
+            (info, counts, catalog)
         };
         let meta = BackupMeta {
             id: id.clone(),
@@ -719,6 +739,7 @@ impl Database {
             level: level.to_string(),
             reason: reason.to_string(),
             row_counts,
+            catalog: Some(catalog),
         };
         let sidecar = dir.join(format!("{id}.json"));
         let tmp = dir.join(format!(".{id}.json.partial"));
@@ -784,12 +805,13 @@ impl Database {
     }
 
     /// `backup verify`: restores the backup into a scratch database and runs the data checks
-    /// there (integrity, row counts against the backup's, foreign-key orphans).
+    /// there (integrity, row counts and catalog against the backup's, foreign-key orphans).
     pub async fn verify_backup(&self, meta: &BackupMeta) -> Result<CheckReport> {
         let info = backup_info(&meta.facts().source).expect("a backup");
         let checks = self.sql_checks();
         let report = if self.postgres {
-            rewind_dbkit::pg_verify_with(&self.url()?, &info, 2, &checks).await
+            let options = self.restore_options(Some(meta));
+            rewind_dbkit::pg_verify_with(&self.url()?, &info, &options, &checks).await
         } else {
             rewind_dbkit::sqlite_verify_with(&info, &checks).await
         }
@@ -807,6 +829,8 @@ impl Database {
             true,
             "the backup's recorded",
         );
+        let recorded = meta.catalog.as_ref().map(|c| c.lines.as_slice());
+        compare_catalog(&mut out, recorded.unwrap_or_default(), &report.catalog);
         report_orphans_and_checks(
             &mut out,
             &report.fk_orphans,
@@ -819,17 +843,18 @@ impl Database {
     /// The data checks: row counts against `baseline`, foreign-key orphans, SQL assertions.
     pub async fn checks(&self, baseline: Baseline<'_>) -> Result<CheckReport> {
         let want_counts = !matches!(baseline, Baseline::None | Baseline::Missing);
+        let want_catalog = matches!(baseline, Baseline::Backup { .. });
         let mut out = CheckReport::default();
         let checks = self.sql_checks();
         let secret = self.password();
-        let (counts, orphans, outcomes) = if self.postgres {
+        let (counts, orphans, outcomes, catalog) = if self.postgres {
             let pool = self.pg_pool().await?;
-            let r = inspect(&pool, want_counts, &checks, secret.as_deref()).await;
+            let r = inspect(&pool, want_counts, want_catalog, &checks, secret.as_deref()).await;
             pool.close().await;
             r
         } else {
             let pool = self.sqlite_pool().await?;
-            let r = inspect(&pool, want_counts, &checks, None).await;
+            let r = inspect(&pool, want_counts, want_catalog, &checks, None).await;
             pool.close().await;
             r
         }
@@ -867,14 +892,22 @@ impl Database {
                 false,
                 "the restore point's",
             ),
-            Baseline::Backup(tables) => compare_counts(
-                &mut out,
-                &filter(tables),
-                &filter(&counts),
-                tolerance,
-                true,
-                "the backup's",
-            ),
+            Baseline::Backup {
+                tables,
+                catalog: recorded,
+            } => {
+                compare_counts(
+                    &mut out,
+                    &filter(tables),
+                    &filter(&counts),
+                    tolerance,
+                    true,
+                    "the backup's",
+                );
+                if let Some(now) = &catalog {
+                    compare_catalog(&mut out, recorded, now);
+                }
+            }
         }
         report_orphans_and_checks(
             &mut out,
@@ -965,10 +998,21 @@ impl Database {
             info.bytes
         ));
         if self.postgres {
-            self.clear_schemas().await?;
-            rewind_dbkit::pg_restore(&self.url()?, &info, 2)
+            let meta = BackupMeta::read_beside(&info.path);
+            if meta.as_ref().is_none_or(|m| m.catalog.is_none()) {
+                cx.note(format!(
+                    "{}: the backup's sidecar records no roles (an older rewind's): pg_restore \
+                     will name a missing one",
+                    self.name
+                ));
+            }
+            let options = self.restore_options(meta.as_ref());
+            let notes = rewind_dbkit::pg_restore_exact(&self.url()?, &info, &options)
                 .await
                 .map_err(|e| self.fail(e))?;
+            for n in notes {
+                cx.note(format!("{}: {n}", self.name));
+            }
         } else {
             let path = self.sqlite_path().expect("sqlite component").to_path_buf();
             let notes = cx.notes.clone();
@@ -993,36 +1037,44 @@ impl Database {
         )))
     }
 
-    /// Before `pg_restore`: drops every user schema and recreates an empty `public`, so the
-    /// database holds exactly what the backup holds afterwards (`pg_restore --clean` alone
-    /// would leave the tables that newer migrations added). In one transaction.
-    async fn clear_schemas(&self) -> Result<()> {
-        let pool = self.pg_pool().await?;
-        let r = async {
-            let mut tx = pool.begin().await?;
-            let schemas: Vec<String> = sqlx::query_scalar(
-                "SELECT nspname::text FROM pg_namespace
-                  WHERE nspname NOT IN ('information_schema')
-                    AND nspname NOT LIKE 'pg\\_%'",
-            )
-            .fetch_all(&mut *tx)
-            .await?;
-            for s in &schemas {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP SCHEMA {} CASCADE",
-                    rewind_dbkit::inspect::quote_ident(s)
-                )))
-                .execute(&mut *tx)
-                .await?;
-            }
-            sqlx::query("CREATE SCHEMA public AUTHORIZATION pg_database_owner")
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
+    /// How a backup is restored: 2 jobs, the configured client tools, and the roles the
+    /// backup names (checked before anything changes).
+    fn restore_options(&self, meta: Option<&BackupMeta>) -> PgRestoreOptions {
+        PgRestoreOptions {
+            jobs: 2,
+            pg_bin: self.cfg.pg_bin.clone(),
+            roles: meta
+                .and_then(|m| m.catalog.as_ref())
+                .map(|c| c.roles.clone())
+                .unwrap_or_default(),
         }
-        .await;
-        pool.close().await;
-        r.map_err(|e| self.fail(format!("clearing the database before the restore: {e}")))
+    }
+
+    /// Whether pg_dump and pg_restore fit the server (PostgreSQL only). `Ok` when the server
+    /// cannot be reached: the step that needs it says so, with the driver's reason.
+    async fn check_tools(&self) -> Result<()> {
+        if !self.postgres {
+            return Ok(());
+        }
+        let Ok(url) = PgUrl::parse(&self.url()?) else {
+            return Ok(());
+        };
+        let Ok(options) = url.connect_options() else {
+            return Ok(());
+        };
+        use sqlx::Connection;
+        let Ok(mut conn) = sqlx::postgres::PgConnection::connect_with(&options).await else {
+            return Ok(());
+        };
+        let server = rewind_dbkit::ServerVersion::of(&mut conn).await;
+        let _ = conn.close().await;
+        let Ok(server) = server else {
+            return Ok(());
+        };
+        rewind_dbkit::pgtools::choose(&server, self.cfg.pg_bin.as_deref())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail(e))
     }
 
     /// pgBackRest point-in-time recovery: the target is checked against the recoverable
@@ -1073,27 +1125,86 @@ impl Database {
     }
 }
 
-/// Row counts (when wanted), foreign-key orphans and the SQL assertions of one pool.
+/// What one pool's inspection found: row counts, foreign-key orphans, SQL assertions, and
+/// the catalog.
+type Inspection = (
+    BTreeMap<String, i64>,
+    Vec<rewind_dbkit::FkOrphans>,
+    Vec<rewind_dbkit::CheckOutcome>,
+    Option<Catalog>,
+);
+
+/// Row counts and the catalog (when wanted), foreign-key orphans and the SQL assertions of
+/// one pool.
 async fn inspect<P: Inspect>(
     pool: &P,
     want_counts: bool,
+    want_catalog: bool,
     checks: &[(String, String)],
     secret: Option<&str>,
-) -> std::result::Result<
-    (
-        BTreeMap<String, i64>,
-        Vec<rewind_dbkit::FkOrphans>,
-        Vec<rewind_dbkit::CheckOutcome>,
-    ),
-    rewind_dbkit::Error,
-> {
+) -> std::result::Result<Inspection, rewind_dbkit::Error> {
     let counts = if want_counts {
         pool.row_counts().await?
     } else {
         BTreeMap::new()
     };
+    let catalog = if want_catalog {
+        Some(pool.catalog().await?)
+    } else {
+        None
+    };
     let orphans = pool.fk_orphans().await?;
-    Ok((counts, orphans, pool.sql_checks(checks, secret).await))
+    Ok((
+        counts,
+        orphans,
+        pool.sql_checks(checks, secret).await,
+        catalog,
+    ))
+}
+
+/// How many catalog differences a check names before it says how many more there are.
+const CATALOG_DIFFS_SHOWN: usize = 10;
+
+/// Compares the catalog found now with the one recorded with the backup: one line when they
+/// match, else a failure per difference (the first few, in catalog order), each naming the
+/// line that was added, is missing, or has another value.
+fn compare_catalog(out: &mut CheckReport, recorded: &[String], now: &Catalog) {
+    if recorded.is_empty() {
+        out.lines.push(
+            "catalog: the backup recorded none (taken by an older rewind): not compared".into(),
+        );
+        return;
+    }
+    let diffs = rewind_dbkit::catalog::compare(recorded, &now.lines);
+    let short = |f: &str| f.get(..12).unwrap_or(f).to_string();
+    if diffs.is_empty() {
+        out.lines.push(format!(
+            "catalog: matches the backup's ({} lines, fingerprint {})",
+            now.lines.len(),
+            short(&now.fingerprint)
+        ));
+        return;
+    }
+    let mut failures: Vec<String> = diffs
+        .iter()
+        .take(CATALOG_DIFFS_SHOWN)
+        .map(|d| format!("catalog: {d}"))
+        .collect();
+    if diffs.len() > CATALOG_DIFFS_SHOWN {
+        failures.push(format!(
+            "catalog: … and {} more difference{} (fingerprint {}, the backup's {})",
+            diffs.len() - CATALOG_DIFFS_SHOWN,
+            if diffs.len() - CATALOG_DIFFS_SHOWN == 1 {
+                ""
+            } else {
+                "s"
+            },
+            short(&now.fingerprint),
+            short(&rewind_dbkit::catalog::fingerprint(recorded))
+        ));
+    }
+    out.failures.extend(failures.iter().cloned());
+    out.lines.extend(failures);
 }
 
 /// Adds the foreign-key and SQL-assertion results to `out`. `missing` says where a table a
@@ -1278,8 +1389,12 @@ impl Component for Database {
                 Some(info) if !info.path.is_file() => {
                     Err(self.fail(format!("backup {} is gone", info.path.display())))
                 }
-                _ => Ok(()),
+                Some(_) => self.check_tools().await,
+                None => Ok(()),
             },
+            Action::RestorePoint {
+                backup: Some(_), ..
+            } => self.check_tools().await,
             _ => Ok(()),
         }
     }
@@ -1333,7 +1448,9 @@ impl Component for Database {
                 let baseline = match (baseline, &cx.baseline_counts) {
                     (CountBaseline::RestorePoint, Some(c)) => Baseline::RestorePoint(c),
                     (CountBaseline::RestorePoint, None) => Baseline::Missing,
-                    (CountBaseline::Known { tables }, _) => Baseline::Backup(tables),
+                    (CountBaseline::Known { tables, catalog }, _) => {
+                        Baseline::Backup { tables, catalog }
+                    }
                     (CountBaseline::None, _) => Baseline::None,
                 };
                 let report = self.checks(baseline).await?;
@@ -1444,6 +1561,14 @@ impl Database {
             ),
             _ => None,
         };
+        // The catalog's lines stay in the sidecar; the ledger keeps their fingerprint.
+        let meta = meta.map(|mut m| {
+            if let Some(c) = &mut m.catalog {
+                c.lines.clear();
+                c.roles.clear();
+            }
+            m
+        });
         Ok(Snapshot {
             version: level.clone(),
             data: json!({
@@ -1502,5 +1627,75 @@ mod tests {
         assert_eq!(f.destructive.len(), 1, "{:?}", f.destructive);
         assert!(f.destructive[0].contains("line 2: UPDATE users"));
         assert!(f.loses_data && f.revert_loses_data());
+    }
+
+    /// A sidecar written before catalogs were recorded still loads, with none.
+    #[test]
+    fn old_sidecars_load_without_a_catalog() {
+        let old = r#"{"id": "20261121T140312.000Z-3fa9c1", "component": "db",
+            "kind": "pg-dump-custom", "file": "/var/backups/x.dump", "bytes": 10,
+            "checksum": "ab", "created_at": "2026-11-21T14:03:12Z", "level": "3",
+            "reason": "by hand", "row_counts": {"public.users": 2}}"#;
+        let meta: BackupMeta = serde_json::from_str(old).unwrap();
+        assert!(meta.catalog.is_none());
+        assert!(meta.facts().catalog.is_empty());
+        let mut out = CheckReport::default();
+        compare_catalog(&mut out, &[], &Catalog::default());
+        assert!(out.failures.is_empty());
+        assert!(out.lines[0].contains("recorded none"), "{:?}", out.lines);
+    }
+
+    #[test]
+    fn catalog_differences_fail_the_checks_naming_the_lines() {
+        let recorded = Catalog::new(
+            vec![
+                "schema public: ACL {=U/pg_database_owner,pg_database_owner=UC/pg_database_owner}"
+                    .into(),
+                "table public.items: owner postgres".into(),
+            ],
+            vec![],
+        );
+        let mut out = CheckReport::default();
+        compare_catalog(&mut out, &recorded.lines, &recorded);
+        assert!(out.failures.is_empty());
+        assert!(
+            out.lines[0].starts_with("catalog: matches the backup's (2 lines, fingerprint "),
+            "{:?}",
+            out.lines
+        );
+
+        let now = Catalog::new(
+            vec![
+                "schema public: ACL {pg_database_owner=UC/pg_database_owner}".into(),
+                "table public.audit: owner postgres".into(),
+                "table public.items: owner postgres".into(),
+            ],
+            vec![],
+        );
+        let mut out = CheckReport::default();
+        compare_catalog(&mut out, &recorded.lines, &now);
+        assert_eq!(
+            out.failures,
+            [
+                "catalog: schema public: ACL {pg_database_owner=UC/pg_database_owner} differs \
+                 from the backup's {=U/pg_database_owner,pg_database_owner=UC/pg_database_owner}",
+                "catalog: table public.audit: owner postgres (not in the backup)",
+            ]
+        );
+
+        let many = Catalog::new(
+            (0..15)
+                .map(|i| format!("table public.t{i:02}: owner postgres"))
+                .collect(),
+            vec![],
+        );
+        let mut out = CheckReport::default();
+        compare_catalog(&mut out, &recorded.lines, &many);
+        assert_eq!(out.failures.len(), CATALOG_DIFFS_SHOWN + 1);
+        assert!(
+            out.failures[CATALOG_DIFFS_SHOWN].contains("… and 7 more differences"),
+            "{:?}",
+            out.failures
+        );
     }
 }

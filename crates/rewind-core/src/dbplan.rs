@@ -193,6 +193,9 @@ pub struct BackupFacts {
     pub row_counts: BTreeMap<String, i64>,
     /// When it was taken (RFC 3339).
     pub created_at: String,
+    /// Its catalog description (sorted lines); empty when it recorded none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub catalog: Vec<String>,
 }
 
 /// What the person asked for.
@@ -318,6 +321,7 @@ pub fn decide(
             source: b.source.clone(),
             baseline: CountBaseline::Known {
                 tables: b.row_counts.clone(),
+                catalog: b.catalog.clone(),
             },
             level: match &b.source {
                 RestoreSource::Backup { level, .. } => level.clone(),
@@ -735,6 +739,9 @@ pub fn rollback_steps(
             match &baseline {
                 CountBaseline::None => String::new(),
                 CountBaseline::RestorePoint => "row counts against the restore point, ".into(),
+                CountBaseline::Known { catalog, .. } if !catalog.is_empty() => {
+                    "row counts and catalog against the backup's, ".into()
+                }
                 CountBaseline::Known { .. } => "row counts against the backup's, ".into(),
             },
             if cfg.checks.is_empty() {
@@ -791,6 +798,7 @@ pub fn restore_steps(name: &str, cfg: &DatabaseConfig, backup: &BackupFacts) -> 
         source: backup.source.clone(),
         baseline: CountBaseline::Known {
             tables: backup.row_counts.clone(),
+            catalog: backup.catalog.clone(),
         },
         level,
         loses_writes_since: backup.created_at.clone(),
@@ -817,6 +825,7 @@ mod tests {
             checks: vec![],
             pitr: None,
             command_timeout: std::time::Duration::from_secs(60),
+            pg_bin: None,
         }
     }
 
@@ -944,6 +953,7 @@ mod tests {
             },
             row_counts: BTreeMap::new(),
             created_at: "2026-11-21T14:00:00Z".into(),
+            catalog: vec![],
         };
         let base = DbRollbackFacts {
             level_now: "4".into(),

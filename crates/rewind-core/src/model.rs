@@ -321,7 +321,13 @@ pub enum CountBaseline {
     /// The counts in the restore point this run took of the component.
     RestorePoint,
     /// Counts known when the plan was made (a backup's).
-    Known { tables: BTreeMap<String, i64> },
+    Known {
+        tables: BTreeMap<String, i64>,
+        /// The backup's catalog description (sorted lines), compared with the restored
+        /// database's; empty when the backup recorded none (taken by an older rewind).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        catalog: Vec<String>,
+    },
 }
 
 impl Action {

@@ -19,8 +19,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Connection, Row};
 
+use crate::catalog::Catalog;
 use crate::error::{Error, Result, db, io, redact};
 use crate::inspect::{Inspect, integrity_check};
+use crate::pgrestore::PgRestoreOptions;
+use crate::pgtools::{PgTools, ServerVersion};
 
 /// What a backup is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +86,8 @@ pub struct VerifyReport {
     pub fk_orphans: Vec<crate::inspect::FkOrphans>,
     /// The SQL assertions asked for, run on the restored copy.
     pub checks: Vec<crate::inspect::CheckOutcome>,
+    /// The restored copy's catalog.
+    pub catalog: crate::catalog::Catalog,
 }
 
 // ---- SQLite -------------------------------------------------------------------------------
@@ -225,11 +230,13 @@ pub async fn sqlite_verify_with(
             let row_counts = pool.row_counts().await?;
             let fk_orphans = pool.fk_orphans().await?;
             let checks = pool.sql_checks(checks, None).await;
+            let catalog = pool.catalog().await?;
             Ok(VerifyReport {
                 integrity,
                 row_counts,
                 fk_orphans,
                 checks,
+                catalog,
             })
         }
         .await;
@@ -394,9 +401,12 @@ pub fn find_pg_tool(name: &str) -> Result<PathBuf> {
 
 /// Runs a client tool against `url`; its password goes in `PGPASSWORD`, never in the
 /// arguments. Fails with the tool's stderr, redacted.
-async fn run_pg_tool(tool: &str, url: &PgUrl, args: Vec<OsString>) -> Result<()> {
-    let program = find_pg_tool(tool)?;
-    let mut cmd = tokio::process::Command::new(&program);
+pub(crate) async fn run_pg_tool(program: &Path, url: &PgUrl, args: Vec<OsString>) -> Result<()> {
+    let tool = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut cmd = tokio::process::Command::new(program);
     cmd.args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -427,18 +437,35 @@ async fn run_pg_tool(tool: &str, url: &PgUrl, args: Vec<OsString>) -> Result<()>
         None => "killed by a signal".to_string(),
     };
     Err(Error::Tool {
-        tool: tool.to_string(),
+        tool,
         status,
         stderr: url.redact(stderr.trim()),
     })
 }
 
-/// Dumps the database named by `url` with `pg_dump -Fc` into `dest` (which must not exist).
+/// Connects to `url` and chooses the client tools for its server (see [`crate::pgtools`]).
+pub(crate) async fn tools_for(
+    url: &PgUrl,
+    pg_bin: Option<&Path>,
+) -> Result<(ServerVersion, PgTools)> {
+    let mut conn = sqlx::postgres::PgConnection::connect_with(&url.connect_options()?)
+        .await
+        .map_err(db("connecting to PostgreSQL", url.password()))?;
+    let server = ServerVersion::of(&mut conn).await;
+    let _ = conn.close().await;
+    let server = server?;
+    let tools = crate::pgtools::choose(&server, pg_bin).await?;
+    Ok((server, tools))
+}
+
+/// Dumps the database named by `url` with `pg_dump -Fc` into `dest` (which must not exist),
+/// with the newest pg_dump found that fits the server.
 pub async fn pg_dump(url: &str, dest: &Path) -> Result<BackupInfo> {
     let url = PgUrl::parse(url)?;
     if dest.exists() {
         return Err(Error::Invalid(format!("{} already exists", dest.display())));
     }
+    let (_, tools) = tools_for(&url, None).await?;
     let tmp = temp_beside(dest, "partial");
     let args: Vec<OsString> = vec![
         "--format=custom".into(),
@@ -447,7 +474,7 @@ pub async fn pg_dump(url: &str, dest: &Path) -> Result<BackupInfo> {
         tmp.clone().into_os_string(),
         format!("--dbname={}", url.as_str()).into(),
     ];
-    if let Err(e) = run_pg_tool("pg_dump", &url, args).await {
+    if let Err(e) = run_pg_tool(&tools.pg_dump(), &url, args).await {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
@@ -458,13 +485,22 @@ pub async fn pg_dump(url: &str, dest: &Path) -> Result<BackupInfo> {
 /// `pg_restore -j JOBS --clean --if-exists`: every object in the dump is dropped and recreated
 /// with the dumped data (objects created after the dump are left alone). Connections that hold
 /// locks on those objects make it wait. The backup is checked against its checksum first.
+/// [`crate::pgrestore::pg_restore_exact`] is the restore that brings back exactly what was
+/// dumped.
 pub async fn pg_restore(url: &str, backup: &BackupInfo, jobs: usize) -> Result<()> {
     let url = PgUrl::parse(url)?;
     backup.check().await?;
-    restore_into(&url, backup, jobs).await
+    let (server, tools) = tools_for(&url, None).await?;
+    restore_into(&tools, &server, &url, backup, jobs).await
 }
 
-async fn restore_into(url: &PgUrl, backup: &BackupInfo, jobs: usize) -> Result<()> {
+pub(crate) async fn restore_into(
+    tools: &PgTools,
+    server: &ServerVersion,
+    url: &PgUrl,
+    backup: &BackupInfo,
+    jobs: usize,
+) -> Result<()> {
     let args: Vec<OsString> = vec![
         "--no-password".into(),
         format!("--jobs={}", jobs.max(1)).into(),
@@ -474,21 +510,76 @@ async fn restore_into(url: &PgUrl, backup: &BackupInfo, jobs: usize) -> Result<(
         format!("--dbname={}", url.as_str()).into(),
         backup.path.clone().into_os_string(),
     ];
-    run_pg_tool("pg_restore", url, args).await
+    run_pg_tool(&tools.pg_restore(), url, args)
+        .await
+        .map_err(|e| match e {
+            Error::Tool {
+                tool,
+                status,
+                stderr,
+            } => {
+                let hint = restore_hint(&stderr, tools, server);
+                Error::Tool {
+                    tool,
+                    status,
+                    stderr: match hint {
+                        Some(h) => format!("{stderr}\nhint: {h}"),
+                        None => stderr,
+                    },
+                }
+            }
+            e => e,
+        })
+}
+
+/// What to do about a failed pg_restore, when its error says.
+fn restore_hint(stderr: &str, tools: &PgTools, server: &ServerVersion) -> Option<String> {
+    if stderr.contains("role \"") && stderr.contains("does not exist") {
+        // pg_restore stops at the first statement naming a role the server lacks.
+        Some(
+            "the backup names a role this server does not have: create it and run the \
+             restore again"
+                .into(),
+        )
+    } else if stderr.contains("unrecognized configuration parameter")
+        && tools.major > server.major()
+    {
+        Some(format!(
+            "pg_restore {} sends settings PostgreSQL {} does not know: install the PostgreSQL \
+             {} client tools, or set pg-bin to a directory holding them",
+            tools.version,
+            server.text,
+            server.major()
+        ))
+    } else if stderr.contains("unsupported version") && stderr.contains("file header") {
+        Some(format!(
+            "the backup was made by a newer pg_dump than {} ({}): set pg-bin to the directory \
+             of the pg_dump that made it",
+            tools.pg_restore().display(),
+            tools.version
+        ))
+    } else {
+        None
+    }
 }
 
 /// Restores a `pg_dump -Fc` backup into a scratch database `rewind_verify_<random>` on the
 /// server of `url`, runs a query and counts the rows of every user table, then drops the
 /// scratch database (also when something failed).
 pub async fn pg_verify(url: &str, backup: &BackupInfo, jobs: usize) -> Result<VerifyReport> {
-    pg_verify_with(url, backup, jobs, &[]).await
+    let options = PgRestoreOptions {
+        jobs,
+        ..PgRestoreOptions::default()
+    };
+    pg_verify_with(url, backup, &options, &[]).await
 }
 
-/// [`pg_verify`], also running `checks` (name, SQL) in the scratch database.
+/// [`pg_verify`] with the client tools, jobs and roles of `options`, also running `checks`
+/// (name, SQL) in the scratch database and describing its catalog.
 pub async fn pg_verify_with(
     url: &str,
     backup: &BackupInfo,
-    jobs: usize,
+    options: &PgRestoreOptions,
     checks: &[(String, String)],
 ) -> Result<VerifyReport> {
     let url = PgUrl::parse(url)?;
@@ -498,6 +589,10 @@ pub async fn pg_verify_with(
     let mut admin = sqlx::postgres::PgConnection::connect_with(&url.connect_options()?)
         .await
         .map_err(db("connecting to PostgreSQL", secret))?;
+    let server = ServerVersion::of(&mut admin).await?;
+    let tools = crate::pgtools::choose(&server, options.pg_bin.as_deref()).await?;
+    crate::pgrestore::check_roles(&mut admin, &options.roles).await?;
+    let jobs = options.jobs;
     // `name` is made here of [a-z0-9_] only.
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut admin)
@@ -505,7 +600,7 @@ pub async fn pg_verify_with(
         .map_err(db(format!("creating scratch database {name}"), secret))?;
     let scratch = url.with_database(&name);
     let result = async {
-        restore_into(&scratch, backup, jobs).await?;
+        restore_into(&tools, &server, &scratch, backup, jobs).await?;
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .connect_with(scratch.connect_options()?)
@@ -520,11 +615,13 @@ pub async fn pg_verify_with(
             let row_counts = pool.row_counts().await?;
             let fk_orphans = pool.fk_orphans().await?;
             let checks = pool.sql_checks(checks, secret).await;
+            let catalog = pool.catalog().await?;
             Ok(VerifyReport {
                 integrity: format!("restored; SELECT 1 returned {one}"),
                 row_counts,
                 fk_orphans,
                 checks,
+                catalog,
             })
         }
         .await;
@@ -788,28 +885,43 @@ mod tests {
     }
 }
 
-// ---- backups with their row counts ---------------------------------------------------------
+// ---- backups with their row counts and catalog --------------------------------------------
 
 /// Rows per table of a SQLite database file (a snapshot), opened read-only.
 pub async fn sqlite_file_counts(path: &Path) -> Result<BTreeMap<String, i64>> {
+    sqlite_file_record(path).await.map(|(counts, _)| counts)
+}
+
+/// Rows per table and the catalog of a SQLite database file (a snapshot), opened read-only.
+pub async fn sqlite_file_record(path: &Path) -> Result<(BTreeMap<String, i64>, Catalog)> {
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(sqlite_options(path).read_only(true))
         .await
         .map_err(db(format!("opening {}", path.display()), None))?;
-    let counts = pool.row_counts().await;
+    let record = async { Ok((pool.row_counts().await?, pool.catalog().await?)) }.await;
     pool.close().await;
-    counts
+    record
 }
 
-/// `pg_dump -Fc` of `url` into `dest`, together with the row count of every table *in the
-/// same snapshot*: a read-only repeatable-read transaction exports its snapshot, counts the
-/// rows, and pg_dump dumps that snapshot (`--snapshot`). So the counts describe exactly what
-/// the dump holds, even while other sessions write.
-pub async fn pg_dump_with_counts(
-    url: &str,
-    dest: &Path,
-) -> Result<(BackupInfo, BTreeMap<String, i64>)> {
+/// A PostgreSQL backup and what was recorded with it.
+#[derive(Clone, Debug)]
+pub struct PgBackup {
+    pub info: BackupInfo,
+    /// Rows per table (`schema.table`).
+    pub row_counts: BTreeMap<String, i64>,
+    pub catalog: Catalog,
+    /// The pg_dump that made it.
+    pub tools: PgTools,
+}
+
+/// `pg_dump -Fc` of `url` into `dest`, together with the row count of every table and the
+/// catalog's description *in the same snapshot*: a read-only repeatable-read transaction
+/// exports its snapshot, counts the rows, describes the catalog, and pg_dump dumps that
+/// snapshot (`--snapshot`). So counts and catalog describe exactly what the dump holds, even
+/// while other sessions write. pg_dump is chosen by the server's version, in `pg_bin` when
+/// given (see [`crate::pgtools`]); nothing is written when none fits.
+pub async fn pg_backup(url: &str, dest: &Path, pg_bin: Option<&Path>) -> Result<PgBackup> {
     let parsed = PgUrl::parse(url)?;
     let secret = parsed.password();
     if dest.exists() {
@@ -818,6 +930,8 @@ pub async fn pg_dump_with_counts(
     let mut conn = sqlx::postgres::PgConnection::connect_with(&parsed.connect_options()?)
         .await
         .map_err(db("connecting to PostgreSQL", secret))?;
+    let server = ServerVersion::of(&mut conn).await?;
+    let tools = crate::pgtools::choose(&server, pg_bin).await?;
     let ctx = "exporting a snapshot for the backup";
     sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut conn)
@@ -839,7 +953,7 @@ pub async fn pg_dump_with_counts(
     .fetch_all(&mut conn)
     .await
     .map_err(db("listing tables", secret))?;
-    let mut counts = BTreeMap::new();
+    let mut row_counts = BTreeMap::new();
     for (schema, table) in tables {
         let sql = format!(
             "SELECT count(*) FROM {}.{}",
@@ -850,8 +964,9 @@ pub async fn pg_dump_with_counts(
             .fetch_one(&mut conn)
             .await
             .map_err(db(format!("counting rows of {schema}.{table}"), secret))?;
-        counts.insert(format!("{schema}.{table}"), n);
+        row_counts.insert(format!("{schema}.{table}"), n);
     }
+    let catalog = crate::catalog::pg_describe(&mut conn).await?;
     let tmp = temp_beside(dest, "partial");
     let args: Vec<OsString> = vec![
         "--format=custom".into(),
@@ -861,7 +976,7 @@ pub async fn pg_dump_with_counts(
         tmp.clone().into_os_string(),
         format!("--dbname={}", parsed.as_str()).into(),
     ];
-    let dumped = run_pg_tool("pg_dump", &parsed, args).await;
+    let dumped = run_pg_tool(&tools.pg_dump(), &parsed, args).await;
     let _ = sqlx::query("COMMIT").execute(&mut conn).await;
     let _ = conn.close().await;
     if let Err(e) = dumped {
@@ -869,5 +984,10 @@ pub async fn pg_dump_with_counts(
         return Err(e);
     }
     let info = finish_file(tmp, dest.to_path_buf(), BackupKind::PgDumpCustom).await?;
-    Ok((info, counts))
+    Ok(PgBackup {
+        info,
+        row_counts,
+        catalog,
+        tools,
+    })
 }

@@ -29,6 +29,41 @@ pub enum Error {
         status: String,
         stderr: String,
     },
+    /// No pg_dump/pg_restore of the server's major version or newer.
+    #[error(
+        "PostgreSQL server {server} needs pg_dump and pg_restore {major} or newer; found: {}\n\
+         hint: {}",
+        if found.is_empty() { "none".to_string() } else { found.join(", ") },
+        match pg_bin {
+            Some(d) => format!(
+                "pg-bin = {:?} must hold pg_dump and pg_restore {major} or newer: point it at \
+                 another directory, or remove it to let rewind look in PATH, \
+                 /usr/lib/postgresql/<N>/bin, /usr/pgsql-<N>/bin and /opt/rewind-pg/<N>/bin",
+                d.display().to_string()
+            ),
+            None => format!(
+                "install the PostgreSQL {major} client tools (Debian: postgresql-client-{major}), \
+                 or set pg-bin = \"/path/to/bin\" on the component to a directory holding them"
+            ),
+        }
+    )]
+    PgTools {
+        server: String,
+        major: u32,
+        found: Vec<String>,
+        pg_bin: Option<PathBuf>,
+    },
+    /// A backup names roles the server does not have; nothing was changed.
+    #[error(
+        "the backup needs role{} that do{} not exist on this server: {}; nothing was changed\n\
+         hint: create {} (CREATE ROLE name NOLOGIN, or as the application needs) and run the \
+         restore again: owners and privileges are restored as they were",
+        if roles.len() == 1 { "" } else { "s" },
+        if roles.len() == 1 { "es" } else { "" },
+        roles.join(", "),
+        if roles.len() == 1 { "it" } else { "them" }
+    )]
+    MissingRoles { roles: Vec<String> },
     #[error("{program} not found: {hint}")]
     ProgramMissing { program: String, hint: String },
     #[error(

@@ -43,6 +43,8 @@ pub trait Inspect {
         checks: &[(String, String)],
         secret: Option<&str>,
     ) -> impl Future<Output = Vec<CheckOutcome>> + Send;
+    /// The catalog's description (see [`crate::catalog`]).
+    fn catalog(&self) -> impl Future<Output = Result<crate::catalog::Catalog>> + Send;
 }
 
 /// One SQL assertion's result.
@@ -170,6 +172,10 @@ async fn sqlite_tables(pool: &SqlitePool) -> Result<Vec<String>> {
 }
 
 impl Inspect for SqlitePool {
+    async fn catalog(&self) -> Result<crate::catalog::Catalog> {
+        crate::catalog::sqlite_describe(self).await
+    }
+
     async fn sql_checks(
         &self,
         checks: &[(String, String)],
@@ -239,6 +245,14 @@ impl Inspect for SqlitePool {
 }
 
 impl Inspect for PgPool {
+    async fn catalog(&self) -> Result<crate::catalog::Catalog> {
+        let mut conn = self
+            .acquire()
+            .await
+            .map_err(db("describing the catalog", None))?;
+        crate::catalog::pg_describe_now(&mut conn).await
+    }
+
     async fn sql_checks(
         &self,
         checks: &[(String, String)],

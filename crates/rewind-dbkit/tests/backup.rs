@@ -1,7 +1,9 @@
 //! Backups, restores, verification and integrity checks against real databases: SQLite files
-//! in a temporary directory, and a PostgreSQL server named by `REWIND_TEST_PG_URL` (started by
-//! `scripts/test`; a fresh database per test). The point-in-time recovery test builds its own
-//! PostgreSQL cluster, archived by the pgBackRest at `REWIND_TEST_PGBACKREST`.
+//! in a temporary directory, and PostgreSQL servers named by `REWIND_TEST_PG_URL` (15) and
+//! `REWIND_TEST_PG18_URL` (18), both started by `scripts/test`; a fresh database per test.
+//! The exact-restore, catalog and client-tool tests run on both servers and fail when either
+//! URL is missing. The point-in-time recovery test builds its own PostgreSQL cluster,
+//! archived by the pgBackRest at `REWIND_TEST_PGBACKREST`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rewind_dbkit::{
-    BackupInfo, BackupKind, Error, Inspect, PgBackRest, PgUrl, PitrPhase, Progress, fk_orphans,
-    integrity_check, parse_target_time, pg_dump, pg_restore, pg_verify, restore_to_time,
-    row_counts, sqlite_restore, sqlite_snapshot, sqlite_verify,
+    BackupInfo, BackupKind, Catalog, Error, Inspect, PgBackRest, PgRestoreOptions, PgUrl,
+    PitrPhase, Progress, ServerVersion, fk_orphans, integrity_check, parse_target_time, pg_dump,
+    pg_restore, pg_restore_exact, pg_verify, restore_to_time, row_counts, sqlite_restore,
+    sqlite_snapshot, sqlite_verify,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -316,15 +319,32 @@ fn pg_url() -> String {
         .unwrap_or_else(|_| panic!("REWIND_TEST_PG_URL is not set: run scripts/test"))
 }
 
-/// A fresh database on the test server, dropped (with its connections) on drop.
+/// The PostgreSQL 18 test server (`REWIND_TEST_PG18_URL`, started by `scripts/test`).
+fn pg18_url() -> String {
+    std::env::var("REWIND_TEST_PG18_URL").unwrap_or_else(|_| {
+        panic!("REWIND_TEST_PG18_URL is not set: run scripts/test (it starts PostgreSQL 18)")
+    })
+}
+
+/// Both test servers: (name, admin URL). Tests that take them run on each.
+fn pg_servers() -> [(&'static str, String); 2] {
+    [("PostgreSQL 15", pg_url()), ("PostgreSQL 18", pg18_url())]
+}
+
+/// A fresh database on a test server, dropped (with its connections) by `drop_db`.
 struct PgDb {
     url: String,
     name: String,
+    admin_url: String,
 }
 
 impl PgDb {
     async fn new(tag: &str) -> PgDb {
-        let admin_url = pg_url();
+        PgDb::on(&pg_url(), tag).await
+    }
+
+    async fn on(admin_url: &str, tag: &str) -> PgDb {
+        let admin_url = admin_url.to_string();
         let name = format!(
             "rewind_dbkit_{tag}_{}_{}",
             std::process::id(),
@@ -344,7 +364,11 @@ impl PgDb {
             .with_database(&name)
             .as_str()
             .to_string();
-        PgDb { url, name }
+        PgDb {
+            url,
+            name,
+            admin_url,
+        }
     }
 
     async fn pool(&self) -> PgPool {
@@ -356,7 +380,7 @@ impl PgDb {
     }
 
     async fn drop_db(self) {
-        let mut admin = sqlx::PgConnection::connect(&pg_url()).await.unwrap();
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
         admin
             .execute(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -535,13 +559,18 @@ async fn pg_fk_orphans_and_row_counts() {
 #[tokio::test]
 async fn pg_errors_never_show_the_password() {
     const SECRET: &str = "s3cret-Pa55word";
-    // Nothing listens on port 1: every operation fails to connect.
+    // Nothing listens on port 1: every operation fails to connect (first rewind's own
+    // connection, which reads the server's version to choose pg_dump). A failing tool's
+    // output is checked in `pg_restore_names_a_missing_role_before_changing_anything`.
     let url = format!("postgres://rewind:{SECRET}@127.0.0.1:1/app");
     let dir = tempfile::tempdir().unwrap();
 
     let dump_err = pg_dump(&url, &dir.path().join("x.dump")).await.unwrap_err();
-    assert!(matches!(dump_err, Error::Tool { .. }), "{dump_err}");
-    assert!(dump_err.to_string().contains("pg_dump"), "{dump_err}");
+    assert!(matches!(dump_err, Error::Db { .. }), "{dump_err}");
+    assert!(
+        dump_err.to_string().contains("connecting to PostgreSQL"),
+        "{dump_err}"
+    );
     assert!(!dir.path().join("x.dump").exists());
 
     // A real backup to restore from.
@@ -559,13 +588,517 @@ async fn pg_errors_never_show_the_password() {
     .await
     .unwrap_err();
 
-    assert!(matches!(restore_err, Error::Tool { .. }), "{restore_err}");
+    assert!(matches!(restore_err, Error::Db { .. }), "{restore_err}");
     assert!(matches!(verify_err, Error::Db { .. }), "{verify_err}");
     for e in [&dump_err, &restore_err, &verify_err, &url_err] {
         let text = format!("{e} / {e:?}");
         eprintln!("{text}");
         assert!(!text.contains(SECRET), "password leaked: {text}");
     }
+}
+
+// ---- PostgreSQL: exact restores, the catalog fingerprint, the client tools ----------------
+
+/// Creates `role` unless it exists (roles belong to the whole cluster; tests run in parallel).
+async fn ensure_role(admin_url: &str, role: &str, login: bool) {
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    let sql = format!(
+        "DO $$ BEGIN CREATE ROLE {role} {}; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+        if login { "LOGIN" } else { "NOLOGIN" }
+    );
+    admin.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
+    admin.close().await.unwrap();
+}
+
+/// `url` with another user (the test servers trust every local connection).
+fn as_user(url: &str, user: &str) -> String {
+    let mut u = url::Url::parse(url).unwrap();
+    u.set_username(user).unwrap();
+    u.set_password(None).unwrap();
+    u.to_string()
+}
+
+/// The client tools rewind-dbkit chooses for the server of `url`.
+async fn tools_for(url: &str) -> rewind_dbkit::PgTools {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    let server = ServerVersion::of(&mut c).await.unwrap();
+    c.close().await.unwrap();
+    rewind_dbkit::pgtools::choose(&server, None).await.unwrap()
+}
+
+/// `pg_dump --schema-only` (privileges, owners and comments included) of `url`, without the
+/// lines that differ from one run to the next: the versions in the header and psql's
+/// `\restrict` / `\unrestrict` lines, whose key is random per dump.
+async fn schema_dump(url: &str) -> String {
+    let tools = tools_for(url).await;
+    let out = Command::new(tools.pg_dump())
+        .args(["--schema-only", "--no-password"])
+        .arg(format!("--dbname={url}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_dump --schema-only: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            !l.starts_with("-- Dumped from database version")
+                && !l.starts_with("-- Dumped by pg_dump version")
+                && !l.starts_with("\\restrict ")
+                && !l.starts_with("\\unrestrict ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn catalog_of(url: &str) -> Catalog {
+    let pool = PgPool::connect(url).await.unwrap();
+    let c = pool.catalog().await.unwrap();
+    pool.close().await;
+    c
+}
+
+/// What a first-time reader of a failing assertion needs: the lines that differ.
+fn catalog_diff(recorded: &Catalog, now: &Catalog) -> String {
+    rewind_dbkit::catalog::compare(&recorded.lines, &now.lines)
+        .iter()
+        .map(|d| format!("  {d}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The application's roles in the exact-restore test: `rw_app` connects and owns nothing,
+/// `rw_owner` owns a schema and tables (rewind connects as `postgres`).
+const APP_SCHEMA: &str = "
+    CREATE EXTENSION pg_trgm;
+    CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
+    INSERT INTO items VALUES (1, 'apple'), (2, 'pear');
+    CREATE INDEX items_name_trgm ON items USING gin (name gin_trgm_ops);
+    COMMENT ON TABLE items IS 'what we sell';
+    -- rw_app reaches public through PUBLIC's default USAGE, and reads items.
+    GRANT SELECT ON items TO rw_app;
+    CREATE SCHEMA billing AUTHORIZATION rw_owner;
+    COMMENT ON SCHEMA billing IS 'money';
+    GRANT USAGE ON SCHEMA billing TO rw_app;
+    CREATE TYPE billing.state AS ENUM ('open', 'paid');
+    CREATE TABLE billing.invoice (
+        id serial PRIMARY KEY,
+        total numeric(10, 2) NOT NULL DEFAULT 0,
+        state billing.state NOT NULL DEFAULT 'open',
+        note text COLLATE \"C\"
+    );
+    ALTER TYPE billing.state OWNER TO rw_owner;
+    ALTER TABLE billing.invoice OWNER TO rw_owner;
+    GRANT SELECT (id, total) ON billing.invoice TO rw_app;
+    INSERT INTO billing.invoice (total) VALUES (9.99);
+    CREATE TABLE public.ledger (id int PRIMARY KEY, amount int CHECK (amount <> 0));
+    ALTER TABLE public.ledger OWNER TO rw_owner;
+    CREATE DOMAIN public.positive AS int CHECK (VALUE > 0);
+    CREATE FUNCTION public.twice(x int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT x * 2';
+    REVOKE EXECUTE ON FUNCTION public.twice(int) FROM PUBLIC;
+    GRANT EXECUTE ON FUNCTION public.twice(int) TO rw_app;
+    CREATE FUNCTION public.touch() RETURNS trigger LANGUAGE plpgsql
+        AS $$BEGIN NEW.name := trim(NEW.name); RETURN NEW; END$$;
+    CREATE TRIGGER items_touch BEFORE UPDATE ON items FOR EACH ROW EXECUTE FUNCTION public.touch();
+    CREATE VIEW public.item_names AS SELECT name FROM items;
+    ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO rw_app;
+    ALTER DEFAULT PRIVILEGES IN SCHEMA billing GRANT SELECT ON SEQUENCES TO rw_app;
+    ALTER DEFAULT PRIVILEGES FOR ROLE rw_owner REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+";
+
+/// What a migration after the backup does: a table added, privileges revoked and granted,
+/// owners, comments and default privileges changed, an extension and a view dropped, a row.
+const MIGRATION: &str = "
+    CREATE TABLE public.audit (id int);
+    REVOKE SELECT ON items FROM rw_app;
+    REVOKE USAGE ON SCHEMA public FROM PUBLIC;
+    GRANT CREATE ON SCHEMA public TO rw_app;
+    COMMENT ON SCHEMA public IS 'changed';
+    ALTER SCHEMA billing OWNER TO postgres;
+    COMMENT ON SCHEMA billing IS NULL;
+    ALTER DEFAULT PRIVILEGES REVOKE SELECT ON TABLES FROM rw_app;
+    ALTER DEFAULT PRIVILEGES FOR ROLE rw_owner GRANT SELECT ON TABLES TO rw_app;
+    ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT UPDATE ON TABLES TO rw_app;
+    DROP VIEW public.item_names;
+    DROP EXTENSION pg_trgm CASCADE;
+    INSERT INTO items VALUES (3, 'plum');
+";
+
+/// The issue's case and more, on PostgreSQL 15 and 18: a backup, a migration that changes
+/// privileges, owners, comments and default privileges, a restore. Afterwards the
+/// application's role reads its table again, `pg_dump --schema-only` is what it was at backup
+/// time and the catalog's fingerprint matches the recorded one; run again (also after being
+/// killed between clearing and pg_restore) the restore gives the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_restore_brings_back_privileges_owners_comments_and_default_privileges() {
+    for (server, admin) in pg_servers() {
+        ensure_role(&admin, "rw_app", true).await;
+        ensure_role(&admin, "rw_owner", false).await;
+        let db = PgDb::on(&admin, "exact").await;
+        let pool = db.pool().await;
+        pool.execute(APP_SCHEMA).await.unwrap();
+        pool.close().await;
+        let app_url = as_user(&db.url, "rw_app");
+        let app_reads = |url: String| async move {
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            let r = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM items")
+                .fetch_one(&mut c)
+                .await
+                .map_err(|e| e.to_string());
+            c.close().await.unwrap();
+            r
+        };
+        assert_eq!(app_reads(app_url.clone()).await, Ok(2), "{server}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let backup = rewind_dbkit::pg_backup(&db.url, &dir.path().join("b.dump"), None)
+            .await
+            .unwrap();
+        let dumped = schema_dump(&db.url).await;
+        let recorded = &backup.catalog;
+        assert_eq!(catalog_of(&db.url).await, *recorded, "{server}");
+        for line in [
+            "schema public: ACL {=U/pg_database_owner,pg_database_owner=UC/pg_database_owner}",
+            "schema public: owner pg_database_owner",
+            "schema public: comment 'standard public schema'",
+            "schema billing: owner rw_owner",
+            "schema billing: comment 'money'",
+            "table public.items: ACL {postgres=arwdDxt/postgres,rw_app=r/postgres}",
+            "column billing.invoice.total: ACL {rw_app=r/rw_owner}",
+            "column billing.invoice.note: type text collate \"C\"",
+            "enum billing.state: labels 'open', 'paid'",
+            "default privileges for role postgres on tables: ACL {postgres=arwdDxt/postgres,rw_app=r/postgres}",
+            "default privileges for role rw_owner on functions: ACL {rw_owner=X/rw_owner}",
+            "trigger public.items.items_touch: definition CREATE TRIGGER items_touch BEFORE UPDATE ON public.items FOR EACH ROW EXECUTE FUNCTION public.touch()",
+        ] {
+            let line = line.replace(
+                "arwdDxt/",
+                if server.ends_with("18") {
+                    "arwdDxtm/"
+                } else {
+                    "arwdDxt/"
+                },
+            );
+            assert!(
+                recorded.lines.contains(&line),
+                "{server}: no line {line:?} in\n{}",
+                recorded.lines.join("\n")
+            );
+        }
+        assert!(
+            recorded
+                .lines
+                .iter()
+                .any(|l| l.starts_with("extension pg_trgm: version ")),
+            "{server}"
+        );
+        for role in ["postgres", "rw_app", "rw_owner"] {
+            assert!(
+                recorded.roles.contains(&role.to_string()),
+                "{server}: {role}"
+            );
+        }
+
+        let pool = db.pool().await;
+        pool.execute(MIGRATION).await.unwrap();
+        pool.close().await;
+        assert!(app_reads(app_url.clone()).await.is_err(), "{server}");
+        let changed = catalog_of(&db.url).await;
+        let diffs = rewind_dbkit::catalog::compare(&recorded.lines, &changed.lines);
+        let texts: Vec<String> = diffs.iter().map(|d| d.to_string()).collect();
+        assert!(
+            texts.iter().any(|t| t.starts_with("schema public: ACL {pg_database_owner=UC/pg_database_owner,rw_app=C/pg_database_owner} differs from the backup's {=U/pg_database_owner,pg_database_owner=UC/pg_database_owner}")),
+            "{server}: {texts:#?}"
+        );
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.starts_with("table public.audit: owner postgres (not in the backup)")),
+            "{server}: {texts:#?}"
+        );
+
+        let options = PgRestoreOptions {
+            jobs: 2,
+            pg_bin: None,
+            roles: recorded.roles.clone(),
+        };
+        let notes = pg_restore_exact(&db.url, &backup.info, &options)
+            .await
+            .unwrap();
+        eprintln!("{server}: {notes:?}");
+        let check = |what: &'static str| {
+            let (db_url, app_url, dumped, recorded) = (
+                db.url.clone(),
+                app_url.clone(),
+                dumped.clone(),
+                recorded.clone(),
+            );
+            async move {
+                assert_eq!(
+                    app_reads(app_url.clone()).await,
+                    Ok(2),
+                    "{server} {what}: rw_app reads items"
+                );
+                let mut c = sqlx::PgConnection::connect(&app_url).await.unwrap();
+                let total: String = sqlx::query_scalar("SELECT total::text FROM billing.invoice")
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+                assert_eq!(total, "9.99");
+                let denied = sqlx::query("SELECT note FROM billing.invoice")
+                    .execute(&mut c)
+                    .await
+                    .unwrap_err()
+                    .to_string();
+                assert!(denied.contains("permission denied"), "{denied}");
+                c.close().await.unwrap();
+                let now = catalog_of(&db_url).await;
+                assert!(
+                    now == recorded,
+                    "{server} {what}: the catalog differs from the backup's:\n{}",
+                    catalog_diff(&recorded, &now)
+                );
+                let restored = schema_dump(&db_url).await;
+                assert!(
+                    restored == dumped,
+                    "{server} {what}: pg_dump --schema-only differs:\n--- at backup\n{dumped}\n--- restored\n{restored}"
+                );
+            }
+        };
+        check("after the restore").await;
+
+        // Again: the restore converges (nothing left from before, nothing doubled).
+        pg_restore_exact(&db.url, &backup.info, &options)
+            .await
+            .unwrap();
+        check("after a second restore").await;
+
+        // Killed between clearing and pg_restore: the database is empty; running the restore
+        // again brings everything back.
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let server_version = ServerVersion::of(&mut c).await.unwrap();
+        rewind_dbkit::pgrestore::clear_for_restore(&mut c, &server_version)
+            .await
+            .unwrap();
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+        assert_eq!(left, 0, "{server}: public is empty after clearing");
+        c.close().await.unwrap();
+        pg_restore_exact(&db.url, &backup.info, &options)
+            .await
+            .unwrap();
+        check("after a restore killed before pg_restore and run again").await;
+
+        // A changed privilege after the restore is named.
+        let pool = db.pool().await;
+        pool.execute("GRANT CREATE ON SCHEMA public TO rw_app")
+            .await
+            .unwrap();
+        pool.close().await;
+        let tampered = catalog_of(&db.url).await;
+        let texts: Vec<String> = rewind_dbkit::catalog::compare(&recorded.lines, &tampered.lines)
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "schema public: ACL {=U/pg_database_owner,pg_database_owner=UC/pg_database_owner,rw_app=C/pg_database_owner} differs from the backup's {=U/pg_database_owner,pg_database_owner=UC/pg_database_owner}"
+            ],
+            "{server}"
+        );
+        assert_ne!(tampered.fingerprint, recorded.fingerprint);
+        db.drop_db().await;
+    }
+}
+
+/// A role the backup needs that is gone: the restore says which, and changes nothing. Without
+/// the recorded roles (an older sidecar), pg_restore's own error is passed on with a hint.
+#[tokio::test]
+async fn pg_restore_names_a_missing_role_before_changing_anything() {
+    for (server, admin) in pg_servers() {
+        let role = format!(
+            "rw_gone_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        ensure_role(&admin, &role, false).await;
+        let db = PgDb::on(&admin, "gone").await;
+        let pool = db.pool().await;
+        pool.execute(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE items (id int); GRANT SELECT ON items TO {role};"
+        )))
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let backup = rewind_dbkit::pg_backup(&db.url, &dir.path().join("b.dump"), None)
+            .await
+            .unwrap();
+        assert!(backup.catalog.roles.contains(&role), "{server}");
+        pool.execute(sqlx::AssertSqlSafe(format!(
+            "DROP OWNED BY {role}; CREATE TABLE after_backup (id int);"
+        )))
+        .await
+        .unwrap();
+        pool.close().await;
+        let mut a = sqlx::PgConnection::connect(&admin).await.unwrap();
+        a.execute(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
+            .await
+            .unwrap();
+        a.close().await.unwrap();
+
+        // The test servers trust local connections: the password is only watched for leaks.
+        const SECRET: &str = "s3cret-Pa55word";
+        let mut with_password = url::Url::parse(&db.url).unwrap();
+        with_password.set_password(Some(SECRET)).unwrap();
+        let url = with_password.to_string();
+        let options = PgRestoreOptions {
+            jobs: 1,
+            pg_bin: None,
+            roles: backup.catalog.roles.clone(),
+        };
+        let e = pg_restore_exact(&url, &backup.info, &options)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::MissingRoles { .. }), "{server}: {e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&role) && text.contains("nothing was changed"),
+            "{text}"
+        );
+        assert!(text.contains("hint: create it"), "{text}");
+        let pool = db.pool().await;
+        let still: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE tablename = 'after_backup'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(still, 1, "{server}: nothing was changed");
+        pool.close().await;
+
+        let old_sidecar = PgRestoreOptions {
+            roles: Vec::new(),
+            ..options
+        };
+        let e = pg_restore_exact(&db.url, &backup.info, &old_sidecar)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("role \"{role}\" does not exist")),
+            "{e}"
+        );
+        assert!(e.contains("hint: the backup names a role"), "{e}");
+        db.drop_db().await;
+    }
+}
+
+/// pg_dump and pg_restore are chosen by the server's major version: 15's tools do not serve
+/// 18, and a `pg-bin` that is too old fails before anything is written, naming the versions.
+#[tokio::test]
+async fn client_tools_fit_the_server() {
+    let pg18 = std::env::var("REWIND_TEST_PG18_BIN").unwrap_or_else(|_| {
+        panic!("REWIND_TEST_PG18_BIN is not set: run scripts/test (it installs PostgreSQL 18)")
+    });
+    for (server, admin) in pg_servers() {
+        let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+        let version = ServerVersion::of(&mut c).await.unwrap();
+        c.close().await.unwrap();
+        let tools = rewind_dbkit::pgtools::choose(&version, None).await.unwrap();
+        assert!(tools.major >= version.major(), "{server}: {tools:?}");
+        let exact = rewind_dbkit::pgtools::choose(&version, Some(Path::new(&pg18)))
+            .await
+            .unwrap();
+        assert_eq!(exact.major, 18, "{server}");
+    }
+    let mut c = sqlx::PgConnection::connect(&pg18_url()).await.unwrap();
+    let v18 = ServerVersion::of(&mut c).await.unwrap();
+    c.close().await.unwrap();
+    let old_bin = Path::new("/usr/lib/postgresql/15/bin");
+    let e = rewind_dbkit::pgtools::choose(&v18, Some(old_bin))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("server {}", v18.text)), "{e}");
+    assert!(e.contains("pg_dump and pg_restore 18 or newer"), "{e}");
+    assert!(e.contains("(15."), "{e}");
+    assert!(e.contains("pg-bin = \"/usr/lib/postgresql/15/bin\""), "{e}");
+
+    let db = PgDb::on(&pg18_url(), "tools").await;
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("b.dump");
+    let e = rewind_dbkit::pg_backup(&db.url, &dest, Some(old_bin))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::PgTools { .. }), "{e}");
+    assert!(!dest.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    db.drop_db().await;
+}
+
+/// SQLite: the catalog (sqlite_schema and user_version) is recorded with the snapshot and is
+/// the same after a restore; a schema change is named.
+#[tokio::test]
+async fn sqlite_catalog_is_recorded_and_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let pool = sqlite_pool(&db, 1).await;
+    pool.execute(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+         CREATE INDEX items_name ON items (name);
+         CREATE VIEW item_names AS SELECT name FROM items;
+         PRAGMA user_version = 7;",
+    )
+    .await
+    .unwrap();
+    pool.close().await;
+    let snap = dir.path().join("snap.db");
+    let info = sqlite_snapshot(&db, &snap).await.unwrap();
+    let (counts, recorded) = rewind_dbkit::sqlite_file_record(&snap).await.unwrap();
+    assert_eq!(counts["items"], 0);
+    assert!(
+        recorded
+            .lines
+            .contains(&"database: user_version 7".to_string())
+            && recorded
+                .lines
+                .contains(&"index \"items_name\": on \"items\"".to_string()),
+        "{:#?}",
+        recorded.lines
+    );
+
+    let pool = sqlite_pool(&db, 1).await;
+    pool.execute("CREATE TABLE audit (id INTEGER); PRAGMA user_version = 8;")
+        .await
+        .unwrap();
+    let changed = pool.catalog().await.unwrap();
+    pool.close().await;
+    let texts: Vec<String> = rewind_dbkit::catalog::compare(&recorded.lines, &changed.lines)
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "database: user_version 8 differs from the backup's 7",
+            "table \"audit\": sql CREATE TABLE audit (id INTEGER) (not in the backup)",
+        ]
+    );
+    sqlite_restore(&info, &db, |_| {}).await.unwrap();
+    let pool = sqlite_pool(&db, 1).await;
+    assert_eq!(pool.catalog().await.unwrap(), recorded);
+    pool.close().await;
 }
 
 // ---- PostgreSQL point-in-time recovery (pgBackRest) ---------------------------------------

@@ -173,6 +173,10 @@ pub struct DatabaseConfig {
     pub pitr: Option<PitrConfig>,
     #[serde(with = "crate::units::serde_duration")]
     pub command_timeout: Duration,
+    /// `pg-bin` (PostgreSQL only): the directory of the `pg_dump` and `pg_restore` to run;
+    /// `None`: the closest fit to the server's version among those installed.
+    #[serde(default)]
+    pub pg_bin: Option<PathBuf>,
 }
 
 /// A fraction (0.05 = 5 %), compared by value so configs stay `Eq`.

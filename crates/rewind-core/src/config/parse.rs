@@ -61,6 +61,7 @@ name = "production"
 #   format = "sqlx"                    # detected when absent
 #   policy = "revert"                  # "forward-only": never run down scripts
 #   freeze = "read-only"               # stop writes during a database rollback
+#   pg-bin = "/usr/lib/postgresql/18/bin"  # pg_dump/pg_restore; default: found by server version
 # [[components.db.check]]              # run after every database rollback and restore
 #   name = "no negative balances"
 #   sql = "SELECT count(*) = 0 FROM accounts WHERE balance < 0"
@@ -252,6 +253,7 @@ const DATABASE_KEYS: &[&str] = &[
     "check",
     "pitr",
     "command-timeout",
+    "pg-bin",
 ];
 const DB_CHECK_KEYS: &[&str] = &["name", "sql"];
 const PITR_KEYS: &[&str] = &["stanza", "config", "run-as", "data-dir", "stop", "start"];
@@ -1138,6 +1140,18 @@ fn read_database(
     let checks = read_db_checks(cx, f, name);
     let pitr = read_pitr(cx, f, name, postgres);
     let command_timeout = f.duration(cx, "command-timeout", DEFAULT_COMMAND_TIMEOUT);
+    let pg_bin = f.string(cx, "pg-bin", false);
+    if let Some((_, span)) = &pg_bin
+        && !postgres
+    {
+        cx.error(
+            span.clone(),
+            "pg-bin is for kind = \"postgres\" (where pg_dump and pg_restore are); SQLite needs no client tools",
+            Some("remove the line".into()),
+        );
+        ok = false;
+    }
+    let pg_bin = bad_if_present(f, "pg-bin", pg_bin)?.map(|d| cx.resolve(&d));
     let backup_dir = match bad_if_present(f, "backup-dir", backup_dir)? {
         Some(d) => cx.resolve(&d),
         None => cx.resolve(&format!(".rewind/backups/{name}")),
@@ -1172,6 +1186,7 @@ fn read_database(
         checks: checks?,
         pitr: pitr?,
         command_timeout: command_timeout?.0,
+        pg_bin,
     })
 }
 
@@ -2403,6 +2418,7 @@ fn example(key: &str) -> &'static str {
         }
         "expect-body" => "ok",
         "release-header" => "x-release",
+        "pg-bin" => "/usr/lib/postgresql/18/bin",
         _ => "…",
     }
 }
@@ -2802,6 +2818,18 @@ mod broken {
                 format!("{ENV}\n[components.db]\nkind = \"postgres\"\nurl-env = \"DATABASE_URL\"\nformat = \"flywy\"\nmigrations = \"migrations\"\n"),
                 7,
                 "did you mean format = \"flyway\"?",
+            ),
+            (
+                "51-pg-bin-on-sqlite",
+                format!("{ENV}\n[components.db]\nkind = \"sqlite\"\npath = \"app.db\"\nmigrations = \"migrations\"\npg-bin = \"/usr/lib/postgresql/18/bin\"\n"),
+                8,
+                "pg-bin is for kind = \"postgres\"",
+            ),
+            (
+                "52-pg-bin-empty",
+                format!("{ENV}\n[components.db]\nkind = \"postgres\"\nurl-env = \"DATABASE_URL\"\nmigrations = \"migrations\"\npg-bin = \"\"\n"),
+                8,
+                "pg-bin is empty",
             ),
         ]
     }

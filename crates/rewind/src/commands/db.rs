@@ -524,6 +524,8 @@ async fn restore(
     if !yes {
         return Err(usage(format!("{shown}\nnothing was changed")).hint("pass --yes to restore"));
     }
+    // Before anything is frozen or recorded: the backup file is there, the client tools fit.
+    super::deploy::precheck(env, &steps).await?;
     printer.note(&shown);
     let run_id = new_run_id();
     let lock = LockGuard::acquire(

@@ -283,9 +283,16 @@ pub fn audit_ok(f: &Fixture) {
 /// its URL with `secret` as the password in it (the test server trusts local connections, so
 /// the password is never checked — only watched for leaks).
 pub async fn fresh_pg_database(secret: &str) -> String {
+    fresh_pg_database_on("REWIND_TEST_PG_URL", secret).await
+}
+
+/// [`fresh_pg_database`] on the server named by the environment variable `var`
+/// (`REWIND_TEST_PG18_URL`: the PostgreSQL 18 server scripts/test starts).
+pub async fn fresh_pg_database_on(var: &str, secret: &str) -> String {
     use sqlx::Connection;
-    let base = std::env::var("REWIND_TEST_PG_URL")
-        .expect("REWIND_TEST_PG_URL is not set: run scripts/test, which starts PostgreSQL");
+    let base = std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run scripts/test, which starts PostgreSQL 15 and 18")
+    });
     let name = format!(
         "rewind_cli_{}_{}",
         std::process::id(),
@@ -304,7 +311,7 @@ pub async fn fresh_pg_database(secret: &str) -> String {
     conn.close().await.unwrap();
     let with_db = match base.rsplit_once('/') {
         Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("REWIND_TEST_PG_URL has no database part: {base}"),
+        None => panic!("{var} has no database part: {base}"),
     };
     let url = with_db.replacen(
         "postgres://postgres@",
@@ -313,7 +320,7 @@ pub async fn fresh_pg_database(secret: &str) -> String {
     );
     assert!(
         url.contains(secret),
-        "REWIND_TEST_PG_URL must look like postgres://postgres@host:port/db"
+        "{var} must look like postgres://postgres@host:port/db"
     );
     url
 }

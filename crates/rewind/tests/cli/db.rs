@@ -1,7 +1,8 @@
 //! Databases through the real binary: migrations applied by deploys, classified in `plan`,
 //! a destructive migration rolled back by restoring its backup (data checks passing), a
 //! revert on PostgreSQL with writes frozen, killed with SIGKILL half-way and resumed, the
-//! forward-only policy, and `rewind backup create|list|verify|restore`.
+//! forward-only policy, `rewind backup create|list|verify|restore`, and a PostgreSQL restore
+//! that gives an application role back what it had (on PostgreSQL 15 and 18).
 
 use std::path::Path;
 
@@ -235,6 +236,7 @@ fn sqlite_destructive_migration_is_flagged_and_rolled_back_by_restore() {
     );
     assert!(msg.contains("check totals are positive: holds"), "{msg}");
     assert!(msg.contains("no orphaned rows"), "{msg}");
+    assert!(msg.contains("catalog: matches the backup's"), "{msg}");
     let (current, _) = f.ledger();
     assert_eq!(current.as_deref(), Some("v2"));
     let recorded = f.recorded();
@@ -564,4 +566,176 @@ fn failed_data_check_fails_the_rollback_and_writes_are_allowed_again() {
         .any(|e| e["step_id"] == "db.unfreeze" && e["event"] == "done");
     assert!(unfreeze, "{run}");
     audit_ok(&f);
+}
+
+async fn pg_exec(url: &str, sql: &str) {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    // The database may be frozen read-only by an interrupted run (a statement of its own: in
+    // one batch with the rest, the batch's transaction would have begun read-only).
+    sqlx::raw_sql("SET default_transaction_read_only = off")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+}
+
+/// `url` as the role `user`, without a password (the test servers trust local connections).
+fn as_role(url: &str, user: &str) -> String {
+    let (_, rest) = url.split_once('@').unwrap();
+    format!("postgres://{user}@{rest}")
+}
+
+async fn app_reads_users(url: &str) -> Result<i64, String> {
+    let mut c = sqlx::PgConnection::connect(&as_role(url, "rw_cli_app"))
+        .await
+        .unwrap();
+    let r = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&mut c)
+        .await
+        .map_err(|e| e.to_string());
+    c.close().await.unwrap();
+    r
+}
+
+/// The issue through the real binary, on PostgreSQL 15 and 18: an application role that owns
+/// nothing reaches `public` through PUBLIC's default USAGE. A migration revokes it; `backup
+/// restore` brings it back (the role reads its table again) and its data checks compare the
+/// catalog with the backup's. A privilege changed between the restore and the checks (the run
+/// killed there, then resumed) fails the checks, naming it. On 18, `pg-bin` names the
+/// PostgreSQL 18 tools; pointed at 15's, a backup fails, and a restore does not start.
+#[test]
+fn postgres_restore_brings_back_what_the_application_role_needs() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pg18_bin = std::env::var("REWIND_TEST_PG18_BIN")
+        .expect("REWIND_TEST_PG18_BIN is not set: run scripts/test, which installs PostgreSQL 18");
+    for (var, pg_bin) in [
+        ("REWIND_TEST_PG_URL", None),
+        ("REWIND_TEST_PG18_URL", Some(pg18_bin.as_str())),
+    ] {
+        let url = rt.block_on(fresh_pg_database_on(var, "db-secret-0815"));
+        rt.block_on(pg_exec(
+            &url,
+            "DO $$ BEGIN CREATE ROLE rw_cli_app LOGIN; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+        ));
+        let f = Fixture::new();
+        migrations(&f);
+        let pg_bin_line = pg_bin
+            .map(|b| format!("\npg-bin = \"{b}\""))
+            .unwrap_or_default();
+        config(
+            &f,
+            &format!("[components.db]\nkind = \"postgres\"\nurl = \"{url}\"{pg_bin_line}"),
+        );
+        f.run(&["deploy", "v2"]).ok();
+        rt.block_on(pg_exec(
+            &url,
+            "INSERT INTO users (id, name) VALUES (1, 'ada'), (2, 'bob');
+             GRANT SELECT ON users TO rw_cli_app;
+             ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO rw_cli_app;",
+        ));
+        assert_eq!(rt.block_on(app_reads_users(&url)), Ok(2), "{var}");
+        let made = f.run(&["--json", "backup", "create"]).ok().json();
+        let id = made["backups"][0]["id"].as_str().unwrap().to_string();
+        let lines = made["backups"][0]["catalog"]["lines"].as_array().unwrap();
+        assert!(
+            lines.iter().any(|l| l
+                == "schema public: ACL {=U/pg_database_owner,pg_database_owner=UC/pg_database_owner}"),
+            "{var}: {made}"
+        );
+
+        // The migration that broke the application.
+        rt.block_on(pg_exec(
+            &url,
+            "REVOKE USAGE ON SCHEMA public FROM PUBLIC;
+             REVOKE SELECT ON users FROM rw_cli_app;
+             ALTER DEFAULT PRIVILEGES REVOKE SELECT ON TABLES FROM rw_cli_app;
+             CREATE TABLE audit (id int);",
+        ));
+        assert!(rt.block_on(app_reads_users(&url)).is_err(), "{var}");
+
+        let restored = f.run(&["backup", "restore", &id, "--yes"]);
+        restored.ok();
+        assert_eq!(
+            rt.block_on(app_reads_users(&url)),
+            Ok(2),
+            "{var}: {}",
+            restored.all()
+        );
+        let run = f.last_run();
+        let journal = run["journal"].as_array().cloned().unwrap();
+        let check = journal
+            .iter()
+            .find(|e| e["step_id"] == "db.check" && e["event"] == "done")
+            .unwrap_or_else(|| panic!("{var}: no db.check done: {journal:?}"));
+        let msg = check["message"].as_str().unwrap();
+        assert!(
+            msg.contains("catalog: matches the backup's"),
+            "{var}: {msg}"
+        );
+        let v = f.run(&["backup", "verify", &id]);
+        v.ok();
+        assert!(
+            v.stdout.contains("catalog: matches the backup's"),
+            "{var}: {}",
+            v.all()
+        );
+
+        // Killed after the restore, before its checks; a privilege changes meanwhile.
+        let killed = f.run_env(
+            &["backup", "restore", &id, "--yes"],
+            &[("REWIND_CRASH_AT", "before:db.check")],
+        );
+        assert_eq!(killed.signal, Some(9), "{var}: {}", killed.all());
+        rt.block_on(pg_exec(&url, "GRANT CREATE ON SCHEMA public TO rw_cli_app"));
+        let resumed = f.run(&["resume"]);
+        resumed.code(1);
+        assert!(
+            resumed.stderr.contains(
+                "catalog: schema public: ACL {=U/pg_database_owner,pg_database_owner=UC/pg_database_owner,rw_cli_app=C/pg_database_owner} differs from the backup's {=U/pg_database_owner,pg_database_owner=UC/pg_database_owner}"
+            ),
+            "{var}: {}",
+            resumed.all()
+        );
+        let everything = format!("{}{}{}", restored.all(), killed.all(), resumed.all());
+        assert!(
+            !everything.contains("db-secret-0815"),
+            "the password leaked"
+        );
+
+        if pg_bin.is_some() {
+            // PostgreSQL 15's tools for an 18 server: refused, naming both and pg-bin.
+            let text = std::fs::read_to_string(f.path("rewind.toml")).unwrap();
+            std::fs::write(
+                f.path("rewind.toml"),
+                text.replace(&pg18_bin, "/usr/lib/postgresql/15/bin"),
+            )
+            .unwrap();
+            let made = f.run(&["backup", "create"]);
+            made.code(1);
+            assert!(
+                made.stderr.contains("PostgreSQL server 18.")
+                    && made
+                        .stderr
+                        .contains("pg-bin = \"/usr/lib/postgresql/15/bin\""),
+                "{}",
+                made.all()
+            );
+            let refused = f.run(&["backup", "restore", &id, "--yes"]);
+            refused.code(2);
+            assert!(
+                refused.stderr.contains("nothing was changed")
+                    && refused
+                        .stderr
+                        .contains("pg_dump and pg_restore 18 or newer"),
+                "{}",
+                refused.all()
+            );
+            assert_eq!(rt.block_on(app_reads_users(&url)), Ok(2));
+        }
+    }
 }
