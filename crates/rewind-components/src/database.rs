@@ -511,6 +511,8 @@ impl Database {
                 ));
             }
         }
+        // In the tool's order, as the plan lists migrations.
+        keys.sort_by_key(|k| migs.iter().position(|m| m.key() == k));
         Ok((lines, keys))
     }
 
@@ -1363,6 +1365,8 @@ impl Component for Database {
     }
 
     async fn current(&self, cx: &Ctx) -> Result<Option<String>> {
+        // A database that cannot be reached says so, even before anything is deployed.
+        self.url()?;
         let release = match (
             &cx.current_release,
             self.cfg.migrations.contains("{release}"),

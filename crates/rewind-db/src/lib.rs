@@ -66,7 +66,7 @@ pub enum Error {
         /// The line of the file where the failing statement (or the error in it) is.
         line: Option<usize>,
         down: bool,
-        source: sqlx::Error,
+        source: Box<sqlx::Error>,
     },
     #[error("migration V{version} ({name}, {}:{line}) cannot run as its tool would: {reason}", file.display())]
     NotTransactional {

@@ -252,7 +252,7 @@ fn failed(m: &Migration, down: bool, stmt: &Statement, source: sqlx::Error) -> E
         file: file.to_path_buf(),
         line: Some(error_line(stmt, &source)),
         down,
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -761,7 +761,7 @@ async fn batch(
     let mut finished = Vec::new();
     for (m, stmts) in list.iter().zip(&scripts) {
         let is_applied = recorded.iter().any(|r| r.key == m.key());
-        if is_applied == down {
+        if is_applied != down {
             // Applied already (or, reverting, not applied): nothing to do.
         } else {
             progress(

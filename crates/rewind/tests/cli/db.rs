@@ -138,8 +138,10 @@ fn sqlite_destructive_migration_is_flagged_and_rolled_back_by_restore() {
     let orders = f.path("rel/v3/migrations/2_orders.up.sql");
     let text = std::fs::read_to_string(&orders).unwrap();
     std::fs::write(&orders, text.replace('\n', "\r\n")).unwrap();
+    // Drift refuses the deploy, in the plan first: exit 1, both files named. The CRLF copy
+    // is drift too, because sqlx hashes bytes and would refuse to run.
     let plan = f.run(&["plan", "--deploy", "v3"]);
-    plan.ok();
+    plan.code(1);
     let drift: Vec<&str> = plan
         .stdout
         .lines()
@@ -160,18 +162,33 @@ fn sqlite_destructive_migration_is_flagged_and_rolled_back_by_restore() {
         "{}",
         plan.all()
     );
+    assert!(plan.stdout.contains("would REFUSE"), "{}", plan.all());
+    let refused = f.run(&["deploy", "v3"]);
+    refused.code(1);
+    assert!(
+        refused
+            .stderr
+            .contains("the deploy is refused; nothing was changed")
+            && refused.stderr.contains("3_order_notes.up.sql")
+            && refused.stderr.contains("--accept-drift"),
+        "{}",
+        refused.all()
+    );
+    assert_eq!(f.ledger().0.as_deref(), Some("v2"), "nothing was recorded");
 
-    // The deploy plan flags the destructive migration and takes a full backup for it.
-    let plan = f.run(&["plan", "--deploy", "v3"]);
+    // The deploy plan says what the destructive migration does and takes a full backup.
+    let plan = f.run(&["plan", "--deploy", "v3", "--accept-drift"]);
     plan.ok();
     assert!(
-        plan.stdout
-            .contains("4 drop legacy — DESTRUCTIVE: line 2: ALTER TABLE users DROP COLUMN legacy loses data: drops column legacy of users"),
+        plan.stdout.contains(
+            "4 drop legacy — LOSES DATA: line 2: ALTER TABLE users DROP COLUMN legacy loses data"
+        ),
         "{}",
         plan.all()
     );
     assert!(
-        plan.stdout.contains("reverting it would lose data"),
+        plan.stdout
+            .contains("reverting it cannot bring the old data back"),
         "{}",
         plan.all()
     );
@@ -181,14 +198,40 @@ fn sqlite_destructive_migration_is_flagged_and_rolled_back_by_restore() {
         "{}",
         plan.all()
     );
-    let j = f.run(&["--json", "plan", "--deploy", "v3"]).ok().json();
+    assert!(
+        plan.stdout
+            .contains("record the edited files' checksums for 2, 3"),
+        "{}",
+        plan.all()
+    );
+    let j = f
+        .run(&["--json", "plan", "--deploy", "v3", "--accept-drift"])
+        .ok()
+        .json();
     let pending = &j["databases"]["db"]["pending"];
     assert_eq!(pending.as_array().unwrap().len(), 1, "{j}");
     assert_eq!(pending[0]["loses_data"], true, "{j}");
     assert_eq!(j["databases"]["db"]["level_now"], "3", "{j}");
     assert_eq!(j["databases"]["db"]["target_level"], "4", "{j}");
 
-    f.run(&["deploy", "v3"]).ok();
+    f.run(&["deploy", "v3", "--accept-drift"]).ok();
+    // sqlx itself now accepts the edited files: the history holds their checksums.
+    let out = std::process::Command::new(
+        std::env::var("REWIND_TEST_SQLX").unwrap_or_else(|_| "sqlx".into()),
+    )
+    .args(["migrate", "info", "--source"])
+    .arg(f.path("rel/v3/migrations"))
+    .arg("-D")
+    .arg(format!("sqlite://{}", f.path("app.db").display()))
+    .output()
+    .expect("sqlx-cli runs (scripts/test installs it)");
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{info}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(info.matches("/installed").count(), 4, "{info}");
     let recorded = f.recorded();
     assert!(
         recorded.contains(&("db".into(), "4".into())),
@@ -489,7 +532,7 @@ fn postgres_destructive_deploy_is_restored_from_its_dump() {
     });
     let out = f.run(&["deploy", "v3"]);
     out.ok();
-    assert!(out.stderr.contains("DESTRUCTIVE"), "{}", out.all());
+    assert!(out.stderr.contains("LOSES DATA"), "{}", out.all());
     let rb = f.run(&["rollback", "--yes"]);
     rb.ok();
     let (legacy, level, tables) = rt.block_on(async {

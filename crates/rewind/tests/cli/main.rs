@@ -11,5 +11,6 @@ mod examples;
 mod lock;
 mod pg;
 mod pitr;
+mod sets;
 mod story;
 mod watch;
