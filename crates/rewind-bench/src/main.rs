@@ -8,10 +8,14 @@
 //! - `rewind-bench db-revert (--url URL | --sqlite) [--migrations N[,N…]] [--rows R] [--runs K]`:
 //!   times `rewind_db::revert` of N migrations against `psql --single-transaction` (or the
 //!   `sqlite3` shell) running the same down scripts.
+//! - `rewind-bench db-deploy --url URL [--dir DIR --format F] [--prelude SQL] [--runs K]`:
+//!   times `rewind deploy` of a whole history on an empty database against the team's own
+//!   tool and against psql running the same files.
 //! - `rewind-bench db-restore (--url URL | --sqlite) [--rows R] [--size-mb M] [--jobs J]
 //!   [--runs K]`: times rewind-dbkit's restores against `pg_restore` alone and against a plain
 //!   file copy.
 
+mod db_deploy;
 mod db_restore;
 mod db_revert;
 mod measure;
@@ -43,6 +47,16 @@ usage:
       --migrations N   migrations to revert, or a comma-separated list (default 50)
       --rows R         rows loaded by each data migration (default 1000)
       --runs K         measured runs per contender (default 7)
+  rewind-bench db-deploy --url postgres://… [--dir DIR --format F] [--generate N] [--prelude FILE] [--runs K] [--rewind PATH] [--label L]
+      Time `rewind deploy` of a whole migration history on a new empty database against the
+      team's own tool (sqlx, diesel, sqitch, refinery; none for golang-migrate and Flyway)
+      and against psql running the same up scripts in the tool's order in one session.
+      --dir DIR        a real project's migrations directory, in --format (sqlx, diesel, …)
+      --generate N     without --dir: N generated sqlx migrations (default 300)
+      --prelude FILE   SQL run on every new database first (extensions the project needs)
+      --runs K         measured runs per contender (default 5)
+      --rewind PATH    the rewind binary (default: `rewind` next to this executable)
+      --label L        the history's name in the table
   rewind-bench db-restore (--url postgres://… | --sqlite) [--rows R] [--size-mb M] [--jobs J] [--runs K]
       Time rewind-dbkit's pg_restore against pg_restore alone (same flags), or its
       sqlite_restore against a plain file copy.
@@ -60,6 +74,7 @@ fn main() -> ExitCode {
         Some("rollback") => parse_rollback(&args[1..]).and_then(|a| rollback::run(&a)),
         Some("db-revert") => parse_db_revert(&args[1..]).and_then(|a| db_revert::run(&a)),
         Some("db-restore") => parse_db_restore(&args[1..]).and_then(|a| db_restore::run(&a)),
+        Some("db-deploy") => parse_db_deploy(&args[1..]).and_then(|a| db_deploy::run(&a)),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -245,4 +260,41 @@ mod tests {
         assert!(parse_db_restore(&args("--url postgres://h/db --jobs 0")).is_err());
         assert!(parse_db_restore(&args("--url")).is_err());
     }
+}
+
+fn parse_db_deploy(args: &[String]) -> Result<db_deploy::Args, String> {
+    let mut out = db_deploy::Args {
+        url: String::new(),
+        dir: None,
+        format: None,
+        generate: 300,
+        prelude: None,
+        runs: 5,
+        rewind: None,
+        label: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--url" => out.url = value(a, &mut it)?,
+            "--dir" => out.dir = Some(PathBuf::from(value(a, &mut it)?)),
+            "--format" => out.format = Some(value(a, &mut it)?),
+            "--prelude" => out.prelude = Some(PathBuf::from(value(a, &mut it)?)),
+            "--rewind" => out.rewind = Some(PathBuf::from(value(a, &mut it)?)),
+            "--label" => out.label = Some(value(a, &mut it)?),
+            "--generate" => {
+                let v = value(a, &mut it)?;
+                out.generate = v.parse().map_err(|e| format!("--generate {v}: {e}"))?;
+            }
+            "--runs" => {
+                let v = value(a, &mut it)?;
+                out.runs = v.parse().map_err(|e| format!("--runs {v}: {e}"))?;
+            }
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    if out.url.is_empty() {
+        return Err(format!("db-deploy needs --url\n{USAGE}"));
+    }
+    Ok(out)
 }

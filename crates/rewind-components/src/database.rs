@@ -158,6 +158,10 @@ pub struct Database {
     name: String,
     postgres: bool,
     cfg: DatabaseConfig,
+    /// The connections for migrations and history, opened once and kept for the run (a
+    /// connection costs more than most queries); dropped before a restore replaces what
+    /// they point at.
+    cached: tokio::sync::Mutex<Option<sqlx::AnyPool>>,
 }
 
 impl Database {
@@ -166,6 +170,15 @@ impl Database {
             name: name.to_string(),
             postgres,
             cfg,
+            cached: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Closes the kept connections: a restore is about to replace the database (a SQLite
+    /// file swapped under an open connection would be read from the old file).
+    async fn drop_connections(&self) {
+        if let Some(pool) = self.cached.lock().await.take() {
+            pool.close().await;
         }
     }
 
@@ -275,6 +288,16 @@ impl Database {
     /// A connection pool for changes. PostgreSQL sessions are named `rewind` and may write
     /// while the database is frozen read-only.
     async fn pool(&self) -> Result<sqlx::AnyPool> {
+        let mut cached = self.cached.lock().await;
+        if let Some(pool) = cached.as_ref() {
+            return Ok(pool.clone());
+        }
+        let pool = self.open_pool().await?;
+        *cached = Some(pool.clone());
+        Ok(pool)
+    }
+
+    async fn open_pool(&self) -> Result<sqlx::AnyPool> {
         let mut url = self.url()?;
         if self.postgres {
             let sep = if url.contains('?') { '&' } else { '?' };
@@ -329,7 +352,6 @@ impl Database {
         }
         let pool = self.pool().await?;
         let state = rewind_db::runner::state(&pool, format, migs).await;
-        pool.close().await;
         state.map_err(|e| self.fail(e))
     }
 
@@ -360,7 +382,6 @@ impl Database {
             Ok::<_, rewind_db::Error>(out)
         }
         .await;
-        pool.close().await;
         r.map_err(|e| self.fail(e))
     }
 
@@ -482,7 +503,6 @@ impl Database {
         }
         let pool = self.pool().await?;
         let report = rewind_db::drift(&pool, format, migs).await;
-        pool.close().await;
         let report = report.map_err(|e| self.fail(e))?;
         let mut lines = Vec::new();
         let mut keys = Vec::new();
@@ -990,6 +1010,7 @@ impl Database {
     }
 
     async fn restore(&self, cx: &Ctx, source: &RestoreSource) -> Result<Outcome> {
+        self.drop_connections().await;
         let Some(info) = backup_info(source) else {
             return self.restore_point_in_time(cx, source).await;
         };
@@ -1431,7 +1452,6 @@ impl Component for Database {
                 let (format, migs) = self.read_migrations(release)?;
                 let pool = self.pool().await?;
                 let r = rewind_db::drift::accept(&pool, format, &migs, versions).await;
-                pool.close().await;
                 let updated = r.map_err(|e| self.fail(e))?;
                 if updated.is_empty() {
                     Ok(Outcome::Skipped(
@@ -1538,7 +1558,6 @@ impl Database {
         } else {
             rewind_db::apply_batch(&pool, format, &migs, versions, progress).await
         };
-        pool.close().await;
         let done = r.map_err(|e| self.fail(e))?;
         if done.is_empty() {
             return Ok(Outcome::Skipped(format!("already {verb} (level {level})")));

@@ -278,6 +278,39 @@ async fn run_statements(
     Ok(())
 }
 
+/// Runs `m`'s script inside the caller's transaction the way its tool sends it: the whole
+/// text in one query (one round trip, and the engine itself decides where statements end).
+/// When it fails, the line is found by rolling back to a savepoint taken just before it and
+/// running its statements one by one until the same failure shows.
+async fn run_script_tx(
+    conn: &mut AnyConnection,
+    m: &Migration,
+    down: bool,
+    stmts: &[Statement],
+) -> Result<()> {
+    let Some(first) = stmts.first() else {
+        return Ok(());
+    };
+    let (sql, _) = script_of(m, down);
+    let sql = sql.trim_start_matches('\u{feff}');
+    match exec(conn, &format!("SAVEPOINT rewind_script;\n{sql}")).await {
+        Ok(()) => exec(conn, "RELEASE SAVEPOINT rewind_script")
+            .await
+            .map_err(|e| failed(m, down, first, e)),
+        Err(whole) => {
+            if exec(conn, "ROLLBACK TO SAVEPOINT rewind_script")
+                .await
+                .is_err()
+            {
+                return Err(failed(m, down, first, whole));
+            }
+            run_statements(conn, m, down, stmts).await?;
+            // One by one it went through: report the whole script's error.
+            Err(failed(m, down, first, whole))
+        }
+    }
+}
+
 /// A connection ready for `format`: the sqitch registry attached on SQLite, and SQLite's
 /// `foreign_keys` as the tool has it.
 async fn connection(
@@ -779,7 +812,7 @@ async fn batch(
                 } else {
                     history::check_apply(&mut tx, format, m).await?;
                 }
-                run_statements(&mut tx, m, down, stmts).await?;
+                run_script_tx(&mut tx, m, down, stmts).await?;
                 if down {
                     let previous = previous_after_revert(format, migrations, &recorded, m);
                     history::record_revert(&mut tx, format, m, previous, started.elapsed()).await

@@ -759,6 +759,31 @@ macro_rules! impl_store {
                 Self::commit(tx, DOING).await
             }
 
+            async fn journal_notes(
+                &self,
+                run_id: &str,
+                step: (i64, &str),
+                messages: &[String],
+            ) -> $crate::Result<()> {
+                const DOING: &str = "appending to the journal";
+                if messages.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write(DOING).await?;
+                Self::run_env(&mut tx, run_id).await?;
+                for m in messages {
+                    Self::journal_line_tx(
+                        &mut tx,
+                        run_id,
+                        Some(step),
+                        rewind_core::JournalEvent::Note,
+                        m,
+                    )
+                    .await?;
+                }
+                Self::commit(tx, DOING).await
+            }
+
             async fn journal_finish(
                 &self,
                 run_id: &str,

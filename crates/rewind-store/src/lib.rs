@@ -149,6 +149,15 @@ pub trait Store: Send + Sync {
         message: &str,
     ) -> Result<()>;
 
+    /// Appends several `note` lines of one step in one transaction (progress lines come in
+    /// bursts: one commit and one fsync for a burst, not one each).
+    async fn journal_notes(
+        &self,
+        run_id: &str,
+        step: (i64, &str),
+        messages: &[String],
+    ) -> Result<()>;
+
     /// Appends a step's closing line (`done`, `skipped`, `failed`), applies `effects` (only
     /// for done/skipped), appends `audit`, and — when `next` is given — the `begin` line of the
     /// next step, all in one transaction (one commit, one fsync, instead of two).

@@ -311,17 +311,36 @@ impl Executor<'_> {
                     }
                 }
             };
-            // Progress lines go to the journal (and the screen) while the action runs.
+            // Progress lines go to the screen at once and to the journal in bursts: at most
+            // every NOTE_FLUSH (one commit for many lines), and before the step closes. A
+            // kill loses at most the last burst of lines; nothing a resume needs is in them
+            // (a migration that runs alone keeps its progress in its own database).
             tokio::pin!(act);
+            let mut pending: Vec<String> = Vec::new();
+            let mut flushed = Instant::now();
             let result = loop {
+                let deadline = tokio::time::Instant::from_std(flushed + NOTE_FLUSH);
                 tokio::select! {
                     r = &mut act => break r,
-                    Some(line) = notes_rx.recv() => self.note(run, key, &line).await?,
+                    Some(line) = notes_rx.recv() => {
+                        pending.push(self.show_note(&line));
+                        if flushed.elapsed() >= NOTE_FLUSH {
+                            self.store.journal_notes(&run.id, key, &pending).await?;
+                            pending.clear();
+                            flushed = Instant::now();
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline), if !pending.is_empty() => {
+                        self.store.journal_notes(&run.id, key, &pending).await?;
+                        pending.clear();
+                        flushed = Instant::now();
+                    }
                 }
             };
             while let Ok(line) = notes_rx.try_recv() {
-                self.note(run, key, &line).await?;
+                pending.push(self.show_note(&line));
             }
+            self.store.journal_notes(&run.id, key, &pending).await?;
             let result = result.map(|(outcome, effect)| {
                 effects.extend(effect);
                 outcome
@@ -424,16 +443,16 @@ impl Executor<'_> {
         }
     }
 
-    /// A progress line of step `key`: on screen and in the journal.
-    async fn note(&self, run: &Run, key: (i64, &str), line: &str) -> CliResult<()> {
+    /// A progress line: redacted, shown on screen; returned for the journal.
+    fn show_note(&self, line: &str) -> String {
         let line = self.redactor.redact(line);
         self.printer.note(format!("      {line}"));
-        self.store
-            .journal_append(&run.id, Some(key), JournalEvent::Note, &line)
-            .await?;
-        Ok(())
+        line
     }
 }
+
+/// How long progress lines may wait before they are journaled together.
+const NOTE_FLUSH: Duration = Duration::from_millis(250);
 
 fn missing(component: &str) -> rewind_components::ComponentError {
     rewind_components::ComponentError::failed(
