@@ -233,35 +233,6 @@ fn parse_db_restore(args: &[String]) -> Result<db_restore::Args, String> {
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
-    }
-
-    #[test]
-    fn db_revert_arguments() {
-        let a =
-            parse_db_revert(&args("--url postgres://h/db --migrations 10,50 --runs 3")).unwrap();
-        assert_eq!(a.migrations, [10, 50]);
-        assert_eq!((a.runs, a.rows, a.sqlite), (3, 1000, false));
-        assert_eq!(parse_db_revert(&args("--sqlite")).unwrap().migrations, [50]);
-        assert!(parse_db_revert(&args("--sqlite --migrations 0")).is_err());
-        assert!(parse_db_revert(&args("--runs 3")).is_err());
-        assert!(parse_db_revert(&args("--sqlite --url postgres://h/db")).is_err());
-    }
-
-    #[test]
-    fn db_restore_arguments() {
-        let a = parse_db_restore(&args("--sqlite --size-mb 20")).unwrap();
-        assert_eq!((a.size_mb, a.jobs, a.runs), (20, 2, 7));
-        assert!(parse_db_restore(&args("--url postgres://h/db --jobs 0")).is_err());
-        assert!(parse_db_restore(&args("--url")).is_err());
-    }
-}
-
 fn parse_db_deploy(args: &[String]) -> Result<db_deploy::Args, String> {
     let mut out = db_deploy::Args {
         url: String::new(),
@@ -297,4 +268,33 @@ fn parse_db_deploy(args: &[String]) -> Result<db_deploy::Args, String> {
         return Err(format!("db-deploy needs --url\n{USAGE}"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn db_revert_arguments() {
+        let a =
+            parse_db_revert(&args("--url postgres://h/db --migrations 10,50 --runs 3")).unwrap();
+        assert_eq!(a.migrations, [10, 50]);
+        assert_eq!((a.runs, a.rows, a.sqlite), (3, 1000, false));
+        assert_eq!(parse_db_revert(&args("--sqlite")).unwrap().migrations, [50]);
+        assert!(parse_db_revert(&args("--sqlite --migrations 0")).is_err());
+        assert!(parse_db_revert(&args("--runs 3")).is_err());
+        assert!(parse_db_revert(&args("--sqlite --url postgres://h/db")).is_err());
+    }
+
+    #[test]
+    fn db_restore_arguments() {
+        let a = parse_db_restore(&args("--sqlite --size-mb 20")).unwrap();
+        assert_eq!((a.size_mb, a.jobs, a.runs), (20, 2, 7));
+        assert!(parse_db_restore(&args("--url postgres://h/db --jobs 0")).is_err());
+        assert!(parse_db_restore(&args("--url")).is_err());
+    }
 }
