@@ -397,8 +397,7 @@ impl Database {
         let base = classify(m, dialect);
         let c = rewind_db::sql::classify(&m.up, dialect);
         let alone = match rewind_db::run_mode(format, m, down, dialect) {
-            Ok(rewind_db::RunMode::Alone(why)) => Some(why),
-            Ok(rewind_db::RunMode::Batch) => None,
+            Ok(mode) => mode.why().map(str::to_string),
             Err(e) => {
                 refusals.push(e.to_string());
                 None
@@ -1350,6 +1349,13 @@ fn phase_words(p: &rewind_db::Phase) -> String {
     }
 }
 
+fn bad_psql(file: &Path, reason: String) -> rewind_db::Error {
+    rewind_db::Error::BadFile {
+        file: file.to_path_buf(),
+        reason,
+    }
+}
+
 /// What a migration's up script does, for the plan: every finding's sentence when any
 /// effect other than adding shows (long locks and breaking changes included, so the plan
 /// says them), and data counted lost when rows or values go (a rollback cannot bring
@@ -1538,6 +1544,20 @@ impl Database {
             } else {
                 rewind_db::apply(&pool, format, &migs, target, progress).await
             }
+        } else if alone
+            && let Some(m) = migs.iter().find(|m| m.key() == versions[0])
+            && let Ok(rewind_db::RunMode::Psql(why)) =
+                rewind_db::run_mode(format, m, down, self.dialect())
+        {
+            self.psql_migration(cx, &pool, format, &migs, m, down, &why)
+                .await
+                .map(|done| {
+                    if done {
+                        vec![m.version.clone()]
+                    } else {
+                        Vec::new()
+                    }
+                })
         } else if alone {
             let key = &versions[0];
             let outcome = if down {
@@ -1568,6 +1588,90 @@ impl Database {
             if done.len() == 1 { "" } else { "s" },
             done.join(", ")
         )))
+    }
+
+    /// Runs one migration's script through psql, as sqitch runs every PostgreSQL script
+    /// (`psql -X -q -v ON_ERROR_STOP=1 -v registry=sqitch -f FILE`, in the project's
+    /// directory, the password in `PGPASSWORD` only), then records it in the history.
+    /// Returns false when the history already had it. A kill between psql's end and the
+    /// record runs the script again on resume, as a second `sqitch deploy` would.
+    #[allow(clippy::too_many_arguments)]
+    async fn psql_migration(
+        &self,
+        cx: &Ctx,
+        pool: &sqlx::AnyPool,
+        format: Format,
+        migs: &[Migration],
+        m: &Migration,
+        down: bool,
+        why: &str,
+    ) -> std::result::Result<bool, rewind_db::Error> {
+        if rewind_db::runner::is_done(pool, format, migs, m.key(), down).await? {
+            return Ok(false);
+        }
+        let file = if down {
+            m.down_file.clone().unwrap_or_else(|| m.file.clone())
+        } else {
+            m.file.clone()
+        };
+        cx.note(format!(
+            "{}: {}: through psql ({why})",
+            self.name,
+            m.label()
+        ));
+        let url = self.url().map_err(|e| bad_psql(&file, e.to_string()))?;
+        let parsed = PgUrl::parse(&url).map_err(|e| bad_psql(&file, e.to_string()))?;
+        let psql = match &self.cfg.pg_bin {
+            Some(dir) => dir.join("psql").display().to_string(),
+            None => "psql".to_string(),
+        };
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let command = format!(
+            "{} -X -q -v ON_ERROR_STOP=1 -v registry=sqitch -f {} {}",
+            quote(&psql),
+            quote(&file.display().to_string()),
+            quote(&format!("--dbname={}", parsed.as_str()))
+        );
+        let password = parsed.password().map(str::to_string);
+        let mut env: Vec<(&str, &str)> = vec![("PGAPPNAME", "rewind")];
+        if let Some(p) = &password {
+            env.push(("PGPASSWORD", p));
+        }
+        let dir = self.migrations_dir_of(m);
+        let started = std::time::Instant::now();
+        let out = proc::run_shell(
+            &self.name,
+            &command,
+            Some(&dir),
+            &env,
+            self.cfg.command_timeout,
+            &cx.redactor,
+        )
+        .await
+        .map_err(|e| bad_psql(&file, e.to_string()))?;
+        if !out.success() {
+            return Err(bad_psql(
+                &file,
+                format!(
+                    "psql exited with {}: {}",
+                    out.status.map_or("a signal".into(), |c| c.to_string()),
+                    self.scrub(out.output.trim())
+                ),
+            ));
+        }
+        rewind_db::runner::record_only(pool, format, migs, m.key(), down, started.elapsed())
+            .await?;
+        Ok(true)
+    }
+
+    /// The sqitch project directory a migration's scripts belong to (psql runs there, so the
+    /// script's relative paths resolve as they do for sqitch).
+    fn migrations_dir_of(&self, m: &Migration) -> PathBuf {
+        m.file
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
     }
 
     /// A restore point: the level, and a full backup when `backup` gives a reason.

@@ -1153,8 +1153,10 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
             ..Migration::default()
         });
     }
-    // A revert script without a planned change.
+    // A revert script without a planned change: sqitch reads scripts only for planned
+    // changes, so it is passed over; the plan says so.
     let revert_dir = dir.join("revert");
+    let mut orphans = Vec::new();
     if revert_dir.is_dir() {
         for (path, is_dir) in read_dir(&revert_dir)? {
             let fname = file_name(&path);
@@ -1164,15 +1166,14 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
             let change = fname.trim_end_matches(".sql");
             let change = change.split_once('@').map_or(change, |(c, _)| c);
             if !out.iter().any(|m| m.name == change) {
-                return Err(bad(
-                    &path,
-                    format!(
-                        "a revert script for change {change:?}, which sqitch.plan does not plan"
-                    ),
+                orphans.push(format!(
+                    "{} is a revert script for change {change:?}, which sqitch.plan does not plan: sqitch never runs it",
+                    path.display()
                 ));
             }
         }
     }
+    attach_warnings(&mut out, orphans);
     Ok(out)
 }
 

@@ -78,11 +78,23 @@ pub enum RunMode {
     Batch,
     /// By itself, outside the batch's transaction; the text says why.
     Alone(String),
+    /// By itself, through `psql`, as sqitch runs every PostgreSQL script: it uses what only
+    /// psql understands (a meta-command, a psql variable). The caller runs psql and then
+    /// [`record_only`]; the text says why.
+    Psql(String),
 }
 
 impl RunMode {
     pub fn is_alone(&self) -> bool {
-        matches!(self, RunMode::Alone(_))
+        matches!(self, RunMode::Alone(_) | RunMode::Psql(_))
+    }
+
+    /// Why it runs by itself, when it does.
+    pub fn why(&self) -> Option<&str> {
+        match self {
+            RunMode::Batch => None,
+            RunMode::Alone(w) | RunMode::Psql(w) => Some(w),
+        }
     }
 }
 
@@ -126,12 +138,20 @@ pub fn run_mode(format: Format, m: &Migration, down: bool, dialect: Dialect) -> 
         line,
         reason,
     };
-    if let Some(s) = stmts.iter().find(|s| s.text.starts_with('\\')) {
-        let word = s.text.split_whitespace().next().unwrap_or("\\");
+    if let Some((line, what)) = stmts
+        .iter()
+        .find_map(|s| s.psql_feature(dialect).map(|f| (s.line, f)))
+    {
+        if format == Format::Sqitch {
+            return Ok(RunMode::Psql(format!(
+                "sqitch runs it through psql, and it uses {what} (line {line})"
+            )));
+        }
         return Err(refuse(
-            s.line,
+            line,
             format!(
-                "{word} is a psql meta-command, not SQL; rewind runs the SQL itself: inline what it does"
+                "{what} is psql's, not SQL, and {} sends the script to the database itself; write it as SQL",
+                format.name()
             ),
         ));
     }
@@ -772,7 +792,7 @@ async fn batch(
         if down {
             require_down(m)?;
         }
-        if let RunMode::Alone(why) = run_mode(format, m, down, dialect)? {
+        if let Some(why) = run_mode(format, m, down, dialect)?.why() {
             return Err(Error::NotTransactional {
                 version: m.version.clone(),
                 name: m.name.clone(),
@@ -1143,6 +1163,15 @@ async fn alone(
     }
     let (mut conn, backend) = connection(pool, format).await?;
     let dialect = dialect(backend);
+    if let RunMode::Psql(why) = run_mode(format, m, down, dialect)? {
+        return Err(Error::NotTransactional {
+            version: m.version.clone(),
+            name: m.name.clone(),
+            file: script_of(m, down).1.to_path_buf(),
+            line: 1,
+            reason: format!("{why}: run it with psql, then record it with record_only"),
+        });
+    }
     let stmts = statements(m, down, dialect)?;
     let units = units(&stmts, dialect);
     let (script, _) = script_of(m, down);
@@ -1325,6 +1354,57 @@ async fn alone(
             .map_err(query_err("recording the migration in its history"))?;
     }
     progress(m, Phase::Committed);
+    Ok(AloneOutcome::Done)
+}
+
+/// Whether `m` is applied now (for a revert: whether it is not): what a caller that runs a
+/// script itself (through psql) checks first.
+pub async fn is_done(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    key: &str,
+    down: bool,
+) -> Result<bool> {
+    let m = find(migrations, key)?;
+    let (mut conn, _) = connection(pool, format).await?;
+    let recorded = history::recorded(&mut conn, format, migrations).await?;
+    Ok(recorded.iter().any(|r| r.key == m.key()) != down)
+}
+
+/// Records in the tool's history that `m` was applied (or, `down`, reverted) by a script the
+/// caller ran itself — through psql, as sqitch does — checking first what the tool checks
+/// (sqitch's dependencies), in one transaction. Already recorded: nothing to do.
+pub async fn record_only(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    key: &str,
+    down: bool,
+    elapsed: std::time::Duration,
+) -> Result<AloneOutcome> {
+    let m = find(migrations, key)?;
+    let (mut conn, _) = connection(pool, format).await?;
+    history::ensure_table(&mut conn, format).await?;
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(query_err("beginning a transaction"))?;
+    let recorded = history::recorded(&mut tx, format, migrations).await?;
+    if recorded.iter().any(|r| r.key == m.key()) != down {
+        return Ok(AloneOutcome::AlreadyDone);
+    }
+    if down {
+        history::check_revert(&mut tx, format, m).await?;
+        let previous = previous_after_revert(format, migrations, &recorded, m);
+        history::record_revert(&mut tx, format, m, previous, elapsed).await?;
+    } else {
+        history::check_apply(&mut tx, format, m).await?;
+        history::record_apply(&mut tx, format, m, elapsed).await?;
+    }
+    tx.commit()
+        .await
+        .map_err(query_err("recording the migration in its history"))?;
     Ok(AloneOutcome::Done)
 }
 

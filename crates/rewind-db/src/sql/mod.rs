@@ -123,6 +123,39 @@ impl Statement {
             .unwrap_or_default()
     }
 
+    /// What in this statement only psql understands: a meta-command (`\copy`, `\i`, `\set`
+    /// …, a line of its own starting with a backslash) or a psql variable (`:name`,
+    /// `:'name'`, `:"name"`); `None` for plain SQL. PostgreSQL only (SQLite has `:name`
+    /// parameters of its own).
+    pub fn psql_feature(&self, dialect: Dialect) -> Option<String> {
+        if dialect != Dialect::Postgres {
+            return None;
+        }
+        if self.text.starts_with('\\') {
+            let word = self.text.split_whitespace().next().unwrap_or("\\");
+            return Some(format!("the psql meta-command {word}"));
+        }
+        let toks = lex(&self.text, dialect).ok()?;
+        for (i, t) in toks.iter().enumerate() {
+            let text = &self.text[t.start..t.end];
+            let variable = match &t.kind {
+                Kind::Param if text.starts_with(':') => Some(text.to_string()),
+                // `:name`, `:"name"`, `:'name'`: a lone colon right before a word, a quoted
+                // name or a string (a cast is `::`, one token).
+                Kind::Punct if text == ":" => toks.get(i + 1).and_then(|n| {
+                    (n.start == t.end
+                        && matches!(n.kind, Kind::Word(_) | Kind::Quoted(_) | Kind::Str))
+                    .then(|| format!(":{}", &self.text[n.start..n.end]))
+                }),
+                _ => None,
+            };
+            if let Some(v) = variable {
+                return Some(format!("the psql variable {v}"));
+            }
+        }
+        None
+    }
+
     /// Why this statement cannot run inside a transaction block, or None.
     pub fn outside_transaction(&self, dialect: Dialect) -> Option<&'static str> {
         let toks = lex(&self.text, dialect).ok()?;
@@ -844,5 +877,24 @@ $$ LANGUAGE plpgsql;
         assert!(stmts[0].text.starts_with("COPY t (a) FROM stdin;\n1\n2"));
         assert_eq!(stmts[1].text, "SELECT 1");
         assert_eq!(stmts[1].line, 5);
+    }
+
+    #[test]
+    fn psql_features_are_found() {
+        let sql = "CREATE TABLE t (a int, b text DEFAULT ':not' || 'x::int');\n\\copy t from program 'cat x'\nSELECT :\"registry\".x;\nSELECT :v;\nSELECT :'v';\nSELECT 1::int, '{\"a\":1}'::json;\n";
+        let found: Vec<Option<String>> = split(sql, Dialect::Postgres)
+            .unwrap()
+            .iter()
+            .map(|s| s.psql_feature(Dialect::Postgres))
+            .collect();
+        assert_eq!(found[0], None, "casts, strings and defaults are SQL");
+        assert_eq!(found[1].as_deref(), Some("the psql meta-command \\copy"));
+        assert_eq!(found[2].as_deref(), Some("the psql variable :v"));
+        assert_eq!(found[3].as_deref(), Some("the psql variable :'v'"));
+        assert_eq!(found[4], None);
+        assert_eq!(
+            split("SELECT :a;", Dialect::Sqlite).unwrap()[0].psql_feature(Dialect::Sqlite),
+            None
+        );
     }
 }

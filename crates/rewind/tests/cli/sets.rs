@@ -410,3 +410,95 @@ fn status_says_why_a_database_cannot_be_read_and_to_time_needs_pitr() {
     assert!(out.stderr.contains("pitr"), "{}", out.all());
     assert_eq!(sqlite.ledger().0.as_deref(), Some("v2"));
 }
+
+#[test]
+fn sqitch_scripts_with_psql_meta_commands_run_through_psql_as_sqitch_does() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(fresh_pg_database("psql-secret-77"));
+    let f = Fixture::new();
+    config(
+        &f,
+        &format!("kind = \"postgres\"\nurl = \"{url}\""),
+        "sqitch",
+    );
+    let plan = "%syntax-version=1.0.0\n%project=colors\n\n\
+        colors 2026-01-01T00:00:00Z Ann <ann@example.invalid> # a table and its data\n\
+        @v1 2026-01-01T00:00:01Z Ann <ann@example.invalid>\n\
+        shades [colors] 2026-01-02T00:00:00Z Ann <ann@example.invalid>\n";
+    for v in ["v1", "v2"] {
+        let p = |rel: &str| f.path(&format!("rel/{v}/migrations/{rel}"));
+        let plan_v = if v == "v1" {
+            plan.lines().take(5).collect::<Vec<_>>().join("\n") + "\n"
+        } else {
+            plan.to_string()
+        };
+        write(&p("sqitch.plan"), &plan_v);
+        write(&p("data/colors.csv"), "red\ngreen\nblue\n");
+        // sqitch's own template, with psql's \copy reading a file relative to the project.
+        write(
+            &p("deploy/colors.sql"),
+            "-- Deploy colors:colors to pg\n\nBEGIN;\n\nCREATE TABLE colors (name TEXT NOT NULL);\n\\copy colors FROM 'data/colors.csv' WITH (FORMAT csv)\n\nCOMMIT;\n",
+        );
+        write(
+            &p("revert/colors.sql"),
+            "-- Revert colors:colors from pg\n\nBEGIN;\n\nDROP TABLE colors;\n\nCOMMIT;\n",
+        );
+        write(
+            &p("deploy/shades.sql"),
+            "BEGIN;\n\\set shade 'dark'\nCREATE TABLE shades AS SELECT name, :'shade'::text AS shade FROM colors;\nCOMMIT;\n",
+        );
+        write(
+            &p("revert/shades.sql"),
+            "BEGIN;\nDROP TABLE shades;\nCOMMIT;\n",
+        );
+    }
+    let plan_out = f.run(&["plan", "--deploy", "v1"]);
+    plan_out.ok();
+    assert!(
+        plan_out.stdout.contains(
+            "sqitch runs it through psql, and it uses the psql meta-command \\copy (line 6)"
+        ),
+        "{}",
+        plan_out.all()
+    );
+    f.run(&["deploy", "v1"]).ok();
+    f.run(&["deploy", "v2"]).ok();
+    assert_eq!(pg_text(&url, "SELECT count(*)::text FROM colors"), "3");
+    assert_eq!(pg_text(&url, "SELECT min(shade) FROM shades"), "dark");
+    // sqitch agrees: everything deployed.
+    let target = format!("db:{}", url.replacen("postgres://", "pg://", 1));
+    let sq = |args: &[&str]| {
+        let out = std::process::Command::new("sqitch")
+            .args(args)
+            .arg(&target)
+            .current_dir(f.path("rel/v2/migrations"))
+            .env("SQITCH_FULLNAME", "Test")
+            .env("SQITCH_EMAIL", "test@example.invalid")
+            .env("SQITCH_USER_CONFIG", f.path("no-user.conf"))
+            .output()
+            .expect("sqitch runs (scripts/test installs it)");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let status = sq(&["status"]);
+    assert!(
+        status.contains("Nothing to deploy (up-to-date)"),
+        "{status}"
+    );
+    // Back to v1: shades is reverted through psql too; sqitch sees @v1 as current.
+    f.run(&["rollback", "--yes"]).ok();
+    assert_eq!(
+        pg_text(
+            &url,
+            "SELECT count(*)::text FROM pg_tables WHERE tablename = 'shades'"
+        ),
+        "0"
+    );
+    let status = sq(&["status", "--show-tags"]);
+    assert!(status.contains("# Tag:      @v1"), "{status}");
+    let run = f.last_run();
+    assert!(!run.to_string().contains("psql-secret-77"), "{run}");
+}
