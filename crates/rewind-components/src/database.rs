@@ -420,6 +420,7 @@ impl Database {
             alone,
             warnings: m.warnings.clone(),
             display: m.label(),
+            ends_batch: rewind_db::runner::ends_batch(m, down, dialect),
             ..base
         }
     }
@@ -596,6 +597,7 @@ impl Database {
                 .collect(),
             partial: self.partial().await?,
             revert_refusals,
+            accept_row_loss: false,
             failing_checks,
             backup,
             pitr_window: None,
@@ -1437,9 +1439,13 @@ impl Component for Database {
                 to,
                 versions,
                 alone,
+                accept_row_loss,
                 ..
             } => {
-                self.run_migrations(cx, release, to, versions, alone.is_some(), false)
+                let options = rewind_db::runner::Options {
+                    accept_row_loss: *accept_row_loss,
+                };
+                self.run_migrations(cx, release, to, versions, alone.is_some(), false, options)
                     .await
             }
             Action::Revert {
@@ -1447,9 +1453,13 @@ impl Component for Database {
                 to,
                 versions,
                 alone,
+                accept_row_loss,
                 ..
             } => {
-                self.run_migrations(cx, release, to, versions, alone.is_some(), true)
+                let options = rewind_db::runner::Options {
+                    accept_row_loss: *accept_row_loss,
+                };
+                self.run_migrations(cx, release, to, versions, alone.is_some(), true, options)
                     .await
             }
             Action::AcceptDrift {
@@ -1507,6 +1517,7 @@ impl Database {
     /// Applies (or, `down`, reverts) the migrations `versions` of `release`'s directory:
     /// one that runs alone by itself, the others in one transaction. Without `versions` (a
     /// run recorded before sets): everything pending up to `to` (or applied after it).
+    #[allow(clippy::too_many_arguments)]
     async fn run_migrations(
         &self,
         cx: &Ctx,
@@ -1515,6 +1526,7 @@ impl Database {
         versions: &[String],
         alone: bool,
         down: bool,
+        options: rewind_db::runner::Options,
     ) -> Result<Outcome> {
         let (format, migs) = self.read_migrations(release)?;
         let level = self.level(format, &migs).await?;
@@ -1560,11 +1572,9 @@ impl Database {
                 })
         } else if alone {
             let key = &versions[0];
-            let outcome = if down {
-                rewind_db::revert_alone(&pool, format, &migs, key, progress).await
-            } else {
-                rewind_db::apply_alone(&pool, format, &migs, key, progress).await
-            };
+            let outcome =
+                rewind_db::runner::run_alone(&pool, format, &migs, key, down, options, progress)
+                    .await;
             outcome.map(|o| match o {
                 rewind_db::AloneOutcome::Done => migs
                     .iter()
@@ -1573,10 +1583,9 @@ impl Database {
                     .collect(),
                 rewind_db::AloneOutcome::AlreadyDone => Vec::new(),
             })
-        } else if down {
-            rewind_db::revert_batch(&pool, format, &migs, versions, progress).await
         } else {
-            rewind_db::apply_batch(&pool, format, &migs, versions, progress).await
+            rewind_db::runner::run_batch(&pool, format, &migs, versions, down, options, progress)
+                .await
         };
         let done = r.map_err(|e| self.fail(e))?;
         if done.is_empty() {
@@ -1658,6 +1667,56 @@ impl Database {
                     self.scrub(out.output.trim())
                 ),
             ));
+        }
+        // `[deploy] verify = true`: the verify script through psql too; when it fails, the
+        // revert script takes the change back, as sqitch does.
+        let verify = m
+            .sqitch
+            .as_ref()
+            .filter(|s| s.verify_on_deploy && s.verify.is_some());
+        if !down && verify.is_some() {
+            let verify_file = dir
+                .join("verify")
+                .join(m.file.file_name().unwrap_or_default());
+            let run = |f: &Path| {
+                format!(
+                    "{} -X -q -v ON_ERROR_STOP=1 -v registry=sqitch -f {} {}",
+                    quote(&psql),
+                    quote(&f.display().to_string()),
+                    quote(&format!("--dbname={}", parsed.as_str()))
+                )
+            };
+            let checked = proc::run_shell(
+                &self.name,
+                &run(&verify_file),
+                Some(&dir),
+                &env,
+                self.cfg.command_timeout,
+                &cx.redactor,
+            )
+            .await
+            .map_err(|e| bad_psql(&verify_file, e.to_string()))?;
+            if !checked.success() {
+                if let Some(revert) = &m.down_file {
+                    let _ = proc::run_shell(
+                        &self.name,
+                        &run(revert),
+                        Some(&dir),
+                        &env,
+                        self.cfg.command_timeout,
+                        &cx.redactor,
+                    )
+                    .await;
+                }
+                return Err(bad_psql(
+                    &verify_file,
+                    format!(
+                        "sqitch's verify of {} failed: {}; the change was taken back with its revert script, as sqitch does",
+                        m.label(),
+                        self.scrub(checked.output.trim())
+                    ),
+                ));
+            }
         }
         rewind_db::runner::record_only(pool, format, migs, m.key(), down, started.elapsed())
             .await?;

@@ -75,6 +75,11 @@ pub struct MigrationFacts {
     /// How a person recognises it (see [`MigrationFacts::label`]).
     #[serde(default)]
     pub display: String,
+    /// Its transaction must be committed before the next migration runs (PostgreSQL does not
+    /// let a value `ALTER TYPE … ADD VALUE` added be used in the same transaction, and the
+    /// tools commit each migration): the batch ends with it.
+    #[serde(default)]
+    pub ends_batch: bool,
 }
 
 impl MigrationFacts {
@@ -113,6 +118,16 @@ impl MigrationFacts {
         }
         line
     }
+}
+
+/// What the person accepted for a deploy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeployOptions {
+    /// `--accept-drift`: record edited applied migrations' checksums first.
+    pub accept_drift: bool,
+    /// `--accept-row-loss`: rows lost that no migration is classified to delete are
+    /// reported, not refused.
+    pub accept_row_loss: bool,
 }
 
 /// What a deploy needs to know about one database component.
@@ -231,6 +246,10 @@ pub struct DbRollbackFacts {
     /// Why a revert could not run as its tool would (a down script it cannot run).
     #[serde(default)]
     pub revert_refusals: Vec<String>,
+    /// The person accepts rows lost that no migration to revert is classified to delete
+    /// (`--accept-row-loss`).
+    #[serde(default)]
+    pub accept_row_loss: bool,
     /// Data checks failing now (one line each): the data is corrupted.
     pub failing_checks: Vec<String>,
     /// The newest backup taken at the target's level.
@@ -484,6 +503,9 @@ fn segments(list: &[MigrationFacts]) -> Vec<&[MigrationFacts]> {
             }
             out.push(&list[i..=i]);
             start = i + 1;
+        } else if m.ends_batch {
+            out.push(&list[start..=i]);
+            start = i + 1;
         }
     }
     if start < list.len() {
@@ -503,10 +525,10 @@ pub fn deploy_steps(
     name: &str,
     release: &str,
     facts: &DbDeployFacts,
-    accept_drift: bool,
+    options: &DeployOptions,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
-    if accept_drift && !facts.drifted.is_empty() {
+    if options.accept_drift && !facts.drifted.is_empty() {
         steps.push(step(
             format!("{name}.accept-drift"),
             format!(
@@ -534,6 +556,7 @@ pub fn deploy_steps(
                 to: facts.target_level.clone(),
                 versions: vec![],
                 alone: None,
+                accept_row_loss: options.accept_row_loss,
             },
         );
         s.effects.push(LedgerEffect::Deployed {
@@ -583,6 +606,7 @@ pub fn deploy_steps(
                 to: to.clone(),
                 versions: part.iter().map(|m| m.key.clone()).collect(),
                 alone,
+                accept_row_loss: options.accept_row_loss,
             },
         );
         if i + 1 == parts.len() {
@@ -651,6 +675,7 @@ fn revert_steps(name: &str, from_release: &str, facts: &DbRollbackFacts) -> Vec<
                 to: to.clone(),
                 versions: part.iter().map(|m| m.key.clone()).collect(),
                 alone,
+                accept_row_loss: facts.accept_row_loss,
             },
         ));
         from = to;
@@ -908,7 +933,7 @@ mod tests {
             ],
             ..DbDeployFacts::default()
         };
-        let steps = deploy_steps("db", "v2", &facts, false);
+        let steps = deploy_steps("db", "v2", &facts, &DeployOptions::default());
         let shape: Vec<(String, Vec<String>, bool)> = steps
             .iter()
             .map(|s| match &s.action {
@@ -929,6 +954,23 @@ mod tests {
         // Only the last step moves the ledger.
         assert!(steps[..2].iter().all(|s| s.effects.is_empty()));
         assert_eq!(steps[2].effects.len(), 1);
+        // A migration whose transaction must commit first (ALTER TYPE … ADD VALUE) ends its
+        // batch.
+        let mut ends = facts.clone();
+        ends.pending[0].ends_batch = true;
+        let ids: Vec<String> = deploy_steps("db", "v2", &ends, &DeployOptions::default())
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "db.migrate.1",
+                "db.migrate.2",
+                "db.migrate.3",
+                "db.migrate.4"
+            ]
+        );
         // A migration outside a transaction asks for a full backup before the deploy.
         let mut c = cfg();
         c.backup = BackupPolicy::Destructive;

@@ -226,6 +226,10 @@ pub enum Action {
         /// Why the migration runs alone (its tool's marker, its own BEGIN/COMMIT …).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         alone: Option<String>,
+        /// Rows lost that no migration is classified to delete are reported, not refused
+        /// (`--accept-row-loss`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        accept_row_loss: bool,
     },
     /// Revert database migrations with their down scripts (read from `release`'s migrations
     /// directory, the release being left): those named in `versions`, in that order (newest
@@ -239,6 +243,8 @@ pub enum Action {
         versions: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         alone: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        accept_row_loss: bool,
     },
     /// Record, in the tool's history, the checksums the migration files have now for the
     /// applied migrations `versions` whose files were edited after they were applied, as the

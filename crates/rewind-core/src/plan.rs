@@ -206,7 +206,7 @@ pub fn deploy_plan(
     artifacts: &BTreeMap<String, String>,
     db: &BTreeMap<String, DbDeployFacts>,
     watch: bool,
-    accept_drift: bool,
+    options: &crate::dbplan::DeployOptions,
 ) -> Vec<Step> {
     let mut steps: Vec<Step> = config
         .components
@@ -223,7 +223,7 @@ pub fn deploy_plan(
     for (name, cfg) in &config.components {
         if cfg.database().is_some() {
             if let Some(f) = db.get(name) {
-                steps.extend(crate::dbplan::deploy_steps(name, release, f, accept_drift));
+                steps.extend(crate::dbplan::deploy_steps(name, release, f, options));
             }
             continue;
         }

@@ -211,7 +211,8 @@ CREATE INDEX IF NOT EXISTS flyway_schema_history_s_idx ON flyway_schema_history 
     applied_on VARCHAR(255),
     checksum VARCHAR(255)
 )",
-            if pg { "INT4" } else { "INTEGER" }
+            // refinery writes int4 for every database (on SQLite: not a rowid alias).
+            if pg { "INT4" } else { "int4" }
         ),
         Format::Sqitch => sqitch_registry_ddl(pg),
     };
@@ -472,16 +473,19 @@ pub async fn recorded(
         _ => {}
     }
     let sql = match format {
+        // The output columns are named `rkey`: an ORDER BY naming `version` must sort the
+        // table's column (a number), not the text made of it (PostgreSQL resolves ORDER BY
+        // names against the output columns first: `10` would come before `9`).
         Format::Sqlx if pg => {
-            "SELECT CAST(version AS TEXT), description, encode(checksum, 'hex') \
+            "SELECT CAST(version AS TEXT) AS rkey, description, encode(checksum, 'hex') \
              FROM _sqlx_migrations WHERE success ORDER BY installed_on, version"
         }
         Format::Sqlx => {
-            "SELECT CAST(version AS TEXT), description, lower(hex(checksum)) \
+            "SELECT CAST(version AS TEXT) AS rkey, description, lower(hex(checksum)) \
              FROM _sqlx_migrations WHERE success ORDER BY installed_on, version"
         }
         Format::Diesel => {
-            "SELECT version, '', CAST(NULL AS TEXT) FROM __diesel_schema_migrations \
+            "SELECT version AS rkey, '', CAST(NULL AS TEXT) FROM __diesel_schema_migrations \
              ORDER BY run_on, version"
         }
         Format::GolangMigrate => {
@@ -499,7 +503,7 @@ pub async fn recorded(
              ORDER BY h.installed_rank"
         }
         Format::Refinery => {
-            "SELECT CAST(version AS TEXT), name, checksum FROM refinery_schema_history \
+            "SELECT CAST(version AS TEXT) AS rkey, name, checksum FROM refinery_schema_history \
              ORDER BY applied_on, version"
         }
         Format::Sqitch => {

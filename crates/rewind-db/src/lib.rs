@@ -77,13 +77,23 @@ pub enum Error {
         reason: String,
     },
     #[error(
-        "{what} would lose data, so it was rolled back: {}; {deletes}",
+        "{what} would lose data, so it was rolled back: {}; {deletes} (if it means to, accept the loss: rewind deploy/rollback --accept-row-loss)",
         problems.join("; ")
     )]
     DataGuard {
         what: String,
         problems: Vec<String>,
         deletes: String,
+    },
+    #[error(
+        "sqitch's verify of {name} failed ({}:{line}): {message}; the change is taken back, as sqitch does",
+        file.display()
+    )]
+    Verify {
+        name: String,
+        file: PathBuf,
+        line: usize,
+        message: String,
     },
     #[error(
         "{source}\n(it runs outside a transaction: {units_done} of its {units} units stay committed; running it again goes on from there)"
@@ -93,7 +103,7 @@ pub enum Error {
         units_done: usize,
         units: usize,
     },
-    #[error("{doing}: {source}")]
+    #[error("{doing}: {}", runner::db_error_text(source))]
     Query { doing: String, source: sqlx::Error },
     #[error("history table {table}: {detail}")]
     History { table: String, detail: String },

@@ -304,6 +304,9 @@ pub struct SqitchChange {
     /// For a change planned again later (`sqitch rework`): the tag its scripts are named
     /// after (`deploy/<change>@<tag>.sql`); `None` for the newest instance.
     pub rework_tag: Option<String>,
+    /// The project's `sqitch.conf` says `[deploy] verify = true`: sqitch runs the verify
+    /// script after the deploy script and takes the change back when it fails.
+    pub verify_on_deploy: bool,
 }
 
 /// A `@tag` line of `sqitch.plan`: what the registry's `tags` table records about it.
@@ -527,32 +530,46 @@ fn read_flat(dir: &Path, format: Format) -> Result<Vec<Migration>> {
     let mut simple: BTreeMap<String, PathBuf> = BTreeMap::new();
     for (path, is_dir) in read_dir(dir)? {
         let fname = file_name(&path);
-        if is_dir || !fname.ends_with(".sql") {
+        if is_dir {
             continue;
         }
-        let Some((v, rest)) = fname.split_once('_') else {
-            // Both tools pass over a file that is not `<version>_<name>…sql`.
-            skipped.push(format!(
-                "{} is not <version>_<name>.sql: {} ignores it",
-                path.display(),
-                format.name()
-            ));
-            continue;
-        };
-        let (stem, is_down, is_simple) = if let Some(s) = rest.strip_suffix(".up.sql") {
-            (s, false, false)
-        } else if let Some(s) = rest.strip_suffix(".down.sql") {
-            (s, true, false)
+        let (v, stem, is_down, is_simple) = if format == Format::GolangMigrate {
+            // golang-migrate's pattern is `^([0-9]+)_(.*)\.(down|up)\.(.*)$` with a greedy
+            // middle group and any extension (`30_x.up..sql` is an up migration named `x`);
+            // other files are passed over.
+            match golang_migrate_name(&fname) {
+                Some((v, name, down)) => (v, name, down, false),
+                None => {
+                    if fname.ends_with(".sql") {
+                        skipped.push(format!(
+                            "{} does not match <version>_<name>.up|down.<ext>: golang-migrate never runs it",
+                            path.display()
+                        ));
+                    }
+                    continue;
+                }
+            }
         } else {
-            (rest.strip_suffix(".sql").unwrap_or(rest), false, true)
+            if !fname.ends_with(".sql") {
+                continue;
+            }
+            let Some((v, rest)) = fname.split_once('_') else {
+                skipped.push(format!(
+                    "{} is not <version>_<name>.sql: sqlx ignores it",
+                    path.display()
+                ));
+                continue;
+            };
+            // sqlx: the kind from the suffix, the description with every repetition of the
+            // suffix trimmed (`1_a.sql.sql` is "a"), as its `trim_end_matches` does.
+            if rest.ends_with(".up.sql") {
+                (v, rest.trim_end_matches(".up.sql"), false, false)
+            } else if rest.ends_with(".down.sql") {
+                (v, rest.trim_end_matches(".down.sql"), true, false)
+            } else {
+                (v, rest.trim_end_matches(".sql"), false, true)
+            }
         };
-        if is_simple && format == Format::GolangMigrate {
-            skipped.push(format!(
-                "{} has no .up.sql/.down.sql suffix: golang-migrate never runs it",
-                path.display()
-            ));
-            continue;
-        }
         if stem.is_empty() {
             return Err(bad(&path, "the migration has no name"));
         }
@@ -595,6 +612,23 @@ fn read_flat(dir: &Path, format: Format) -> Result<Vec<Migration>> {
         }
     }
     Ok(list)
+}
+
+/// Splits a golang-migrate file name as its pattern `^([0-9]+)_(.*)\.(down|up)\.(.*)$`
+/// does: (version, name, is_down). The name group is greedy, so the last `.up.` or `.down.`
+/// decides.
+fn golang_migrate_name(fname: &str) -> Option<(&str, &str, bool)> {
+    let (v, rest) = fname.split_once('_')?;
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (at, is_down) = match (rest.rfind(".up."), rest.rfind(".down.")) {
+        (Some(u), Some(d)) if d > u => (d, true),
+        (Some(u), _) => (u, false),
+        (None, Some(d)) => (d, true),
+        (None, None) => return None,
+    };
+    Some((v, &rest[..at], is_down))
 }
 
 /// sqlx's directive, on a script's first line, to run it outside a transaction.
@@ -751,9 +785,9 @@ fn read_diesel(dir: &Path) -> Result<Vec<Migration>> {
             }
             return Err(bad(&path, "a migration directory without up.sql"));
         }
-        let Some((v, name)) = dname.split_once('_') else {
-            return Err(bad(&path, "expected <version>_<name>"));
-        };
+        // Without `_` the whole name is the version (`version_from_string` splits at the
+        // first `_`), and diesel shows the directory's name.
+        let (v, name) = dname.split_once('_').unwrap_or((&dname, &dname));
         // diesel's version is whatever stands before the first `_`, dashes removed; it need
         // not be a number (`202305231715updatesubgraph…` is one in a real project).
         let version = v.replace('-', "");
@@ -955,6 +989,7 @@ fn is_plan_timestamp(ts: &str) -> bool {
 fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
     let plan_file = dir.join("sqitch.plan");
     let plan = read_text(&plan_file)?;
+    let verify_on_deploy = sqitch_deploy_verifies(dir);
     let mut project = None;
     let mut uri = None;
     let mut out: Vec<Migration> = Vec::new();
@@ -970,7 +1005,10 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
             let (key, value) = pragma.split_once('=').unwrap_or((pragma, ""));
             match key.trim() {
                 "project" => project = Some(value.trim().to_string()),
-                "uri" => uri = Some(value.trim().to_string()),
+                // sqitch hashes (and records) the URI in its canonical form
+                // (`URI->canonical`: scheme and host lower-cased, a default port dropped, an
+                // empty path written `/`), so `https://Example.com` is `https://example.com/`.
+                "uri" => uri = Some(canonical_uri(value.trim())),
                 _ => {}
             }
             continue;
@@ -1135,6 +1173,7 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
                 None
             },
             rework_tag: None,
+            verify_on_deploy,
         };
         change.change_id = sqitch_change_id(name, &change, parent.as_deref());
         let (down, down_file) = if revert.is_file() {
@@ -1177,6 +1216,43 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
     Ok(out)
 }
 
+/// Whether the project's `sqitch.conf` (git-config syntax) says `[deploy] verify = true`.
+/// The user's and the system's sqitch configuration are not read.
+fn sqitch_deploy_verifies(dir: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(dir.join("sqitch.conf")) else {
+        return false;
+    };
+    let mut section = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.trim().to_ascii_lowercase();
+            continue;
+        }
+        if section == "deploy"
+            && let Some((key, value)) = line.split_once('=')
+            && key.trim().eq_ignore_ascii_case("verify")
+        {
+            return matches!(
+                value.trim().to_ascii_lowercase().as_str(),
+                "true" | "yes" | "on" | "1"
+            );
+        }
+    }
+    false
+}
+
+/// A URI as sqitch canonicalises it (see the `%uri` pragma above); text that is not a URI is
+/// kept as written.
+fn canonical_uri(uri: &str) -> String {
+    url::Url::parse(uri)
+        .map(|u| u.to_string())
+        .unwrap_or_else(|_| uri.to_string())
+}
+
 /// A 40-digit hex change id, which sqitch accepts as a dependency.
 fn is_sqitch_id(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -1209,8 +1285,8 @@ fn sqitch_object_id(kind: &str, info: &str) -> String {
 /// ```
 ///
 /// Checked against sqitch 1.3.1: `sqitch deploy` of the test fixture writes these ids, and
-/// `sqitch status` finds the changes rewind recorded in its plan. The URI is used as written
-/// (sqitch canonicalises it first: keep `%uri` canonical, lower-case scheme and host).
+/// `sqitch status` finds the changes rewind recorded in its plan. The URI is the canonical
+/// one read from the plan.
 pub fn sqitch_change_id(name: &str, c: &SqitchChange, parent: Option<&str>) -> String {
     let mut info = format!("project {}\n", c.project);
     if let Some(uri) = &c.uri {
@@ -1569,5 +1645,51 @@ mod tests {
             tool_checksum(Format::Refinery, &m),
             Checksum::SipHash13(h.finish())
         );
+    }
+
+    #[test]
+    fn file_names_read_as_each_tool_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("1_add_a.sql.sql", "SELECT 1;"),
+            ("2_x.up.sql", "SELECT 2;"),
+            ("2_x.down.sql", "SELECT 3;"),
+            ("README.md", "not a migration"),
+        ] {
+            fs::write(dir.path().join(name), text).unwrap();
+        }
+        let migs = read(dir.path(), Format::Sqlx).unwrap();
+        // sqlx trims the suffix as often as it repeats.
+        assert_eq!(migs[0].name, "add a");
+        assert_eq!(migs[1].name, "x");
+
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("30_ignore_autotag.up..sql", "SELECT 1;"),
+            ("31_a.b.up.up.sql", "SELECT 2;"),
+            ("32_plain.sql", "SELECT 3;"),
+            ("33_json.up.json", "SELECT 4;"),
+        ] {
+            fs::write(dir.path().join(name), text).unwrap();
+        }
+        let migs = read(dir.path(), Format::GolangMigrate).unwrap();
+        let got: Vec<(&str, &str)> = migs
+            .iter()
+            .map(|m| (m.version.as_str(), m.name.as_str()))
+            .collect();
+        // golang-migrate's pattern: the last `.up.` decides, any extension; `32_plain.sql`
+        // does not match and is passed over (with a note).
+        assert_eq!(
+            got,
+            [("30", "ignore_autotag"), ("31", "a.b.up"), ("33", "json")]
+        );
+        assert!(migs[0].warnings.iter().any(|w| w.contains("32_plain.sql")));
+
+        // diesel: a directory without `_` is all version (dashes removed), as diesel has it.
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("2023-05-23-1715-add-t")).unwrap();
+        fs::write(dir.path().join("2023-05-23-1715-add-t/up.sql"), "SELECT 1;").unwrap();
+        let migs = read(dir.path(), Format::Diesel).unwrap();
+        assert_eq!(migs[0].version, "202305231715addt");
     }
 }

@@ -71,6 +71,15 @@ pub enum Phase {
     RolledBack,
 }
 
+/// What a person accepted for a run of migrations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Rows lost that no migration of the transaction is classified to delete (a DELETE
+    /// inside a function the migration calls, say) are reported as notes instead of failing
+    /// the transaction.
+    pub accept_row_loss: bool,
+}
+
 /// How a script runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunMode {
@@ -159,8 +168,17 @@ pub fn run_mode(format: Format, m: &Migration, down: bool, dialect: Dialect) -> 
     let own_tx = stmts
         .iter()
         .find(|s| s.transaction_control(dialect).is_some());
+    // Tools that run the script in a transaction on SQLite (sqlx, diesel, refinery, and
+    // golang-migrate's sqlite driver, which wraps each file) run `PRAGMA foreign_keys` there,
+    // where SQLite ignores it: a no-op, not a failure, so it keeps the script in the batch.
+    let wraps = dialect == Dialect::Sqlite
+        && matches!(
+            format,
+            Format::Sqlx | Format::Diesel | Format::Refinery | Format::GolangMigrate
+        );
     let outside: Vec<(&Statement, &'static str)> = stmts
         .iter()
+        .filter(|s| !(wraps && is_pragma_foreign_keys(s, dialect)))
         .filter_map(|s| s.outside_transaction(dialect).map(|r| (s, r)))
         .collect();
     if let Some(marker) = marker {
@@ -215,6 +233,11 @@ pub fn run_mode(format: Format, m: &Migration, down: bool, dialect: Dialect) -> 
             ),
         )),
     }
+}
+
+fn is_pragma_foreign_keys(s: &Statement, dialect: Dialect) -> bool {
+    let w = s.words(dialect);
+    w.len() >= 2 && w[0] == "PRAGMA" && w[1] == "FOREIGN_KEYS"
 }
 
 fn first_words(text: &str) -> String {
@@ -331,6 +354,61 @@ async fn run_script_tx(
     }
 }
 
+/// The verify script sqitch runs after deploying `m`, when the project asks for it (`[deploy]
+/// verify = true`).
+fn verify_script(m: &Migration) -> Option<&str> {
+    m.sqitch
+        .as_ref()
+        .filter(|s| s.verify_on_deploy)
+        .and_then(|s| s.verify.as_deref())
+}
+
+/// Runs `m`'s verify script inside the caller's transaction, from a savepoint it then rolls
+/// back to (a verify script checks, it changes nothing; its own `BEGIN`/`ROLLBACK` are left
+/// out). A failure names the verify script's line; the caller's transaction is then rolled
+/// back, which takes the change back as sqitch's revert after a failed verify does.
+async fn run_verify_tx(conn: &mut AnyConnection, m: &Migration, dialect: Dialect) -> Result<()> {
+    let Some(sql) = verify_script(m) else {
+        return Ok(());
+    };
+    let file = m
+        .file
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|d| {
+            d.join("verify")
+                .join(m.file.file_name().unwrap_or_default())
+        })
+        .unwrap_or_default();
+    let stmts = sql::split(sql, dialect).map_err(|e| Error::BadFile {
+        file: file.clone(),
+        reason: format!("line {}, column {}: {}", e.line, e.column, e.message),
+    })?;
+    exec(conn, "SAVEPOINT rewind_verify")
+        .await
+        .map_err(query_err("starting the verify script"))?;
+    for s in stmts
+        .iter()
+        .filter(|s| s.transaction_control(dialect).is_none())
+    {
+        if let Err(e) = exec(conn, &s.text).await {
+            return Err(Error::Verify {
+                name: m.label(),
+                file,
+                line: error_line(s, &e),
+                message: db_error_text(&e),
+            });
+        }
+    }
+    exec(conn, "ROLLBACK TO SAVEPOINT rewind_verify")
+        .await
+        .map_err(query_err("ending the verify script"))?;
+    exec(conn, "RELEASE SAVEPOINT rewind_verify")
+        .await
+        .map_err(query_err("ending the verify script"))?;
+    Ok(())
+}
+
 /// A connection ready for `format`: the sqitch registry attached on SQLite, and SQLite's
 /// `foreign_keys` as the tool has it.
 async fn connection(
@@ -414,6 +492,8 @@ struct Guard {
     fk: BTreeMap<(String, String), i64>,
     /// PostgreSQL: table oid → name.
     tables: BTreeMap<i64, String>,
+    /// PostgreSQL: the tables that hold rows (a table dropped while empty loses nothing).
+    nonempty: BTreeSet<i64>,
 }
 
 /// Tables the guard leaves out: the tools' own bookkeeping, which a revert empties.
@@ -509,14 +589,48 @@ async fn guard_start(conn: &mut AnyConnection, backend: Backend) -> Result<Guard
             counts: sqlite_counts(conn).await?,
             fk: sqlite_fk_violations(conn).await?,
             tables: BTreeMap::new(),
+            nonempty: BTreeSet::new(),
         },
-        Backend::Postgres => Guard {
-            backend,
-            counts: BTreeMap::new(),
-            fk: BTreeMap::new(),
-            tables: pg_tables(conn).await?,
-        },
+        Backend::Postgres => {
+            let tables = pg_tables(conn).await?;
+            let nonempty = pg_nonempty(conn, &tables).await?;
+            Guard {
+                backend,
+                counts: BTreeMap::new(),
+                fk: BTreeMap::new(),
+                tables,
+                nonempty,
+            }
+        }
     })
+}
+
+/// The tables of `tables` that hold at least one row, in few queries.
+async fn pg_nonempty(
+    conn: &mut AnyConnection,
+    tables: &BTreeMap<i64, String>,
+) -> Result<BTreeSet<i64>> {
+    let doing = "looking for tables that hold rows";
+    let mut out = BTreeSet::new();
+    let ids: Vec<(&i64, &String)> = tables.iter().filter(|(_, n)| !is_bookkeeping(n)).collect();
+    for chunk in ids.chunks(200) {
+        // The names are `regclass` output: quoted as needed, so they can stand in FROM.
+        let sql = chunk
+            .iter()
+            .map(|(oid, name)| {
+                format!("SELECT CAST({oid} AS BIGINT) WHERE EXISTS (SELECT 1 FROM {name})")
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(query_err(doing))?;
+        for r in rows {
+            out.insert(r.try_get::<i64, _>(0).map_err(query_err(doing))?);
+        }
+    }
+    Ok(out)
 }
 
 /// `a` and `b` name the same table (either may be schema-qualified, both lower-cased).
@@ -590,7 +704,8 @@ async fn guard_check(
     guard: &Guard,
     removes: &Removes,
     what: &str,
-) -> Result<()> {
+    accept: bool,
+) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     let mut allowed = with_dependents(conn, guard.backend, &removes.deletes).await?;
     allowed.extend(removes.drops.iter().cloned());
@@ -631,6 +746,7 @@ async fn guard_check(
                         "table {name} lost {} of its {was} rows ({was} → {n})",
                         was - n
                     )),
+                    None if *was == 0 => {}
                     None => problems.push(format!("table {table} ({was} rows) is gone")),
                 }
             }
@@ -667,14 +783,24 @@ async fn guard_check(
                 ));
             }
             for (oid, name) in &guard.tables {
-                if !now.contains_key(oid) && !is_bookkeeping(name) && !is_allowed(name) {
-                    problems.push(format!("table {name} is gone"));
+                if !now.contains_key(oid)
+                    && guard.nonempty.contains(oid)
+                    && !is_bookkeeping(name)
+                    && !is_allowed(name)
+                {
+                    problems.push(format!("table {name} is gone, with its rows"));
                 }
             }
         }
     }
     if problems.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
+    }
+    if accept {
+        return Ok(problems
+            .into_iter()
+            .map(|p| format!("{p} (accepted: --accept-row-loss)"))
+            .collect());
     }
     let deletes = if allowed.is_empty() {
         "no migration of it deletes rows".to_string()
@@ -745,7 +871,29 @@ pub async fn apply_batch(
     keys: &[String],
     progress: impl FnMut(&Migration, Phase),
 ) -> Result<Vec<String>> {
-    batch(pool, format, migrations, keys, false, progress).await
+    batch(
+        pool,
+        format,
+        migrations,
+        keys,
+        false,
+        Options::default(),
+        progress,
+    )
+    .await
+}
+
+/// [`apply_batch`] or [`revert_batch`] (`down`) with what the person accepted.
+pub async fn run_batch(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    keys: &[String],
+    down: bool,
+    options: Options,
+    progress: impl FnMut(&Migration, Phase),
+) -> Result<Vec<String>> {
+    batch(pool, format, migrations, keys, down, options, progress).await
 }
 
 /// Reverts the migrations named by `keys`, in that order (newest applied first), with their
@@ -759,7 +907,16 @@ pub async fn revert_batch(
     keys: &[String],
     progress: impl FnMut(&Migration, Phase),
 ) -> Result<Vec<String>> {
-    batch(pool, format, migrations, keys, true, progress).await
+    batch(
+        pool,
+        format,
+        migrations,
+        keys,
+        true,
+        Options::default(),
+        progress,
+    )
+    .await
 }
 
 fn require_down(m: &Migration) -> Result<()> {
@@ -779,6 +936,7 @@ async fn batch(
     migrations: &[Migration],
     keys: &[String],
     down: bool,
+    options: Options,
     mut progress: impl FnMut(&Migration, Phase),
 ) -> Result<Vec<String>> {
     let list: Vec<&Migration> = keys
@@ -833,6 +991,9 @@ async fn batch(
                     history::check_apply(&mut tx, format, m).await?;
                 }
                 run_script_tx(&mut tx, m, down, stmts).await?;
+                if !down {
+                    run_verify_tx(&mut tx, m, dialect).await?;
+                }
                 if down {
                     let previous = previous_after_revert(format, migrations, &recorded, m);
                     history::record_revert(&mut tx, format, m, previous, started.elapsed()).await
@@ -877,15 +1038,24 @@ async fn batch(
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        if let Err(e) = guard_check(&mut tx, &guard, &allowed, &what).await {
-            if let Some(m) = finished.last() {
-                progress(m, Phase::Failed(e.to_string()));
+        match guard_check(&mut tx, &guard, &allowed, &what, options.accept_row_loss).await {
+            Err(e) => {
+                if let Some(m) = finished.last() {
+                    progress(m, Phase::Failed(e.to_string()));
+                }
+                let _ = tx.rollback().await;
+                if let Some(m) = finished.last() {
+                    progress(m, Phase::RolledBack);
+                }
+                return Err(e);
             }
-            let _ = tx.rollback().await;
-            if let Some(m) = finished.last() {
-                progress(m, Phase::RolledBack);
+            Ok(accepted) => {
+                if let Some(m) = finished.last() {
+                    for a in accepted {
+                        progress(m, Phase::Note(a));
+                    }
+                }
             }
-            return Err(e);
         }
     }
     tx.commit().await.map_err(query_err(if down {
@@ -999,6 +1169,16 @@ fn units(stmts: &[Statement], dialect: Dialect) -> Vec<Unit> {
     }
     flush(&mut plain, &mut out);
     out
+}
+
+/// True when `m`'s script (up, or down) must be committed before another migration runs:
+/// PostgreSQL does not let the value an `ALTER TYPE … ADD VALUE` adds be used in the same
+/// transaction, and the tools commit after each migration.
+pub fn ends_batch(m: &Migration, down: bool, dialect: Dialect) -> bool {
+    dialect == Dialect::Postgres
+        && statements(m, down, dialect)
+            .map(|stmts| stmts.iter().any(|s| is_add_enum_value(s, dialect)))
+            .unwrap_or(false)
 }
 
 fn is_add_enum_value(s: &Statement, dialect: Dialect) -> bool {
@@ -1135,7 +1315,29 @@ pub async fn apply_alone(
     key: &str,
     progress: impl FnMut(&Migration, Phase),
 ) -> Result<AloneOutcome> {
-    alone(pool, format, migrations, key, false, progress).await
+    alone(
+        pool,
+        format,
+        migrations,
+        key,
+        false,
+        Options::default(),
+        progress,
+    )
+    .await
+}
+
+/// [`apply_alone`] or [`revert_alone`] (`down`) with what the person accepted.
+pub async fn run_alone(
+    pool: &AnyPool,
+    format: Format,
+    migrations: &[Migration],
+    key: &str,
+    down: bool,
+    options: Options,
+    progress: impl FnMut(&Migration, Phase),
+) -> Result<AloneOutcome> {
+    alone(pool, format, migrations, key, down, options, progress).await
 }
 
 /// Reverts `m` alone with its down script; see [`apply_alone`].
@@ -1146,7 +1348,16 @@ pub async fn revert_alone(
     key: &str,
     progress: impl FnMut(&Migration, Phase),
 ) -> Result<AloneOutcome> {
-    alone(pool, format, migrations, key, true, progress).await
+    alone(
+        pool,
+        format,
+        migrations,
+        key,
+        true,
+        Options::default(),
+        progress,
+    )
+    .await
 }
 
 async fn alone(
@@ -1155,6 +1366,7 @@ async fn alone(
     migrations: &[Migration],
     key: &str,
     down: bool,
+    options: Options,
     mut progress: impl FnMut(&Migration, Phase),
 ) -> Result<AloneOutcome> {
     let m = find(migrations, key)?;
@@ -1273,17 +1485,24 @@ async fn alone(
             let outcome = async {
                 run_statements(&mut tx, m, down, &unit.statements).await?;
                 if !unit.rolled_back {
-                    guard_check(
+                    let accepted = guard_check(
                         &mut tx,
                         &guard,
                         &allowed,
                         &format!("{} (through line {})", m.label(), unit.last_line()),
+                        options.accept_row_loss,
                     )
                     .await?;
+                    for a in accepted {
+                        progress(m, Phase::Note(a));
+                    }
                     if tracked {
                         set_progress(&mut tx, tool, m, direction, i + 1, unit.last_line()).await?;
                     }
                     if last {
+                        if !down {
+                            run_verify_tx(&mut tx, m, dialect).await?;
+                        }
                         finish(
                             &mut tx, format, m, down, previous, started, tracked, tool, direction,
                         )
@@ -1345,6 +1564,13 @@ async fn alone(
             .begin()
             .await
             .map_err(query_err("beginning a transaction"))?;
+        if !down {
+            // The script's work is committed already: a failing verify leaves it half-done
+            // (progress kept), for `resume` after a fix or a rollback's restore.
+            run_verify_tx(&mut tx, m, dialect)
+                .await
+                .map_err(|e| with_partial(e, total, total))?;
+        }
         finish(
             &mut tx, format, m, down, previous, started, tracked, tool, direction,
         )
@@ -1674,13 +1900,15 @@ pub async fn run_keys(
         dialect(Backend::of(&conn)?)
     };
     let mut segments: Vec<(bool, Vec<String>)> = Vec::new();
+    let mut closed = false;
     for k in keys {
         let m = find(migrations, k)?;
         let alone = run_mode(format, m, down, dialect)?.is_alone();
         match segments.last_mut() {
-            Some((false, batch)) if !alone => batch.push(k.clone()),
+            Some((false, batch)) if !alone && !closed => batch.push(k.clone()),
             _ => segments.push((alone, vec![k.clone()])),
         }
+        closed = ends_batch(m, down, dialect);
     }
     let mut done = Vec::new();
     for (alone, keys) in segments {
@@ -1692,7 +1920,18 @@ pub async fn run_keys(
                 done.push(m.version.clone());
             }
         } else {
-            done.extend(batch(pool, format, migrations, &keys, down, &mut *progress).await?);
+            done.extend(
+                batch(
+                    pool,
+                    format,
+                    migrations,
+                    &keys,
+                    down,
+                    Options::default(),
+                    &mut *progress,
+                )
+                .await?,
+            );
         }
     }
     Ok(done)
@@ -1706,5 +1945,14 @@ async fn alone_run(
     down: bool,
     progress: &mut impl FnMut(&Migration, Phase),
 ) -> Result<AloneOutcome> {
-    alone(pool, format, migrations, key, down, progress).await
+    alone(
+        pool,
+        format,
+        migrations,
+        key,
+        down,
+        Options::default(),
+        progress,
+    )
+    .await
 }

@@ -135,6 +135,12 @@ pub struct DeployArgs {
     /// would (`flyway repair`), so the tool accepts them afterwards.
     #[arg(long)]
     pub accept_drift: bool,
+    /// Databases: a table lost rows although no migration is classified to delete from it
+    /// (a DELETE inside a function the migration calls, a trigger …). Without this flag the
+    /// migrations' transaction is rolled back, naming the table and the counts; with it the
+    /// loss is reported and kept.
+    #[arg(long)]
+    pub accept_row_loss: bool,
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +167,10 @@ pub struct TargetArgs {
     /// empty down script) because no backup exists.
     #[arg(long)]
     pub revert_anyway: bool,
+    /// Databases: rows a down script loses although it is not classified to delete them are
+    /// reported, not refused (see `rewind deploy --help`).
+    #[arg(long)]
+    pub accept_row_loss: bool,
 }
 
 #[derive(Debug, Args)]

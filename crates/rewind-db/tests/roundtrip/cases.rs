@@ -781,3 +781,230 @@ async fn a_failed_concurrent_index_is_explained_and_finished_by_running_again() 
         0
     );
 }
+
+#[tokio::test]
+async fn sqlx_reverts_10_before_9() {
+    // Versions 9 and 10: a text order would revert 9 first and break 10's down script.
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let t = fresh(kind, "revert-order").await;
+        let dir = dir_with(&[
+            ("1_base.up.sql", "CREATE TABLE base (id INT);"),
+            ("1_base.down.sql", "DROP TABLE base;"),
+            ("9_a.up.sql", "CREATE TABLE a (id INT);"),
+            ("9_a.down.sql", "DROP TABLE a;"),
+            ("10_a_idx.up.sql", "CREATE INDEX a_idx ON a (id);"),
+            ("10_a_idx.down.sql", "DROP INDEX a_idx;"),
+        ]);
+        let migs = read(dir.path(), Format::Sqlx);
+        rewind_db::apply(&t.pool, Format::Sqlx, &migs, None, |_, _| {})
+            .await
+            .unwrap();
+        let state = rewind_db::runner::state(&t.pool, Format::Sqlx, &migs)
+            .await
+            .unwrap();
+        let target = ["1".to_string()].into_iter().collect();
+        let plan = sets::plan_revert(&migs, &state, &target);
+        let order: Vec<&str> = plan.to_revert.iter().map(|m| m.version.as_str()).collect();
+        assert_eq!(order, ["10", "9"], "{kind:?}");
+        let keys: Vec<String> = plan.to_revert.iter().map(|m| m.key().to_string()).collect();
+        rewind_db::revert_batch(&t.pool, Format::Sqlx, &migs, &keys, |_, _| {})
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_enum_value_added_by_one_migration_is_usable_by_the_next() {
+    // The tools commit each migration; one transaction for both would fail with "unsafe use
+    // of new value": the plan ends a batch after ALTER TYPE … ADD VALUE.
+    let t = fresh(Kind::Postgres, "enum").await;
+    let dir = dir_with(&[
+        (
+            "1_enum.sql",
+            "CREATE TYPE color AS ENUM ('red'); CREATE TABLE paint (c color);",
+        ),
+        ("2_add_blue.sql", "ALTER TYPE color ADD VALUE 'blue';"),
+        ("3_use_blue.sql", "INSERT INTO paint VALUES ('blue');"),
+    ]);
+    let migs = read(dir.path(), Format::Sqlx);
+    assert!(rewind_db::runner::ends_batch(
+        &migs[1],
+        false,
+        dialect(t.kind)
+    ));
+    assert!(!rewind_db::runner::ends_batch(
+        &migs[2],
+        false,
+        dialect(t.kind)
+    ));
+    let done = rewind_db::apply(&t.pool, Format::Sqlx, &migs, None, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(done, ["1", "2", "3"]);
+    assert_eq!(count(&t, "SELECT count(*) FROM paint").await, 1);
+}
+
+#[tokio::test]
+async fn an_empty_table_dropped_out_of_sight_loses_nothing_and_a_loss_can_be_accepted() {
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let t = fresh(kind, "accept-loss").await;
+        let (drop_hidden, purge, call) = if kind == Kind::Postgres {
+            (
+                "DO $$ BEGIN EXECUTE 'DROP TABLE empty_one'; END $$;",
+                "CREATE FUNCTION purge() RETURNS void LANGUAGE sql AS $$ DELETE FROM form WHERE slug = 'old' $$;",
+                "SELECT purge();",
+            )
+        } else {
+            (
+                "CREATE TABLE dropper (x INT);\nCREATE TRIGGER dropper_t AFTER INSERT ON dropper BEGIN DELETE FROM empty_one; END;\nINSERT INTO dropper VALUES (1);\nDROP TABLE dropper;\nDROP TABLE empty_one;",
+                "CREATE TABLE purger (x INT);\nCREATE TRIGGER purge_t AFTER INSERT ON purger BEGIN DELETE FROM form WHERE slug = 'old'; END;",
+                "INSERT INTO purger VALUES (1);",
+            )
+        };
+        let init = format!(
+            "CREATE TABLE empty_one (id INT);\nCREATE TABLE form (id INT PRIMARY KEY, slug TEXT);\nINSERT INTO form VALUES (1, 'old'), (2, 'keep');\n{purge}"
+        );
+        let dir = dir_with(&[
+            ("1_init.up.sql", &init),
+            ("2_drop.up.sql", drop_hidden),
+            ("3_purge.up.sql", call),
+        ]);
+        let migs = read(dir.path(), Format::Sqlx);
+        apply_batch(&t.pool, Format::Sqlx, &migs, &keys(&migs[..2]), |_, _| {})
+            .await
+            .unwrap();
+        let e = apply_batch(&t.pool, Format::Sqlx, &migs, &keys(&migs[2..]), |_, _| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--accept-row-loss"), "{kind:?}: {e}");
+        let mut notes = Vec::new();
+        rewind_db::runner::run_batch(
+            &t.pool,
+            Format::Sqlx,
+            &migs,
+            &keys(&migs[2..]),
+            false,
+            rewind_db::runner::Options {
+                accept_row_loss: true,
+            },
+            |_, p| {
+                if let Phase::Note(n) = p {
+                    notes.push(n)
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(count(&t, "SELECT count(*) FROM form").await, 1);
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("form") && n.contains("accepted")),
+            "{kind:?}: {notes:?}"
+        );
+    }
+}
+
+#[test]
+fn pragma_foreign_keys_in_a_transaction_is_a_no_op_not_a_refusal() {
+    // diesel runs this in a transaction, where SQLite ignores the pragma: it runs there.
+    let dir = dir_with(&[(
+        "2026-01-01-000000_t/up.sql",
+        "PRAGMA foreign_keys = ON;\nCREATE TABLE t (id INTEGER PRIMARY KEY);\n",
+    )]);
+    let migs = read(dir.path(), Format::Diesel);
+    assert_eq!(
+        run_mode(
+            Format::Diesel,
+            &migs[0],
+            false,
+            rewind_db::sql::Dialect::Sqlite
+        )
+        .unwrap(),
+        RunMode::Batch
+    );
+    // sqitch runs it through the sqlite3 shell, outside a transaction: it takes effect.
+    let dir = dir_with(&[
+        (
+            "sqitch.plan",
+            "%project=p\nt 2026-01-01T00:00:00Z A <a@x>\n",
+        ),
+        (
+            "deploy/t.sql",
+            "PRAGMA foreign_keys = ON;\nCREATE TABLE t (id INTEGER);\n",
+        ),
+    ]);
+    let migs = read(dir.path(), Format::Sqitch);
+    assert!(
+        run_mode(
+            Format::Sqitch,
+            &migs[0],
+            false,
+            rewind_db::sql::Dialect::Sqlite
+        )
+        .unwrap()
+        .is_alone()
+    );
+}
+
+#[tokio::test]
+async fn sqitch_verify_on_deploy_takes_a_change_back_when_it_fails() {
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let t = fresh(kind, "verify").await;
+        let dir = dir_with(&[
+            (
+                "sqitch.plan",
+                "%project=v\nwidgets 2026-01-01T00:00:00Z A <a@x>\ngadgets 2026-01-02T00:00:00Z A <a@x>\n",
+            ),
+            (
+                "sqitch.conf",
+                "[core]\n\tengine = pg\n[deploy]\n\tverify = true\n",
+            ),
+            ("deploy/widgets.sql", "CREATE TABLE widgets (id INT);\n"),
+            ("revert/widgets.sql", "DROP TABLE widgets;\n"),
+            (
+                "verify/widgets.sql",
+                "BEGIN;\nSELECT id FROM widgets WHERE FALSE;\nROLLBACK;\n",
+            ),
+            // Its own transaction: it runs alone; its verify names a column it never made.
+            (
+                "deploy/gadgets.sql",
+                "BEGIN;\nCREATE TABLE gadgets (id INT);\nCOMMIT;\n",
+            ),
+            (
+                "revert/gadgets.sql",
+                "BEGIN;\nDROP TABLE gadgets;\nCOMMIT;\n",
+            ),
+            (
+                "verify/gadgets.sql",
+                "BEGIN;\n\nSELECT no_such_column FROM gadgets;\nROLLBACK;\n",
+            ),
+        ]);
+        let migs = read(dir.path(), Format::Sqitch);
+        assert!(migs[0].sqitch.as_ref().unwrap().verify_on_deploy);
+        apply_batch(&t.pool, Format::Sqitch, &migs, &keys(&migs[..1]), |_, _| {})
+            .await
+            .unwrap();
+        let e = apply_alone(&t.pool, Format::Sqitch, &migs, migs[1].key(), |_, _| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("verify of gadgets failed") && e.contains("gadgets.sql:3"),
+            "{kind:?}: {e}"
+        );
+        // Taken back: the table does not exist, the registry does not record it.
+        let gone = match kind {
+            Kind::Sqlite => "SELECT count(*) FROM sqlite_master WHERE name = 'gadgets'",
+            _ => "SELECT count(*) FROM pg_tables WHERE tablename = 'gadgets'",
+        };
+        assert_eq!(count(&t, gone).await, 0, "{kind:?}");
+        assert_eq!(
+            rewind_db::applied(&t.pool, Format::Sqitch, &migs)
+                .await
+                .unwrap(),
+            ["0001"]
+        );
+    }
+}

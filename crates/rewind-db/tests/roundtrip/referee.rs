@@ -327,6 +327,44 @@ async fn sqitch_rework_story(kind: Kind) {
     );
 }
 
+/// A plan whose `%uri` has no path: sqitch hashes its canonical form (`https://example.com/`).
+async fn sqitch_uri_story(kind: Kind) {
+    let dir = tempfile::tempdir().unwrap();
+    let w = |p: &str, t: &str| {
+        let path = dir.path().join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, t).unwrap();
+    };
+    w(
+        "sqitch.plan",
+        "%syntax-version=1.0.0\n%project=acme/schema\n%uri=https://Example.com\n\n\
+         widgets 2024-01-01T00:00:00Z Alice <alice@example.com> # add widgets\n",
+    );
+    w("deploy/widgets.sql", "CREATE TABLE widgets (id INT);\n");
+    w("revert/widgets.sql", "DROP TABLE widgets;\n");
+    let t = fresh(kind, "referee_uri").await;
+    let target = tool_url(&t, Format::Sqitch);
+    let migs = migrations::read(dir.path(), Format::Sqitch).unwrap();
+    let (ok, out) = sqitch(dir.path(), &["deploy"], &target);
+    assert!(ok, "{out}");
+    assert_eq!(
+        applied(&t.pool, Format::Sqitch, &migs).await.unwrap(),
+        ["0001"],
+        "rewind finds the change sqitch deployed: the same change id"
+    );
+    revert(&t.pool, Format::Sqitch, &migs, None, no_progress)
+        .await
+        .unwrap();
+    apply(&t.pool, Format::Sqitch, &migs, None, no_progress)
+        .await
+        .unwrap();
+    let (_, status) = sqitch(dir.path(), &["status"], &target);
+    assert!(
+        status.contains("Nothing to deploy (up-to-date)"),
+        "{status}"
+    );
+}
+
 macro_rules! referees {
     ($($name:ident: $body:expr;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,4 +386,5 @@ referees! {
     refinery_cli_agrees_postgres18: refinery_story(Kind::Postgres18);
     sqitch_rework_agrees_sqlite: sqitch_rework_story(Kind::Sqlite);
     sqitch_rework_agrees_postgres: sqitch_rework_story(Kind::Postgres);
+    sqitch_uri_without_a_path_agrees_sqlite: sqitch_uri_story(Kind::Sqlite);
 }

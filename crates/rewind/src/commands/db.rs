@@ -188,6 +188,7 @@ pub async fn rollback_decisions(
             .rollback_facts(&target.from, &db_target)
             .await
             .map_err(|e| failed(env.redactor.redact(&e.to_string())))?;
+        facts.accept_row_loss = args.accept_row_loss;
         if matches!(mode, DbMode::PointInTime(_)) {
             facts.pitr_window = db
                 .pitr_window()

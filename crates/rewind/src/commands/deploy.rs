@@ -194,7 +194,10 @@ async fn deploy_locked(
         artifacts,
         &db,
         watch,
-        args.accept_drift,
+        &rewind_core::dbplan::DeployOptions {
+            accept_drift: args.accept_drift,
+            accept_row_loss: args.accept_row_loss,
+        },
     );
     precheck(env, &steps).await?;
     if !db.is_empty() {
@@ -264,9 +267,10 @@ async fn deploy_locked(
 pub async fn plan(
     env: &Env,
     release: &str,
-    accept_drift: bool,
+    options: rewind_core::dbplan::DeployOptions,
     printer: &Printer,
 ) -> CliResult<ExitCode> {
+    let accept_drift = options.accept_drift;
     validate_release_name(release)?;
     if let Some(existing) = env.store.release(&env.name, release).await? {
         return Err(usage(format!(
@@ -284,7 +288,7 @@ pub async fn plan(
         &BTreeMap::new(),
         &db,
         false,
-        accept_drift,
+        &options,
     );
     let mut text = format!(
         "deploy of {release} to {} (from {}):",

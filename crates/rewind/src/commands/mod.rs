@@ -41,7 +41,13 @@ pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
         Command::Plan(args) => {
             let env = Env::load(&cli.config).await?;
             match args.deploy {
-                Some(release) => deploy::plan(&env, &release, args.accept_drift, printer).await,
+                Some(release) => {
+                    let options = rewind_core::dbplan::DeployOptions {
+                        accept_drift: args.accept_drift,
+                        accept_row_loss: args.target.accept_row_loss,
+                    };
+                    deploy::plan(&env, &release, options, printer).await
+                }
                 None => rollback::plan(&env, args.target, printer).await,
             }
         }

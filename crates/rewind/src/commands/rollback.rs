@@ -449,6 +449,11 @@ pub async fn execute_and_close(
                 run.kind, run.release
             ));
             err = match run.kind {
+                // The first release has nothing before it to go back to.
+                RunKind::Deploy if run.from_release.is_none() => err.hint(format!(
+                    "{} is marked failed; it was the first release, so there is nothing to roll back to: fix the cause and deploy under a new name (a database's backup taken before it is in `rewind backup list`)",
+                    run.release
+                )),
                 RunKind::Deploy => err
                     .hint(format!("{} is marked failed; go back with `rewind rollback` (see `rewind plan`)", run.release)),
                 RunKind::Rollback => err.hint("fix the cause, then run `rewind rollback` again: steps already done are checked and skipped"),

@@ -33,7 +33,11 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
             Ok(Some(v)) => (
                 v.clone(),
                 json!(v),
-                if recorded.as_deref() == Some(v.as_str()) {
+                // A database nothing was applied to is at level `none`: so is one the ledger
+                // has not recorded yet.
+                if recorded.as_deref() == Some(v.as_str())
+                    || (recorded.is_none() && v == rewind_core::dbplan::NO_LEVEL)
+                {
                     ""
                 } else {
                     "drift: differs from the ledger"

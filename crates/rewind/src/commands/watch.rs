@@ -289,6 +289,7 @@ pub async fn on_trigger(
             restore: false,
             to_time: None,
             revert_anyway: false,
+            accept_row_loss: false,
         },
         yes: true,
     };
