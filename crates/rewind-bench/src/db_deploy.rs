@@ -7,9 +7,9 @@
 //! migrations (the revert benchmark's). Every run starts from a new empty database (the
 //! `--prelude` SQL first, e.g. the extensions the project needs), untimed; afterwards the
 //! history is checked to hold every migration. rewind's run is the whole command a person
-//! types: process start, state store, the restore points (a full backup when the plan asks
-//! for one: a migration that cannot be reverted or that runs outside a transaction),
-//! classification, the migrations with the data guard, the ledger.
+//! types: process start, state store (kept between runs, as a team's is), the restore points
+//! (a full backup: `backup = "always"` is the default), classification, the migrations with
+//! the data guard, the ledger.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -211,6 +211,8 @@ pub fn run(args: &Args) -> Result<(), String> {
         }
     };
     let env = tmp.path().join("env");
+    std::fs::create_dir_all(&env).map_err(|e| e.to_string())?;
+    write_config(&env, &db.url, &dir, format)?;
     let mut release = 0usize;
     let rewind_c = Contender::new("rewind deploy", || {
         release += 1;
@@ -223,10 +225,9 @@ pub fn run(args: &Args) -> Result<(), String> {
         pg::run(&mut cmd, "rewind deploy")
     })
     .prepare(|| {
-        fresh(&rt)?;
-        let _ = std::fs::remove_dir_all(&env);
-        std::fs::create_dir_all(&env).map_err(|e| e.to_string())?;
-        write_config(&env, &db.url, &dir, format)
+        // A new empty database; the state store stays, as a team's does (each run deploys
+        // a release of a new name).
+        fresh(&rt)
     })
     .verify(|| applied(&rt));
     let mut contenders = vec![rewind_c];

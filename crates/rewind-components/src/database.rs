@@ -470,6 +470,13 @@ impl Database {
             .map(|m| m.key().to_string())
             .collect();
         set_after.extend(plan.unknown.iter().map(|r| r.key.clone()));
+        let empty = state.recorded.is_empty() && self.holds_nothing().await?;
+        if empty {
+            notes.push(
+                "the database holds nothing yet: the deploy takes no backup (there is nothing to bring back)"
+                    .into(),
+            );
+        }
         Ok(DbDeployFacts {
             format: format.name().to_string(),
             level_now: state.level(format, &migs),
@@ -485,7 +492,37 @@ impl Database {
             refusals,
             notes,
             set_after,
+            empty,
         })
+    }
+
+    /// True when the database has no table, view, sequence or function of its own (functions
+    /// of extensions do not count): a new, empty database. A SQLite file that does not exist
+    /// holds nothing either.
+    pub async fn holds_nothing(&self) -> Result<bool> {
+        if !self.exists() {
+            return Ok(true);
+        }
+        let sql = if self.postgres {
+            "SELECT CAST(count(*) AS BIGINT) FROM ( \
+               SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                  AND n.nspname NOT LIKE 'pg\\_%' AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
+               UNION ALL \
+               SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                  AND n.nspname NOT LIKE 'pg\\_%' \
+                  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass \
+                                  AND d.objid = p.oid AND d.deptype = 'e')) x"
+        } else {
+            "SELECT CAST(count(*) AS BIGINT) FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+        };
+        let pool = self.pool().await?;
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| self.fail(format!("looking at what the database holds: {e}")))?;
+        Ok(n == 0)
     }
 
     /// Applied migrations whose file changed (or vanished) since they were applied, one line

@@ -163,11 +163,18 @@ pub struct DbDeployFacts {
     /// ledger records for the release.
     #[serde(default)]
     pub set_after: Vec<String>,
+    /// The database holds nothing yet (no table, view, sequence or function of its own):
+    /// there is nothing a backup could bring back.
+    #[serde(default)]
+    pub empty: bool,
 }
 
 impl DbDeployFacts {
     /// Why the restore point must include a full backup, if it must.
     pub fn backup_reason(&self, cfg: &DatabaseConfig) -> Option<String> {
+        if self.empty {
+            return None;
+        }
         let risky: Vec<&str> = self
             .pending
             .iter()

@@ -461,7 +461,24 @@ fn sqitch_scripts_with_psql_meta_commands_run_through_psql_as_sqitch_does() {
         "{}",
         plan_out.all()
     );
+    // A new, empty database: nothing a backup could bring back, so none is taken.
+    assert!(
+        plan_out
+            .stdout
+            .contains("the database holds nothing yet: the deploy takes no backup"),
+        "{}",
+        plan_out.all()
+    );
     f.run(&["deploy", "v1"]).ok();
+    // Now it holds something: the deploy of v2 backs it up first (a script that runs
+    // outside the batch's transaction asks for it).
+    let plan_v2 = f.run(&["plan", "--deploy", "v2"]);
+    plan_v2.ok();
+    assert!(
+        plan_v2.stdout.contains("restore point with a full backup"),
+        "{}",
+        plan_v2.all()
+    );
     f.run(&["deploy", "v2"]).ok();
     assert_eq!(pg_text(&url, "SELECT count(*)::text FROM colors"), "3");
     assert_eq!(pg_text(&url, "SELECT min(shade) FROM shades"), "dark");
