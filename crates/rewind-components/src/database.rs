@@ -450,7 +450,11 @@ impl Database {
             f.level_after = level.clone();
             pending.push(f);
         }
-        for m in &migs {
+        // Warnings of the migrations to apply are shown with them; the others' here.
+        for m in migs
+            .iter()
+            .filter(|m| !plan.to_apply.iter().any(|p| p.key() == m.key()))
+        {
             for w in &m.warnings {
                 if !notes.contains(w) {
                     notes.push(w.clone());

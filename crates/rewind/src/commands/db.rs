@@ -100,7 +100,7 @@ pub fn describe_deploy_facts(facts: &BTreeMap<String, DbDeployFacts>) -> String 
         }
         for m in &f.pending {
             text.push_str(&format!("\n    {}", m.describe()));
-            if m.revert_loses_data() {
+            if m.revert_loses_data() && !f.empty {
                 text.push_str(
                     "\n      → reverting it cannot bring the old data back: the restore point takes a full backup, and a rollback restores it instead",
                 );
