@@ -1101,6 +1101,49 @@ async fn sqlite_catalog_is_recorded_and_restored() {
     pool.close().await;
 }
 
+/// A database error reads as PostgreSQL's message, detail, hint and SQLSTATE, never with the
+/// line of PostgreSQL's C source that raised it (sqlx's `Display` appends "at line 835").
+#[tokio::test]
+async fn pg_errors_read_as_message_and_sqlstate() {
+    for (server, admin) in pg_servers() {
+        let missing = PgUrl::parse(&admin)
+            .unwrap()
+            .with_database("rewind_surely_no_such_database")
+            .as_str()
+            .to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let e = rewind_dbkit::pg_backup(&missing, &dir.path().join("b.dump"), None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("database \"rewind_surely_no_such_database\" does not exist")
+                && e.contains("[SQLSTATE 3D000]"),
+            "{server}: {e}"
+        );
+        assert!(!e.contains(" at line "), "{server}: {e}");
+
+        let pool = PgPool::connect(&admin).await.unwrap();
+        let outcomes = pool
+            .sql_checks(
+                &[(
+                    "bad".to_string(),
+                    "SELECT count(*) = 0 FROM rewind_no_such_table".to_string(),
+                )],
+                None,
+            )
+            .await;
+        pool.close().await;
+        let e = outcomes[0].error.clone().unwrap_or_default();
+        assert!(
+            e.contains("relation \"rewind_no_such_table\" does not exist")
+                && e.contains("[SQLSTATE 42P01]"),
+            "{server}: {e}"
+        );
+        assert!(!e.contains(" at line "), "{server}: {e}");
+    }
+}
+
 // ---- PostgreSQL point-in-time recovery (pgBackRest) ---------------------------------------
 
 /// The newest PostgreSQL server binaries, as `scripts/test` picks them.
