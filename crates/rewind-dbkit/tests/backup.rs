@@ -1109,7 +1109,7 @@ async fn sqlite_catalog_is_recorded_and_restored() {
 /// second one) the database's catalog and row counts are the backup's, and its
 /// `pg_dump --schema-only` is that of the backup restored into a new database. (Not the one
 /// taken at backup time: pg_dump prints some expressions differently once they have been
-/// read back.)
+/// read back, which is what the catalog's re-reading is about.)
 async fn backup_change_restore(tag: &str, schema: &'static str, change: &'static str) {
     for (server, admin) in pg_servers() {
         let db = PgDb::on(&admin, tag).await;
@@ -1305,6 +1305,227 @@ async fn pg_restore_clears_every_kind_of_object(
     #[case] change: &'static str,
 ) {
     backup_change_restore(tag, schema, change).await;
+}
+
+/// Texts PostgreSQL prints back from an expression (view definitions, rules, constraints,
+/// index and trigger definitions, defaults, policies, partition keys, function argument
+/// defaults and bodies), with the inputs that make PostgreSQL print them differently after a
+/// dump and restore: varchar comparisons and IN lists (an ARRAY[] cast to text[]), casts,
+/// `::regclass`, nested views. The catalog of a restored database is the backup's.
+#[rstest::rstest]
+#[case::view_with_a_varchar_in_list(
+    "in_list",
+    "CREATE TABLE t (c varchar(66));
+     CREATE VIEW v AS SELECT c FROM t WHERE c IN ('a', 'b');",
+    "CREATE TABLE c (id int);"
+)]
+#[case::nested_and_materialized_views(
+    "nested_views",
+    "CREATE TABLE t (c varchar(66), n int);
+     CREATE VIEW v AS SELECT c, n FROM t WHERE c IN ('a', 'b');
+     CREATE VIEW w AS SELECT c FROM v
+          WHERE c <> 'b' AND n IN (SELECT n FROM v WHERE c NOT IN ('x', 'y'));
+     CREATE MATERIALIZED VIEW mw AS SELECT c, count(*) AS n FROM w GROUP BY c;
+     CREATE VIEW u AS WITH x AS (SELECT c FROM t WHERE c = ANY (ARRAY['a', 'b']))
+          SELECT c FROM x UNION ALL SELECT c FROM w WHERE c = ANY ('{a,b}'::varchar[]);",
+    "DROP VIEW w CASCADE;"
+)]
+#[case::casts_and_regclass(
+    "casts",
+    "CREATE TABLE t (c varchar(66), n int, d date, code char(3));
+     CREATE VIEW v AS SELECT c::text AS ct, n::bigint AS nb, 't'::regclass AS rc,
+          c::varchar(3) AS c3, code = 'ab' AS is_ab, ARRAY[c, 'x']::text[] AS arr,
+          (ARRAY['a', 'b']::varchar[])::text[] AS arr2, d + n AS later,
+          CASE WHEN c BETWEEN 'a' AND 'm' THEN 1 END AS early
+        FROM t;",
+    "CREATE TABLE c (id int);"
+)]
+#[case::column_defaults(
+    "defaults",
+    "CREATE SEQUENCE s;
+     CREATE TABLE other (id int);
+     CREATE TABLE t (id bigint DEFAULT nextval('s'::regclass), id2 serial,
+                     r regclass DEFAULT 'other'::regclass,
+                     tags text[] DEFAULT ARRAY['a', 'b']::varchar[]::text[],
+                     ok text DEFAULT ('a'::varchar IN ('a', 'b'))::text,
+                     name varchar(10) DEFAULT 'x', at date DEFAULT CURRENT_DATE);",
+    "ALTER TABLE t ALTER tags SET DEFAULT '{}';"
+)]
+#[case::check_constraints_and_domains(
+    "checks",
+    "CREATE TABLE t (c varchar(10) CHECK (c IN ('a', 'b')),
+                     k varchar CHECK (k <> 'z' AND k LIKE 'a%'),
+                     tags text[] CHECK (tags <> ARRAY['x']::varchar[]::text[]),
+                     r int4range,
+                     EXCLUDE USING gist (r WITH &&) WHERE (c IN ('a', 'b')));
+     ALTER TABLE t ADD CONSTRAINT t_not_q CHECK (c NOT IN ('q')) NOT VALID;
+     CREATE DOMAIN d AS varchar(5) DEFAULT 'a' CHECK (VALUE IN ('a', 'b'));
+     CREATE DOMAIN d2 AS text[] DEFAULT ARRAY['a']::varchar[]::text[];",
+    "ALTER TABLE t DROP CONSTRAINT t_c_check;"
+)]
+#[case::expression_indexes(
+    "expr_index",
+    "CREATE TABLE t (c varchar(66), n int);
+     CREATE INDEX t_lower ON t (lower(c));
+     CREATE INDEX t_in ON t ((c IN ('a', 'b')));
+     CREATE INDEX t_cat ON t ((c || 'x'::varchar), (n::text)) INCLUDE (n);",
+    "DROP INDEX t_in;"
+)]
+#[case::partial_indexes(
+    "partial_index",
+    "CREATE TABLE t (c varchar(66), code char(3), n int);
+     CREATE INDEX t_part ON t (n) WHERE c IN ('a', 'b');
+     CREATE UNIQUE INDEX t_code ON t (code) WHERE code IN ('aa', 'bb');
+     CREATE INDEX t_eq ON t (n) WHERE c = 'a' AND c <> 'b';
+     CREATE TABLE p (c varchar(5), n int) PARTITION BY LIST (c);
+     CREATE TABLE p1 PARTITION OF p FOR VALUES IN ('a', 'b');
+     CREATE INDEX p_part ON p (n) WHERE c IN ('a', 'b');",
+    "DROP INDEX t_part;"
+)]
+#[case::rules(
+    "rules",
+    "CREATE TABLE t (c varchar(10), x int);
+     CREATE TABLE log (c varchar(10));
+     CREATE RULE r_ins AS ON INSERT TO t WHERE NEW.c IN ('a', 'b') DO INSTEAD NOTHING;
+     CREATE RULE r_upd AS ON UPDATE TO t WHERE NEW.c::text = 'z'
+          DO ALSO INSERT INTO log VALUES (NEW.c);
+     CREATE VIEW tv AS SELECT c, x FROM t;
+     CREATE RULE tv_ins AS ON INSERT TO tv
+          DO INSTEAD INSERT INTO t VALUES (NEW.c, NEW.x) RETURNING t.*;",
+    "DROP RULE r_ins ON t;"
+)]
+#[case::trigger_conditions(
+    "trigger_when",
+    "CREATE TABLE t (c varchar(5), n int);
+     CREATE FUNCTION trg() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
+     CREATE TRIGGER t_when BEFORE UPDATE ON t FOR EACH ROW
+          WHEN (NEW.c IN ('a', 'b') AND OLD.c IS DISTINCT FROM NEW.c) EXECUTE FUNCTION trg();
+     CREATE CONSTRAINT TRIGGER t_ct AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED
+          FOR EACH ROW WHEN (NEW.c IN ('a', 'b')) EXECUTE FUNCTION trg(' ON public.t ');",
+    "DROP TRIGGER t_when ON t;"
+)]
+#[case::policies(
+    "policies",
+    "CREATE TABLE t (c varchar(10), owner text);
+     ALTER TABLE t ENABLE ROW LEVEL SECURITY;
+     CREATE POLICY p_sel ON t FOR SELECT USING (c IN ('a', 'b'));
+     CREATE POLICY p_ins ON t FOR INSERT WITH CHECK (c::text <> 'z' AND owner = current_user);
+     CREATE POLICY p_all ON t AS RESTRICTIVE USING (c NOT IN ('x')) WITH CHECK (c IN ('a'));",
+    "DROP POLICY p_sel ON t;"
+)]
+#[case::function_defaults_and_bodies(
+    "functions",
+    "CREATE TABLE t (c varchar(10));
+     CREATE FUNCTION f(a varchar DEFAULT 'a', b regclass DEFAULT 't'::regclass,
+                       c text[] DEFAULT ARRAY['a', 'b']::varchar[]::text[],
+                       d text DEFAULT ('a'::varchar IN ('a', 'b'))::text)
+          RETURNS int LANGUAGE sql AS 'SELECT 1';
+     CREATE PROCEDURE p(x varchar DEFAULT 'a', y text[] DEFAULT ARRAY['a']::varchar[]::text[])
+          LANGUAGE sql AS 'SELECT 1';
+     CREATE FUNCTION outs(IN x varchar DEFAULT 'a', OUT y text, OUT z int)
+          LANGUAGE sql AS $$SELECT x::text, 1$$;
+     CREATE FUNCTION is_ab(x varchar) RETURNS boolean LANGUAGE sql IMMUTABLE
+          RETURN x IN ('a', 'b');
+     CREATE FUNCTION count_ab(x varchar DEFAULT 'a') RETURNS bigint LANGUAGE sql
+          BEGIN ATOMIC SELECT count(*) FROM t WHERE c IN ('a', x); END;
+     CREATE FUNCTION tab(x varchar DEFAULT 'a') RETURNS TABLE (c varchar) LANGUAGE sql
+          AS $$SELECT c FROM t WHERE c IN ('a', x)$$;",
+    "DROP FUNCTION is_ab(varchar);"
+)]
+#[case::generated_columns_and_partition_keys(
+    "generated",
+    "CREATE TABLE g (c varchar(10),
+                     d varchar(10) GENERATED ALWAYS AS (CASE WHEN c IN ('a', 'b') THEN c ELSE 'z' END) STORED);
+     CREATE TABLE pk (c varchar(10)) PARTITION BY LIST ((c IN ('a', 'b')));
+     CREATE TABLE pk1 PARTITION OF pk FOR VALUES IN (true);
+     CREATE TABLE pr (c varchar(10)) PARTITION BY RANGE (lower(c));
+     CREATE TABLE pr1 PARTITION OF pr FOR VALUES FROM ('a') TO ('m');",
+    "CREATE TABLE c (id int);"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_printed_texts_survive_a_restore(
+    #[case] tag: &str,
+    #[case] schema: &'static str,
+    #[case] change: &'static str,
+) {
+    backup_change_restore(tag, schema, change).await;
+}
+
+/// What the re-reading of printed texts must not hide: a view redefined to select another
+/// column, a literal changed in an IN list. Both are named.
+#[tokio::test]
+async fn pg_catalog_still_tells_a_changed_view_and_check() {
+    for (server, admin) in pg_servers() {
+        let db = PgDb::on(&admin, "changed_view").await;
+        let pool = db.pool().await;
+        pool.execute(
+            "CREATE TABLE t (c varchar(66), d varchar(66) CHECK (d IN ('a', 'b')));
+             CREATE VIEW v AS SELECT c FROM t WHERE c IN ('a', 'b');",
+        )
+        .await
+        .unwrap();
+        let recorded = catalog_of(&db.url).await;
+        pool.execute(
+            "CREATE OR REPLACE VIEW v AS SELECT d AS c FROM t WHERE c IN ('a', 'b');
+             ALTER TABLE t DROP CONSTRAINT t_d_check;
+             ALTER TABLE t ADD CONSTRAINT t_d_check CHECK (d IN ('a', 'c'));",
+        )
+        .await
+        .unwrap();
+        pool.close().await;
+        let now = catalog_of(&db.url).await;
+        let texts: Vec<String> = rewind_dbkit::catalog::compare(&recorded.lines, &now.lines)
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(texts.len(), 2, "{server}: {texts:#?}");
+        assert!(
+            texts[0].starts_with(
+                "constraint public.t.t_d_check: definition CHECK (((d)::text = ANY (ARRAY[('a'::character varying)::text, ('c'::character varying)::text]))) differs from the backup's CHECK (((d)::text = ANY (ARRAY[('a'::character varying)::text, ('b'::character varying)::text])))"
+            ),
+            "{server}: {texts:#?}"
+        );
+        assert!(
+            texts[1].starts_with("view public.v: definition blake3:")
+                && texts[1].contains("differs from the backup's blake3:"),
+            "{server}: {texts:#?}"
+        );
+        assert_ne!(now.fingerprint, recorded.fingerprint);
+        db.drop_db().await;
+    }
+}
+
+/// A role that may not create temporary objects gets the catalog as PostgreSQL prints it,
+/// without the re-reading (and without an error).
+#[tokio::test]
+async fn pg_catalog_without_temporary_privilege_keeps_printed_texts() {
+    for (server, admin) in pg_servers() {
+        ensure_role(&admin, "rw_notemp", true).await;
+        let db = PgDb::on(&admin, "notemp").await;
+        let pool = db.pool().await;
+        pool.execute(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE t (c varchar(66));
+             CREATE VIEW v AS SELECT c FROM t WHERE c IN ('a', 'b');
+             GRANT SELECT ON t, v TO rw_notemp;
+             REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC;",
+            db.name
+        )))
+        .await
+        .unwrap();
+        pool.close().await;
+        let reread = catalog_of(&db.url).await;
+        let printed = catalog_of(&as_user(&db.url, "rw_notemp")).await;
+        let texts: Vec<String> = rewind_dbkit::catalog::compare(&reread.lines, &printed.lines)
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(texts.len(), 1, "{server}: {texts:#?}");
+        assert!(
+            texts[0].starts_with("view public.v: definition blake3:"),
+            "{server}: {texts:#?}"
+        );
+        db.drop_db().await;
+    }
 }
 
 /// A database error reads as PostgreSQL's message, detail, hint and SQLSTATE, never with the
