@@ -919,7 +919,8 @@ pub struct PgBackup {
 /// catalog's description *in the same snapshot*: a read-only repeatable-read transaction
 /// exports its snapshot, counts the rows, describes the catalog, and pg_dump dumps that
 /// snapshot (`--snapshot`). So counts and catalog describe exactly what the dump holds, even
-/// while other sessions write. pg_dump is chosen by the server's version, in `pg_bin` when
+/// while other sessions write. (The description's printed texts are re-read after the dump,
+/// as a restore will read them: see [`crate::catalog::RawCatalog::reread`].) pg_dump is chosen by the server's version, in `pg_bin` when
 /// given (see [`crate::pgtools`]); nothing is written when none fits.
 pub async fn pg_backup(url: &str, dest: &Path, pg_bin: Option<&Path>) -> Result<PgBackup> {
     let parsed = PgUrl::parse(url)?;
@@ -966,7 +967,7 @@ pub async fn pg_backup(url: &str, dest: &Path, pg_bin: Option<&Path>) -> Result<
             .map_err(db(format!("counting rows of {schema}.{table}"), secret))?;
         row_counts.insert(format!("{schema}.{table}"), n);
     }
-    let catalog = crate::catalog::pg_describe(&mut conn).await?;
+    let described = crate::catalog::pg_describe(&mut conn).await?;
     let tmp = temp_beside(dest, "partial");
     let args: Vec<OsString> = vec![
         "--format=custom".into(),
@@ -978,11 +979,20 @@ pub async fn pg_backup(url: &str, dest: &Path, pg_bin: Option<&Path>) -> Result<
     ];
     let dumped = run_pg_tool(&tools.pg_dump(), &parsed, args).await;
     let _ = sqlx::query("COMMIT").execute(&mut conn).await;
+    // Re-reading the printed texts needs a transaction that may write (temporary objects):
+    // after the snapshot's, once pg_dump is done with it.
+    let catalog = match dumped {
+        Ok(()) => described.reread(&mut conn).await,
+        Err(e) => Err(e),
+    };
     let _ = conn.close().await;
-    if let Err(e) = dumped {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let catalog = match catalog {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     let info = finish_file(tmp, dest.to_path_buf(), BackupKind::PgDumpCustom).await?;
     Ok(PgBackup {
         info,

@@ -14,7 +14,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A database error; `message` is the driver's text, redacted.
+    /// A database error; `message` is its text (see [`db_text`]), redacted.
     #[error("{context}: {message}")]
     Db { context: String, message: String },
     #[error(
@@ -122,8 +122,16 @@ pub(crate) fn db(
     let secret = secret.map(str::to_string);
     move |e| Error::Db {
         context,
-        message: redact(&e.to_string(), secret.as_deref()),
+        message: db_text(&e, secret.as_deref()),
     }
+}
+
+/// A driver error as people read it, redacted: a server's error is its message, detail, hint
+/// and SQLSTATE. Not sqlx's `Display`, which appends the line of PostgreSQL's C source that
+/// raised it ("… at line 835"), a number that means nothing to the reader and changes from
+/// one server version to the next.
+pub(crate) fn db_text(e: &sqlx::Error, secret: Option<&str>) -> String {
+    redact(&rewind_db::runner::db_error_text(e), secret)
 }
 
 pub use rewind_core::redact::MASK;

@@ -91,7 +91,7 @@ macro_rules! sql_checks {
                     name: name.clone(),
                     holds: None,
                     missing_table: undefined_table(&e),
-                    error: Some(crate::error::redact(&e.to_string(), $secret)),
+                    error: Some(crate::error::db_text(&e, $secret)),
                 },
             });
         }

@@ -9,19 +9,29 @@
 //! against none. So a restore first puts the database in that assumed state and then runs
 //! pg_restore, which lands each relative command on the base it was computed against:
 //!
+//! 0. event triggers are dropped (those rewind's role may drop): they would fire on every
+//!    DROP below, and one that writes to a table or refuses a DROP makes the clearing fail.
+//!    pg_dump writes a backup's event triggers last, so pg_restore brings them back after
+//!    everything else, as they were;
 //! 1. every user schema but `public` is dropped (CASCADE: their per-schema default
 //!    privileges go with them);
 //! 2. `public` is emptied, not dropped (dropping it would lose its `pg_init_privs` entry and
 //!    with it the USAGE that PUBLIC has by default): extensions installed in it (or with
-//!    members in it) are dropped, then every other object that depends on it;
+//!    members in it) are dropped, then every other object in it, owners before their parts
+//!    (see [`clear_for_restore`]);
 //! 3. `public` gets back the owner, privileges and comment of a new database's;
 //! 4. default privileges: per-schema ones in `public` are removed, global ones set back to the
 //!    built-in defaults;
 //! 5. `pg_restore --clean --if-exists --exit-on-error`.
 //!
-//! Steps 1–4 are one transaction. Killed after it, the database is empty until the restore is
+//! Steps 0–4 are one transaction. Killed after it, the database is empty until the restore is
 //! run again, which then finds nothing to drop and restores: it converges. The client tools
 //! and the roles the backup needs are checked before any of it.
+//!
+//! Database-wide objects other than event triggers (publications, subscriptions, casts,
+//! foreign servers) are left alone: pg_restore drops and recreates those the backup has, and
+//! one made after the backup stays (a publication of a table that was dropped publishes
+//! nothing).
 
 use std::path::PathBuf;
 
@@ -91,7 +101,7 @@ pub async fn pg_restore_exact(
     Ok(notes)
 }
 
-/// Steps 1–4 of the module's doc, in one transaction.
+/// Steps 0–4 of the module's doc, in one transaction.
 pub async fn clear_for_restore(
     conn: &mut PgConnection,
     server: &ServerVersion,
@@ -120,6 +130,58 @@ pub async fn clear_for_restore(
                 None,
             ))?;
         Ok(rows.into_iter().flatten().collect())
+    }
+
+    // 0. Event triggers, before they can fire on the DROPs below. DROP EVENT TRIGGER fires
+    // none itself. Only their owner (a superuser) or a superuser may drop them: those left
+    // are named.
+    let triggers: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT quote_ident(evtname), pg_catalog.pg_has_role(evtowner, 'USAGE')
+           FROM pg_catalog.pg_event_trigger ORDER BY 1",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db(
+        "clearing the database before the restore: listing event triggers",
+        None,
+    ))?;
+    let (droppable, kept): (Vec<_>, Vec<_>) = triggers.into_iter().partition(|(_, may)| *may);
+    for (t, _) in &droppable {
+        run(
+            &mut tx,
+            format!("DROP EVENT TRIGGER {t}"),
+            &format!("dropping event trigger {t}"),
+        )
+        .await?;
+    }
+    if !droppable.is_empty() {
+        notes.push(format!(
+            "dropped event trigger{} {}",
+            plural(droppable.len()),
+            droppable
+                .iter()
+                .map(|(t, _)| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !kept.is_empty() {
+        notes.push(format!(
+            "left event trigger{} {} (only {} owner or a superuser may drop {}): {} on the \
+             DROPs of this restore",
+            plural(kept.len()),
+            kept.iter()
+                .map(|(t, _)| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if kept.len() == 1 { "its" } else { "their" },
+            if kept.len() == 1 { "it" } else { "them" },
+            if kept.len() == 1 {
+                "it fires"
+            } else {
+                "they fire"
+            },
+        ));
     }
 
     // 1. Every user schema but public.
@@ -200,19 +262,37 @@ pub async fn clear_for_restore(
         )
         .await?;
     }
+    // Some objects in public exist only as a part of another: an identity column's sequence
+    // (an internal dependency, `i`, on its column), a sequence OWNED BY a column (`a`), a
+    // partition (`a` on its parent) and a partition's index (`P`, `S`), a statistics object
+    // (`a` on its columns), an extension's member (`e`). PostgreSQL refuses to drop one on its
+    // own when the dependency is internal ("cannot drop sequence … because column … requires
+    // it"); the others go with their owner anyway. So owners are dropped first (CASCADE takes
+    // their parts), and a part is dropped only if it is still there afterwards (its owner
+    // lives elsewhere). A table's row type, its indexes (a constraint's too), its TOAST
+    // table, rules and triggers are no entries here: they have no dependency on the schema,
+    // only on their table. A dependency of an object on itself (a partitioned table on its
+    // key's columns) does not make it a part.
     let objects: Vec<(i64, i64, i32)> = sqlx::query_as(
-        "SELECT d.classid::int8, d.objid::int8, d.objsubid FROM pg_catalog.pg_depend d
+        "SELECT d.classid::int8, d.objid::int8, d.objsubid
+           FROM pg_catalog.pg_depend d
           WHERE d.refclassid = 'pg_catalog.pg_namespace'::regclass
             AND d.refobjid = 'public'::regnamespace
             AND d.deptype IN ('n', 'a')
-          ORDER BY 1, 2, 3",
+          ORDER BY EXISTS (SELECT 1 FROM pg_catalog.pg_depend o
+                            WHERE o.classid = d.classid AND o.objid = d.objid
+                              AND o.deptype IN ('i', 'a', 'P', 'S', 'e')
+                              AND o.refclassid <> 'pg_catalog.pg_namespace'::regclass
+                              AND NOT (o.refclassid = d.classid AND o.refobjid = d.objid)),
+                   1, 2, 3",
     )
     .fetch_all(&mut *tx)
     .await
     .map_err(db("listing the objects in public", None))?;
     let mut dropped = 0;
     for (class, obj, sub) in objects {
-        // Identified now: an earlier DROP … CASCADE may have taken it already.
+        // Identified now: an earlier DROP … CASCADE (of its owner, or of an object it
+        // depends on) may have taken it already.
         let (kind, identity): (Option<String>, Option<String>) = sqlx::query_as(
             "SELECT type, identity FROM pg_catalog.pg_identify_object($1::int8::oid, $2::int8::oid, $3)",
         )

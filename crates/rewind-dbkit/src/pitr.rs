@@ -581,7 +581,7 @@ async fn wait_out_of_recovery(cfg: &PgBackRest, url: &PgUrl) -> Result<()> {
                 }
                 Ok(true) => last = "still in recovery".to_string(),
                 Err(e) => {
-                    last = redact(&e.to_string(), url.password());
+                    last = crate::error::db_text(&e, url.password());
                     conn = None;
                 }
             }
