@@ -327,7 +327,13 @@ impl Database {
             .max_connections(2)
             .connect_with(options)
             .await
-            .map_err(|e| self.fail(format!("connecting to {}: {e}", self.location())))
+            .map_err(|e| {
+                self.fail(format!(
+                    "connecting to {}: {}",
+                    self.location(),
+                    rewind_db::runner::db_error_text(&e)
+                ))
+            })
     }
 
     async fn sqlite_pool(&self) -> Result<sqlx::SqlitePool> {
@@ -340,7 +346,13 @@ impl Database {
             .max_connections(1)
             .connect_with(options)
             .await
-            .map_err(|e| self.fail(format!("opening {}: {e}", path.display())))
+            .map_err(|e| {
+                self.fail(format!(
+                    "opening {}: {}",
+                    path.display(),
+                    rewind_db::runner::db_error_text(&e)
+                ))
+            })
     }
 
     /// What the tool's history records now (nothing when a SQLite file does not exist yet).
@@ -525,7 +537,12 @@ impl Database {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .fetch_one(&pool)
             .await
-            .map_err(|e| self.fail(format!("looking at what the database holds: {e}")))?;
+            .map_err(|e| {
+                self.fail(format!(
+                    "looking at what the database holds: {}",
+                    rewind_db::runner::db_error_text(&e)
+                ))
+            })?;
         Ok(n == 0)
     }
 
@@ -1046,7 +1063,8 @@ impl Database {
                 }
                 .await;
                 pool.close().await;
-                r.map(Outcome::Done).map_err(|e: sqlx::Error| self.fail(e))
+                r.map(Outcome::Done)
+                    .map_err(|e: sqlx::Error| self.fail(rewind_db::runner::db_error_text(&e)))
             }
         }
     }
