@@ -135,8 +135,9 @@ pub enum Baseline<'a> {
     None,
     /// This run's restore point should have had counts, and has none.
     Missing,
-    /// This run's restore point (before a revert): tables the revert drops may go.
-    RestorePoint(&'a BTreeMap<String, i64>),
+    /// This run's restore point (before a revert): tables the revert drops may go, and those
+    /// in the list (the down scripts delete from them; `*`: any) may hold fewer rows.
+    RestorePoint(&'a BTreeMap<String, i64>, &'a [String]),
     /// A backup that was restored: every table must be back, with its rows, and the catalog
     /// must be the one recorded with it (when it recorded one).
     Backup {
@@ -420,6 +421,38 @@ impl Database {
                 "{} is empty: diesel refuses to run an empty up.sql (EmptyMigration)",
                 m.file.display()
             ));
+        } else if !down
+            && format == Format::Diesel
+            && self.postgres
+            && rewind_db::sql::is_empty(&m.up, dialect)
+        {
+            refusals.push(format!(
+                "{} holds only comments: diesel sends it to PostgreSQL, which answers with an empty query, and diesel fails (\"Received an empty query\")",
+                m.file.display()
+            ));
+        }
+        // Tools that send the file as it is hand PostgreSQL a byte-order mark, which it reads
+        // as part of the first word (Flyway drops it; psql, which sqitch uses, too).
+        let (script, file) = if down {
+            (
+                m.down.as_deref().unwrap_or_default(),
+                m.down_file.as_deref().unwrap_or(&m.file),
+            )
+        } else {
+            (m.up.as_str(), m.file.as_path())
+        };
+        if self.postgres
+            && script.starts_with('\u{feff}')
+            && matches!(
+                format,
+                Format::Sqlx | Format::Diesel | Format::Refinery | Format::GolangMigrate
+            )
+        {
+            refusals.push(format!(
+                "{} starts with a byte-order mark: {} sends it to PostgreSQL as it is, which fails (a syntax error at its first word); save the file without it",
+                file.display(),
+                format.name()
+            ));
         }
         MigrationFacts {
             key: m.key().to_string(),
@@ -433,6 +466,11 @@ impl Database {
             warnings: m.warnings.clone(),
             display: m.label(),
             ends_batch: rewind_db::runner::ends_batch(m, down, dialect),
+            down_removes: if down {
+                removed_by(m.down.as_deref().unwrap_or_default(), dialect)
+            } else {
+                Vec::new()
+            },
             ..base
         }
     }
@@ -440,11 +478,32 @@ impl Database {
     /// What a deploy of `release` would do to this database: the migrations the release
     /// ships that the history lacks (in the tool's order, out-of-order ones marked), those
     /// applied that it does not ship, drift, and everything that would make the deploy refuse.
-    pub async fn deploy_facts(&self, release: &str) -> Result<DbDeployFacts> {
+    ///
+    /// `recorded` is the set the ledger recorded for the release that runs now (its keys),
+    /// when it has one: golang-migrate's history holds only the current version, so a
+    /// migration merged below it looks applied; the ledger tells it was not.
+    pub async fn deploy_facts(
+        &self,
+        release: &str,
+        recorded: Option<&[String]>,
+    ) -> Result<DbDeployFacts> {
         let (format, migs) = self.read_migrations(release)?;
         let state = self.state(format, &migs).await?;
         let plan = rewind_db::sets::plan_deploy(format, &migs, &state);
         let mut refusals = plan.refusals.clone();
+        if format == Format::GolangMigrate
+            && let Some(known) = recorded.filter(|k| !k.is_empty())
+        {
+            let current = state.level(format, &migs);
+            for m in state.applied(&migs) {
+                if !known.iter().any(|k| k == m.key()) {
+                    refusals.push(format!(
+                        "{} is older than the current version {current} and was not applied with it (the ledger's set lacks it): golang-migrate keeps only the current version and never applies an older one; give it a version above {current}",
+                        m.label()
+                    ));
+                }
+            }
+        }
         let mut notes = plan.notes.clone();
         // Levels as the migrations are applied, in order.
         let mut level = state.level(format, &migs);
@@ -473,7 +532,7 @@ impl Database {
                 }
             }
         }
-        let (drift, drifted) = self.drift(format, &migs, &state).await?;
+        let (drift, drifted) = self.drift(format, &migs, &state, &mut notes).await?;
         let partial = self.partial().await?;
         for p in &partial {
             refusals.push(format!(
@@ -555,6 +614,7 @@ impl Database {
         format: Format,
         migs: &[Migration],
         state: &State,
+        notes: &mut Vec<String>,
     ) -> Result<(Vec<String>, Vec<String>)> {
         if state.recorded.is_empty() {
             return Ok((Vec::new(), Vec::new()));
@@ -583,7 +643,7 @@ impl Database {
                     keys.push(m.key().to_string());
                 }
             } else {
-                lines.push(format!(
+                notes.push(format!(
                     "{v} differs from what was applied in line endings only: not drift for rewind or {}",
                     format.name()
                 ));
@@ -602,7 +662,23 @@ impl Database {
         from_release: &str,
         target: &DbTarget,
     ) -> Result<DbRollbackFacts> {
-        let (format, migs) = self.read_migrations(from_release)?;
+        let (format, migs) = match self.read_migrations(from_release) {
+            Ok(read) => read,
+            // The release being left has no migrations directory any more: nothing can
+            // revert what it applied (no scripts), but a restore can still bring the
+            // database back; the format comes from the config or the target's directory.
+            Err(e) if !self.migrations_dir(from_release).is_dir() => {
+                let format = match &self.cfg.format {
+                    Some(f) => f.parse::<Format>().map_err(|m| self.fail(m))?,
+                    None => self
+                        .read_migrations(&target.release)
+                        .map(|(f, _)| f)
+                        .map_err(|_| e)?,
+                };
+                (format, Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
         let state = self.state(format, &migs).await?;
         let level_now = state.level(format, &migs);
         let target_set: std::collections::BTreeSet<String> = match &target.set {
@@ -716,7 +792,7 @@ impl Database {
         migs: &[Migration],
         target: &DbTarget,
     ) -> Result<std::collections::BTreeSet<String>> {
-        if self.cfg.migrations.contains("{release}")
+        if (self.cfg.migrations.contains("{release}") || migs.is_empty())
             && self.migrations_dir(&target.release).is_dir()
         {
             let (_, theirs) = self.read_migrations(&target.release)?;
@@ -965,14 +1041,33 @@ impl Database {
             Baseline::Missing => out.lines.push(
                 "row counts: this run's restore point holds no counts (nothing compared)".into(),
             ),
-            Baseline::RestorePoint(tables) => compare_counts(
-                &mut out,
-                &filter(tables),
-                &filter(&counts),
-                tolerance,
-                false,
-                "the restore point's",
-            ),
+            Baseline::RestorePoint(tables, may_lose) => {
+                let expected = |t: &str| {
+                    let bare = |s: &str| s.rsplit('.').next().unwrap_or(s).to_lowercase();
+                    may_lose.iter().any(|m| m == "*" || bare(m) == bare(t))
+                };
+                let (fewer_ok, strict): (BTreeMap<String, i64>, BTreeMap<String, i64>) =
+                    filter(tables).into_iter().partition(|(t, _)| expected(t));
+                compare_counts(
+                    &mut out,
+                    &strict,
+                    &filter(&counts),
+                    tolerance,
+                    false,
+                    "the restore point's",
+                );
+                for (t, was) in fewer_ok {
+                    match counts.get(&t) {
+                        Some(&n) if n != was => out.lines.push(format!(
+                            "table {t}: {n} rows, the restore point's count {was}: the down scripts delete from it"
+                        )),
+                        None => out.lines.push(format!(
+                            "table {t} is gone (dropped by the revert; had {was} rows)"
+                        )),
+                        _ => {}
+                    }
+                }
+            }
             Baseline::Backup {
                 tables,
                 catalog: recorded,
@@ -1410,6 +1505,22 @@ fn phase_words(p: &rewind_db::Phase) -> String {
     }
 }
 
+/// The tables a script deletes rows from or drops, as the classification reads it.
+fn removed_by(sql: &str, dialect: Dialect) -> Vec<String> {
+    let c = rewind_db::sql::classify(sql, dialect);
+    let mut out: Vec<String> = c.tables_losing_rows.iter().cloned().collect();
+    for f in &c.findings {
+        if f.kind == rewind_db::sql::FindingKind::DropTable
+            && let Some(o) = &f.object
+        {
+            out.extend(o.split(", ").map(str::to_string));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn bad_psql(file: &Path, reason: String) -> rewind_db::Error {
     rewind_db::Error::BadFile {
         file: file.to_path_buf(),
@@ -1545,8 +1656,10 @@ impl Component for Database {
             Action::Restore { source, .. } => self.restore(cx, source).await,
             Action::DataCheck { baseline, .. } => {
                 let baseline = match (baseline, &cx.baseline_counts) {
-                    (CountBaseline::RestorePoint, Some(c)) => Baseline::RestorePoint(c),
-                    (CountBaseline::RestorePoint, None) => Baseline::Missing,
+                    (CountBaseline::RestorePoint { may_lose }, Some(c)) => {
+                        Baseline::RestorePoint(c, may_lose)
+                    }
+                    (CountBaseline::RestorePoint { .. }, None) => Baseline::Missing,
                     (CountBaseline::Known { tables, catalog }, _) => {
                         Baseline::Backup { tables, catalog }
                     }
@@ -1701,11 +1814,21 @@ impl Database {
             quote(&format!("--dbname={}", parsed.as_str()))
         );
         let password = parsed.password().map(str::to_string);
-        let mut env: Vec<(&str, &str)> = vec![("PGAPPNAME", "rewind")];
+        // Like rewind's own sessions, psql may write while the database is frozen read-only
+        // (a rollback reverts through it).
+        let mut env: Vec<(&str, &str)> = vec![
+            ("PGAPPNAME", "rewind"),
+            ("PGOPTIONS", "-c default_transaction_read_only=off"),
+        ];
         if let Some(p) = &password {
             env.push(("PGPASSWORD", p));
         }
-        let dir = self.migrations_dir_of(m);
+        // sqitch runs psql in the project's directory, whatever the change's name holds.
+        let dir = m
+            .sqitch
+            .as_ref()
+            .map(|s| s.project_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("."));
         let started = std::time::Instant::now();
         let out = proc::run_shell(
             &self.name,
@@ -1733,10 +1856,7 @@ impl Database {
             .sqitch
             .as_ref()
             .filter(|s| s.verify_on_deploy && s.verify.is_some());
-        if !down && verify.is_some() {
-            let verify_file = dir
-                .join("verify")
-                .join(m.file.file_name().unwrap_or_default());
+        if !down && let Some(verify_file) = verify.and_then(|s| s.verify_file.clone()) {
             let run = |f: &Path| {
                 format!(
                     "{} -X -q -v ON_ERROR_STOP=1 -v registry=sqitch -f {} {}",
@@ -1780,16 +1900,6 @@ impl Database {
         rewind_db::runner::record_only(pool, format, migs, m.key(), down, started.elapsed())
             .await?;
         Ok(true)
-    }
-
-    /// The sqitch project directory a migration's scripts belong to (psql runs there, so the
-    /// script's relative paths resolve as they do for sqitch).
-    fn migrations_dir_of(&self, m: &Migration) -> PathBuf {
-        m.file
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
     }
 
     /// A restore point: the level, and a full backup when `backup` gives a reason.

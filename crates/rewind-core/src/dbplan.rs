@@ -75,6 +75,10 @@ pub struct MigrationFacts {
     /// How a person recognises it (see [`MigrationFacts::label`]).
     #[serde(default)]
     pub display: String,
+    /// A revert: the tables its down script deletes rows from or drops (they may hold fewer
+    /// rows afterwards: the data checks expect it).
+    #[serde(default)]
+    pub down_removes: Vec<String>,
     /// Its transaction must be committed before the next migration runs (PostgreSQL does not
     /// let a value `ALTER TYPE … ADD VALUE` added be used in the same transaction, and the
     /// tools commit each migration): the batch ends with it.
@@ -704,7 +708,20 @@ pub fn rollback_steps(
         DbDecision::Revert { .. } => (
             revert_steps(name, from_release, facts),
             facts.target_level.clone(),
-            CountBaseline::RestorePoint,
+            CountBaseline::RestorePoint {
+                may_lose: if facts.accept_row_loss {
+                    vec!["*".into()]
+                } else {
+                    let mut t: Vec<String> = facts
+                        .to_revert
+                        .iter()
+                        .flat_map(|m| m.down_removes.iter().cloned())
+                        .collect();
+                    t.sort();
+                    t.dedup();
+                    t
+                },
+            },
         ),
         DbDecision::Restore {
             source,
@@ -770,7 +787,9 @@ pub fn rollback_steps(
             "{name}: data checks ({}foreign-key orphans{})",
             match &baseline {
                 CountBaseline::None => String::new(),
-                CountBaseline::RestorePoint => "row counts against the restore point, ".into(),
+                CountBaseline::RestorePoint { .. } => {
+                    "row counts against the restore point, ".into()
+                }
                 CountBaseline::Known { catalog, .. } if !catalog.is_empty() => {
                     "row counts and catalog against the backup's, ".into()
                 }

@@ -324,8 +324,13 @@ pub enum RestoreSource {
 pub enum CountBaseline {
     /// No comparison (a point-in-time restore: the counts at that time are not known).
     None,
-    /// The counts in the restore point this run took of the component.
-    RestorePoint,
+    /// The counts in the restore point this run took of the component. Tables in `may_lose`
+    /// (the down scripts delete from or drop them; `*`: any, `--accept-row-loss`) may hold
+    /// fewer rows afterwards.
+    RestorePoint {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        may_lose: Vec<String>,
+    },
     /// Counts known when the plan was made (a backup's).
     Known {
         tables: BTreeMap<String, i64>,

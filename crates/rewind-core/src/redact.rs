@@ -98,12 +98,63 @@ pub fn redact_url_passwords(text: &str) -> String {
         rest = &tail[end..];
     }
     out.push_str(rest);
-    out
+    mask_password_params(&out)
+}
+
+/// Masks the value of `password=` (and `sslpassword=`) in URL query strings and connection
+/// strings: `?password=s3cret&…` → `?password=***&…`.
+fn mask_password_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let lower = rest.to_ascii_lowercase();
+        let Some(at) = lower.find("password=") else {
+            out.push_str(rest);
+            return out;
+        };
+        // Only as a parameter: after `?`, `&`, `;`, whitespace, a quote, or `ssl`.
+        let before = lower[..at].chars().last();
+        let is_param = at == 0
+            || matches!(before, Some('?' | '&' | ';' | ' ' | '\t' | '"' | '\''))
+            || lower[..at].ends_with("ssl");
+        let value_at = at + "password=".len();
+        out.push_str(&rest[..value_at]);
+        rest = &rest[value_at..];
+        if is_param {
+            let end = rest
+                .find(|c: char| {
+                    c == '&' || c == ';' || c.is_whitespace() || c == '"' || c == '\'' || c == '#'
+                })
+                .unwrap_or(rest.len());
+            if end > 0 {
+                out.push_str(MASK);
+            }
+            rest = &rest[end..];
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn password_parameters_are_masked() {
+        assert_eq!(
+            redact_url_passwords(
+                "cannot connect to postgres://u@h/db?sslmode=disable&password=Zq7-SECRET&x=1"
+            ),
+            "cannot connect to postgres://u@h/db?sslmode=disable&password=***&x=1"
+        );
+        assert_eq!(
+            redact_url_passwords("host=h password=s3cret dbname=x"),
+            "host=h password=*** dbname=x"
+        );
+        assert_eq!(
+            redact_url_passwords("reset the password= field"),
+            "reset the password= field"
+        );
+    }
 
     #[test]
     fn url_passwords_are_masked() {

@@ -307,6 +307,10 @@ pub struct SqitchChange {
     /// The project's `sqitch.conf` says `[deploy] verify = true`: sqitch runs the verify
     /// script after the deploy script and takes the change back when it fails.
     pub verify_on_deploy: bool,
+    /// The verify script's file, when there is one.
+    pub verify_file: Option<PathBuf>,
+    /// The sqitch project's directory (where `sqitch.plan` is): sqitch runs psql there.
+    pub project_dir: PathBuf,
 }
 
 /// A `@tag` line of `sqitch.plan`: what the registry's `tags` table records about it.
@@ -712,6 +716,15 @@ fn read_versioned(dir: &Path, format: Format) -> Result<Vec<Migration>> {
         if desc.is_empty() {
             return Err(bad(&path, "the migration has no description"));
         }
+        // refinery finds files by `^[UV](\d+(\.\d+)?)__(\w+)\.(rs|sql)$`: a name with a
+        // space, a quote or a dash is not a migration to it.
+        if format == Format::Refinery && !desc.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            skipped.push(format!(
+                "{} has a name refinery does not read (letters, digits and _ only): refinery never runs it",
+                path.display()
+            ));
+            continue;
+        }
         let version = if format == Format::Refinery {
             int_version(&path, v, i32::MAX as u64)?
         } else {
@@ -1100,10 +1113,10 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
             };
             let verify = file("verify");
             let s = m.sqitch.as_mut().expect("sqitch change");
-            s.verify = if verify.is_file() {
-                Some(read_text(&verify)?)
+            (s.verify, s.verify_file) = if verify.is_file() {
+                (Some(read_text(&verify)?), Some(verify))
             } else {
-                None
+                (None, None)
             };
             s.rework_tag = Some(tag);
         }
@@ -1174,6 +1187,8 @@ fn read_sqitch(dir: &Path) -> Result<Vec<Migration>> {
             },
             rework_tag: None,
             verify_on_deploy,
+            verify_file: verify.is_file().then(|| verify.clone()),
+            project_dir: dir.to_path_buf(),
         };
         change.change_id = sqitch_change_id(name, &change, parent.as_deref());
         let (down, down_file) = if revert.is_file() {

@@ -372,13 +372,9 @@ async fn run_verify_tx(conn: &mut AnyConnection, m: &Migration, dialect: Dialect
         return Ok(());
     };
     let file = m
-        .file
-        .parent()
-        .and_then(std::path::Path::parent)
-        .map(|d| {
-            d.join("verify")
-                .join(m.file.file_name().unwrap_or_default())
-        })
+        .sqitch
+        .as_ref()
+        .and_then(|s| s.verify_file.clone())
         .unwrap_or_default();
     let stmts = sql::split(sql, dialect).map_err(|e| Error::BadFile {
         file: file.clone(),
@@ -494,6 +490,11 @@ struct Guard {
     tables: BTreeMap<i64, String>,
     /// PostgreSQL: the tables that hold rows (a table dropped while empty loses nothing).
     nonempty: BTreeSet<i64>,
+    /// PostgreSQL: rows deleted per table as `pg_stat_xact_user_tables` counts them when the
+    /// guard starts. Since PostgreSQL 15 those counts are the session's pending statistics,
+    /// flushed at most once a second: they may still hold an earlier transaction's deletes,
+    /// so the guard compares with what they were at its start.
+    deleted_before: BTreeMap<i64, i64>,
 }
 
 /// Tables the guard leaves out: the tools' own bookkeeping, which a revert empties.
@@ -590,19 +591,41 @@ async fn guard_start(conn: &mut AnyConnection, backend: Backend) -> Result<Guard
             fk: sqlite_fk_violations(conn).await?,
             tables: BTreeMap::new(),
             nonempty: BTreeSet::new(),
+            deleted_before: BTreeMap::new(),
         },
         Backend::Postgres => {
             let tables = pg_tables(conn).await?;
             let nonempty = pg_nonempty(conn, &tables).await?;
+            let deleted_before = pg_deleted(conn).await?;
             Guard {
                 backend,
                 counts: BTreeMap::new(),
                 fk: BTreeMap::new(),
                 tables,
                 nonempty,
+                deleted_before,
             }
         }
     })
+}
+
+/// Rows deleted per table oid as `pg_stat_xact_user_tables` counts them now.
+async fn pg_deleted(conn: &mut AnyConnection) -> Result<BTreeMap<i64, i64>> {
+    let doing = "reading the rows deleted in this session";
+    let rows = sqlx::query(
+        "SELECT CAST(relid AS BIGINT), n_tup_del FROM pg_stat_xact_user_tables WHERE n_tup_del > 0",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(query_err(doing))?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        out.insert(
+            r.try_get::<i64, _>(0).map_err(query_err(doing))?,
+            r.try_get::<i64, _>(1).map_err(query_err(doing))?,
+        );
+    }
+    Ok(out)
 }
 
 /// The tables of `tables` that hold at least one row, in few queries.
@@ -764,7 +787,11 @@ async fn guard_check(
             for r in rows {
                 let oid: i64 = r.try_get(0).map_err(query_err(doing))?;
                 let name: String = r.try_get(1).map_err(query_err(doing))?;
-                let deleted: i64 = r.try_get(2).map_err(query_err(doing))?;
+                let deleted: i64 = r.try_get::<i64, _>(2).map_err(query_err(doing))?
+                    - guard.deleted_before.get(&oid).copied().unwrap_or(0);
+                if deleted <= 0 {
+                    continue;
+                }
                 let old_name = guard
                     .tables
                     .get(&oid)
@@ -1207,6 +1234,21 @@ pub struct Partial {
 
 impl std::fmt::Display for Partial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.units_done == 0 {
+            return write!(
+                f,
+                "{} migration {} began ({}) and committed none of its {} units yet (since {})",
+                self.tool,
+                self.migration,
+                if self.direction == "down" {
+                    "reverting"
+                } else {
+                    "applying"
+                },
+                self.units,
+                self.started_at
+            );
+        }
         write!(
             f,
             "{} migration {} ran partly ({}): {} of {} units committed, through line {} (since {})",

@@ -300,10 +300,30 @@ impl PgUrl {
                 url.scheme()
             )));
         }
-        let password = url.password().map(percent_decode);
+        let mut password = url.password().map(percent_decode);
         if password.is_some() {
             url.set_password(None)
                 .map_err(|_| Error::Url("cannot remove the password".into()))?;
+        }
+        // `?password=…` too: taken out of the URL (tools get it in PGPASSWORD only).
+        if url.query_pairs().any(|(k, _)| k == "password") {
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, v)| {
+                    if k == "password" {
+                        password.get_or_insert_with(|| v.to_string());
+                        false
+                    } else {
+                        true
+                    }
+                })
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if kept.is_empty() {
+                url.set_query(None);
+            } else {
+                url.query_pairs_mut().clear().extend_pairs(kept);
+            }
         }
         Ok(PgUrl { url, password })
     }

@@ -1008,3 +1008,55 @@ async fn sqitch_verify_on_deploy_takes_a_change_back_when_it_fails() {
         );
     }
 }
+
+#[tokio::test]
+async fn rows_an_earlier_committed_step_deleted_are_not_charged_to_the_next() {
+    // PostgreSQL 15+ keeps a session's table statistics pending for up to a second: the
+    // guard of migration 3 must not count what migration 2 deleted and committed.
+    let t = fresh(Kind::Postgres, "stale-stats").await;
+    let dir = dir_with(&[
+        (
+            "1_t.up.sql",
+            "CREATE TABLE t (id INT); INSERT INTO t VALUES (1), (2);",
+        ),
+        (
+            "2_del.up.sql",
+            "BEGIN;\nDELETE FROM t WHERE id = 1;\nCOMMIT;\n",
+        ),
+        (
+            "3_other.up.sql",
+            "BEGIN;\nCREATE TABLE u (id INT);\nCOMMIT;\n",
+        ),
+    ]);
+    let migs = read(dir.path(), Format::GolangMigrate);
+    apply_batch(
+        &t.pool,
+        Format::GolangMigrate,
+        &migs,
+        &keys(&migs[..1]),
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    for m in &migs[1..] {
+        apply_alone(&t.pool, Format::GolangMigrate, &migs, m.key(), |_, _| {})
+            .await
+            .unwrap();
+    }
+    assert_eq!(count(&t, "SELECT count(*) FROM t").await, 1);
+}
+
+#[test]
+fn refinery_reads_only_names_of_word_characters() {
+    let dir = dir_with(&[
+        ("V1__init.sql", "SELECT 1;"),
+        ("V3__add thing.sql", "SELECT 3;"),
+    ]);
+    let migs = read(dir.path(), Format::Refinery);
+    assert_eq!(migs.len(), 1);
+    assert!(
+        migs[0].warnings[0].contains("V3__add thing.sql"),
+        "{:?}",
+        migs[0].warnings
+    );
+}

@@ -38,8 +38,14 @@ fn component_err(e: rewind_components::ComponentError) -> CliError {
 /// What deploying `release` does to every database component.
 pub async fn deploy_facts(env: &Env, release: &str) -> CliResult<BTreeMap<String, DbDeployFacts>> {
     let mut out = BTreeMap::new();
+    // What the ledger recorded for the release that runs now (each database's set).
+    let current = match env.store.current_release(&env.name).await? {
+        Some(c) => env.store.release(&env.name, &c).await?,
+        None => None,
+    };
     for (name, db) in databases(env) {
-        let facts = db.deploy_facts(release).await.map_err(|e| {
+        let recorded = current.as_ref().and_then(|r| r.migrations.get(&name));
+        let facts = db.deploy_facts(release, recorded.map(Vec::as_slice)).await.map_err(|e| {
             failed(env.redactor.redact(&e.to_string())).hint(
                 "nothing was changed; the migrations must be readable and the database reachable to plan",
             )

@@ -519,3 +519,116 @@ fn sqitch_scripts_with_psql_meta_commands_run_through_psql_as_sqitch_does() {
     let run = f.last_run();
     assert!(!run.to_string().contains("psql-secret-77"), "{run}");
 }
+
+#[test]
+fn a_golang_migrate_version_merged_below_the_current_one_is_refused() {
+    let f = Fixture::new();
+    config(&f, "kind = \"sqlite\"\npath = \"app.db\"", "golang-migrate");
+    for v in ["r0", "r1"] {
+        for (n, t) in [("1_one", "t1"), ("3_three", "t3")] {
+            write(
+                &f.path(&format!("rel/{v}/migrations/{n}.up.sql")),
+                &format!("CREATE TABLE {t} (id INTEGER);"),
+            );
+            write(
+                &f.path(&format!("rel/{v}/migrations/{n}.down.sql")),
+                &format!("DROP TABLE {t};"),
+            );
+        }
+    }
+    write(
+        &f.path("rel/r1/migrations/2_two.up.sql"),
+        "CREATE TABLE t2 (id INTEGER);",
+    );
+    write(
+        &f.path("rel/r1/migrations/2_two.down.sql"),
+        "DROP TABLE t2;",
+    );
+    f.run(&["deploy", "r0"]).ok();
+    // golang-migrate's history says "3": 2 looks applied; the ledger's set says it is not.
+    let out = f.run(&["deploy", "r1"]);
+    out.code(1);
+    assert!(
+        out.stderr
+            .contains("2 two is older than the current version 3"),
+        "{}",
+        out.all()
+    );
+    assert!(sqlite_rows(&f, "SELECT name FROM sqlite_master WHERE name = 't2'").is_empty());
+}
+
+#[test]
+fn a_down_script_that_deletes_rows_passes_the_data_checks() {
+    let f = Fixture::new();
+    config(&f, "kind = \"sqlite\"\npath = \"app.db\"", "sqlx");
+    for v in ["r0", "r1"] {
+        write(
+            &f.path(&format!("rel/{v}/migrations/1_t.up.sql")),
+            "CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1), (2);",
+        );
+        write(
+            &f.path(&format!("rel/{v}/migrations/1_t.down.sql")),
+            "DROP TABLE t;",
+        );
+    }
+    write(
+        &f.path("rel/r1/migrations/2_seed.up.sql"),
+        "INSERT INTO t VALUES (3);",
+    );
+    write(
+        &f.path("rel/r1/migrations/2_seed.down.sql"),
+        "DELETE FROM t WHERE id = 3;",
+    );
+    f.run(&["deploy", "r0"]).ok();
+    f.run(&["deploy", "r1"]).ok();
+    let plan = f.run(&["--json", "plan"]).ok().json();
+    assert_eq!(
+        plan["databases"]["db"]["decision"]["decision"], "revert",
+        "{plan}"
+    );
+    f.run(&["rollback", "--yes"]).ok();
+    assert_eq!(
+        sqlite_rows(&f, "SELECT CAST(count(*) AS TEXT) FROM t"),
+        ["2"]
+    );
+    let run = f.last_run();
+    assert!(
+        run.to_string().contains("the down scripts delete from it"),
+        "{run}"
+    );
+}
+
+#[test]
+fn a_rollback_whose_current_migrations_are_gone_restores_the_backup() {
+    let f = Fixture::new();
+    config(&f, "kind = \"sqlite\"\npath = \"app.db\"", "sqlx");
+    for v in ["r0", "r1"] {
+        write(
+            &f.path(&format!("rel/{v}/migrations/1_t.up.sql")),
+            "CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);",
+        );
+        write(
+            &f.path(&format!("rel/{v}/migrations/1_t.down.sql")),
+            "DROP TABLE t;",
+        );
+    }
+    write(
+        &f.path("rel/r1/migrations/2_u.up.sql"),
+        "CREATE TABLE u (id INTEGER);",
+    );
+    write(&f.path("rel/r1/migrations/2_u.down.sql"), "DROP TABLE u;");
+    f.run(&["deploy", "r0"]).ok();
+    f.run(&["deploy", "r1"]).ok();
+    std::fs::remove_dir_all(f.path("rel/r1/migrations")).unwrap();
+    let plan = f.run(&["--json", "plan"]).ok().json();
+    assert_eq!(
+        plan["databases"]["db"]["decision"]["decision"], "restore",
+        "{plan}"
+    );
+    f.run(&["rollback", "--yes"]).ok();
+    assert!(sqlite_rows(&f, "SELECT name FROM sqlite_master WHERE name = 'u'").is_empty());
+    assert_eq!(
+        sqlite_rows(&f, "SELECT name FROM sqlite_master WHERE name = 't'"),
+        ["t"]
+    );
+}
