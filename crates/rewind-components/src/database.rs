@@ -163,6 +163,8 @@ pub struct Database {
     /// connection costs more than most queries); dropped before a restore replaces what
     /// they point at.
     cached: tokio::sync::Mutex<Option<sqlx::AnyPool>>,
+    /// Migrations directories already read, by path.
+    read_cache: std::sync::Mutex<BTreeMap<PathBuf, (Format, Vec<Migration>)>>,
 }
 
 impl Database {
@@ -172,6 +174,7 @@ impl Database {
             postgres,
             cfg,
             cached: tokio::sync::Mutex::new(None),
+            read_cache: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -261,8 +264,24 @@ impl Database {
     }
 
     /// Reads `release`'s migrations directory in the configured (or detected) format.
+    ///
+    /// A directory is read once per process (a run reads it for its plan and for each of
+    /// its steps; the files do not change under a run that planned with them).
     pub fn read_migrations(&self, release: &str) -> Result<(Format, Vec<Migration>)> {
         let dir = self.migrations_dir(release);
+        if let Some(hit) = self.read_cache.lock().expect("not poisoned").get(&dir) {
+            return Ok(hit.clone());
+        }
+        let read = self.read_migrations_uncached(&dir)?;
+        self.read_cache
+            .lock()
+            .expect("not poisoned")
+            .insert(dir, read.clone());
+        Ok(read)
+    }
+
+    fn read_migrations_uncached(&self, dir: &Path) -> Result<(Format, Vec<Migration>)> {
+        let dir = dir.to_path_buf();
         if !dir.is_dir() {
             return Err(self.fail(format!(
                 "migrations directory {} does not exist (migrations = {:?})",

@@ -321,36 +321,96 @@ async fn run_statements(
     Ok(())
 }
 
+/// A script that failed as a whole, before its line is known.
+struct ScriptFailed(sqlx::Error);
+
+/// Why a migration of a batch failed.
+enum Failure {
+    Script(sqlx::Error),
+    Other(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Other(e)
+    }
+}
+
 /// Runs `m`'s script inside the caller's transaction the way its tool sends it: the whole
 /// text in one query (one round trip, and the engine itself decides where statements end).
-/// When it fails, the line is found by rolling back to a savepoint taken just before it and
-/// running its statements one by one until the same failure shows.
+/// On failure the transaction is aborted; see [`locate`] for the line.
 async fn run_script_tx(
     conn: &mut AnyConnection,
     m: &Migration,
     down: bool,
-    stmts: &[Statement],
-) -> Result<()> {
-    let Some(first) = stmts.first() else {
-        return Ok(());
-    };
+) -> std::result::Result<(), ScriptFailed> {
     let (sql, _) = script_of(m, down);
-    let sql = sql.trim_start_matches('\u{feff}');
-    match exec(conn, &format!("SAVEPOINT rewind_script;\n{sql}")).await {
-        Ok(()) => exec(conn, "RELEASE SAVEPOINT rewind_script")
-            .await
-            .map_err(|e| failed(m, down, first, e)),
-        Err(whole) => {
-            if exec(conn, "ROLLBACK TO SAVEPOINT rewind_script")
-                .await
-                .is_err()
-            {
-                return Err(failed(m, down, first, whole));
+    if sql::is_empty(sql, Dialect::Postgres) && sql::is_empty(sql, Dialect::Sqlite) {
+        return Ok(());
+    }
+    exec(conn, sql.trim_start_matches('\u{feff}'))
+        .await
+        .map_err(ScriptFailed)
+}
+
+/// The error of a batch migration that failed as a whole, with the line of its file. When
+/// PostgreSQL points at a character of the script, that is the line; otherwise the batch is
+/// replayed in a new transaction (rolled back) up to that migration, whose statements then
+/// run one by one until the same failure shows. Costs nothing unless a migration fails.
+async fn locate(
+    conn: &mut AnyConnection,
+    format: Format,
+    done: &[&Migration],
+    m: &Migration,
+    down: bool,
+    stmts: &[Statement],
+    whole: sqlx::Error,
+) -> Error {
+    let (sql, _) = script_of(m, down);
+    let Some(first) = stmts.first() else {
+        return failed(m, down, &Statement::default(), whole);
+    };
+    let position = whole
+        .as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|pg| match pg.position() {
+            Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),
+            _ => None,
+        });
+    let text = sql.trim_start_matches('\u{feff}');
+    if let Some(p) = position.filter(|p| *p > 0) {
+        let offset: usize = text.chars().take(p - 1).map(char::len_utf8).sum();
+        let skipped = sql.len() - text.len();
+        let line = sql::line_of(sql, offset + skipped);
+        if let Some(s) = stmts.iter().rev().find(|s| s.line <= line) {
+            let mut e = failed(m, down, s, whole);
+            if let Error::Migration { line: l, .. } = &mut e {
+                *l = Some(line);
             }
-            run_statements(conn, m, down, stmts).await?;
-            // One by one it went through: report the whole script's error.
-            Err(failed(m, down, first, whole))
+            return e;
         }
+    }
+    let replay = async {
+        let mut tx = conn.begin().await.ok()?;
+        for d in done {
+            run_script_tx(&mut tx, d, down).await.ok()?;
+        }
+        let mut at = None;
+        for s in stmts {
+            if let Err(e) = exec(&mut tx, &s.text).await {
+                at = Some((s.clone(), e));
+                break;
+            }
+        }
+        let _ = tx.rollback().await;
+        at
+    }
+    .await;
+    let _ = format;
+    match replay {
+        // The replayed statement's own error: its position is within the statement.
+        Some((s, e)) => failed(m, down, &s, e),
+        None => failed(m, down, first, whole),
     }
 }
 
@@ -1017,21 +1077,30 @@ async fn batch(
                 } else {
                     history::check_apply(&mut tx, format, m).await?;
                 }
-                run_script_tx(&mut tx, m, down, stmts).await?;
+                if let Err(ScriptFailed(whole)) = run_script_tx(&mut tx, m, down).await {
+                    return Err(Failure::Script(whole));
+                }
                 if !down {
                     run_verify_tx(&mut tx, m, dialect).await?;
                 }
                 if down {
                     let previous = previous_after_revert(format, migrations, &recorded, m);
-                    history::record_revert(&mut tx, format, m, previous, started.elapsed()).await
+                    history::record_revert(&mut tx, format, m, previous, started.elapsed()).await?;
                 } else {
-                    history::record_apply(&mut tx, format, m, started.elapsed()).await
+                    history::record_apply(&mut tx, format, m, started.elapsed()).await?;
                 }
+                Ok::<(), Failure>(())
             }
             .await;
-            if let Err(e) = outcome {
-                progress(m, Phase::Failed(e.to_string()));
+            if let Err(failure) = outcome {
                 let _ = tx.rollback().await;
+                let e = match failure {
+                    Failure::Other(e) => e,
+                    Failure::Script(whole) => {
+                        locate(&mut conn, format, &finished, m, down, stmts, whole).await
+                    }
+                };
+                progress(m, Phase::Failed(e.to_string()));
                 progress(m, Phase::RolledBack);
                 return Err(e);
             }

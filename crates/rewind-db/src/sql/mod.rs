@@ -31,7 +31,7 @@ pub enum Dialect {
 }
 
 /// One statement of a script.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Statement {
     /// The statement as written, from its first token to its last (`sql[start..end]`).
     pub text: String,
@@ -41,6 +41,9 @@ pub struct Statement {
     pub end: usize,
     /// 1-based line of its first token.
     pub line: usize,
+    /// Its tokens as `split` read them (offsets into `text`), and the dialect they were read
+    /// in: the methods below use them instead of reading the text again.
+    pub(crate) toks: Option<(Dialect, Vec<Tok>)>,
 }
 
 /// SQL that cannot be read: an unterminated string, quoted identifier, dollar-quoted
@@ -73,7 +76,13 @@ pub fn split(sql: &str, dialect: Dialect) -> Result<Vec<Statement>, SqlError> {
     let lines = Lines::new(sql);
     Ok(statement_ranges(&toks, dialect)
         .into_iter()
-        .map(|r| statement_at(sql, &lines, &toks[r]))
+        .map(|r| {
+            with_tokens(
+                statement_at(sql, &lines, &toks[r.clone()]),
+                &toks[r],
+                dialect,
+            )
+        })
         .collect())
 }
 
@@ -94,15 +103,23 @@ pub fn line_of(sql: &str, byte_offset: usize) -> usize {
 }
 
 impl Statement {
+    /// Its tokens: those `split` kept when read in `dialect`, else read again.
+    fn tokens(&self, dialect: Dialect) -> Option<std::borrow::Cow<'_, [Tok]>> {
+        match &self.toks {
+            Some((d, toks)) if *d == dialect => Some(std::borrow::Cow::Borrowed(toks)),
+            _ => lex(&self.text, dialect).ok().map(std::borrow::Cow::Owned),
+        }
+    }
+
     /// Whether this statement begins, commits or rolls back a transaction.
     pub fn transaction_control(&self, dialect: Dialect) -> Option<TxControl> {
-        tx_control(&lex(&self.text, dialect).ok()?)
+        tx_control(&self.tokens(dialect)?)
     }
 
     /// Its words (unquoted ones upper-cased, quoted identifiers as written), in order;
     /// strings, numbers and punctuation left out. For recognising a statement's shape.
     pub fn words(&self, dialect: Dialect) -> Vec<String> {
-        lex(&self.text, dialect)
+        self.tokens(dialect)
             .map(|toks| {
                 toks.iter()
                     .filter_map(|t| match &t.kind {
@@ -118,7 +135,7 @@ impl Statement {
     /// The same words as [`Statement::words`], each as the name it spells (unquoted ones
     /// lower-cased, as PostgreSQL folds them): to look an object up in the catalog.
     pub fn raw_words(&self, dialect: Dialect) -> Vec<String> {
-        lex(&self.text, dialect)
+        self.tokens(dialect)
             .map(|toks| toks.iter().filter_map(|t| t.name(&self.text)).collect())
             .unwrap_or_default()
     }
@@ -135,7 +152,7 @@ impl Statement {
             let word = self.text.split_whitespace().next().unwrap_or("\\");
             return Some(format!("the psql meta-command {word}"));
         }
-        let toks = lex(&self.text, dialect).ok()?;
+        let toks = self.tokens(dialect)?;
         for (i, t) in toks.iter().enumerate() {
             let text = &self.text[t.start..t.end];
             let variable = match &t.kind {
@@ -158,7 +175,7 @@ impl Statement {
 
     /// Why this statement cannot run inside a transaction block, or None.
     pub fn outside_transaction(&self, dialect: Dialect) -> Option<&'static str> {
-        let toks = lex(&self.text, dialect).ok()?;
+        let toks = self.tokens(dialect)?;
         match dialect {
             Dialect::Postgres => pg_outside_transaction(&toks),
             Dialect::Sqlite => sqlite_outside_transaction(&toks),
@@ -192,7 +209,26 @@ pub(crate) fn statement_at(sql: &str, lines: &Lines, toks: &[Tok]) -> Statement 
         start,
         end,
         line: lines.of(start),
+        toks: None,
     }
+}
+
+/// The same statement carrying its tokens, rebased onto its own text.
+fn with_tokens(mut s: Statement, toks: &[Tok], dialect: Dialect) -> Statement {
+    let base = s.start;
+    let rebased = toks
+        .iter()
+        .map(|t| Tok {
+            kind: match &t.kind {
+                Kind::Dollar(r) => Kind::Dollar(r.start - base..r.end - base),
+                k => k.clone(),
+            },
+            start: t.start - base,
+            end: t.end - base,
+        })
+        .collect();
+    s.toks = Some((dialect, rebased));
+    s
 }
 
 /// The statements of `toks` as index ranges (never empty).

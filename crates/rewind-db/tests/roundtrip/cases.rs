@@ -1060,3 +1060,34 @@ fn refinery_reads_only_names_of_word_characters() {
         migs[0].warnings
     );
 }
+
+#[tokio::test]
+async fn an_error_without_a_position_is_located_by_replaying_the_batch() {
+    // A duplicate key has no character to point at: the line comes from a replay of the
+    // batch (the table the first migration creates, then the second one statement by
+    // statement), rolled back afterwards.
+    for kind in [Kind::Sqlite, Kind::Postgres] {
+        let t = fresh(kind, "replay").await;
+        let dir = dir_with(&[
+            (
+                "1_t.up.sql",
+                "CREATE TABLE t (id INT PRIMARY KEY);\nINSERT INTO t VALUES (1);\n",
+            ),
+            (
+                "2_dup.up.sql",
+                "INSERT INTO t VALUES (2);\n\n-- the next one collides\nINSERT INTO t VALUES (3);\nINSERT INTO t VALUES (1);\n",
+            ),
+        ]);
+        let migs = read(dir.path(), Format::Sqlx);
+        let e = apply_batch(&t.pool, Format::Sqlx, &migs, &keys(&migs), |_, _| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("2_dup.up.sql:5"), "{kind:?}: {e}");
+        let gone = match kind {
+            Kind::Sqlite => "SELECT count(*) FROM sqlite_master WHERE name = 't'",
+            _ => "SELECT count(*) FROM pg_tables WHERE tablename = 't'",
+        };
+        assert_eq!(count(&t, gone).await, 0, "{kind:?}: nothing stays");
+    }
+}
