@@ -426,9 +426,10 @@ impl Database {
         refusals: &mut Vec<String>,
     ) -> MigrationFacts {
         let dialect = self.dialect();
-        let base = classify(m, dialect);
         let c = rewind_db::sql::classify(&m.up, dialect);
-        let alone = match rewind_db::run_mode(format, m, down, dialect) {
+        let base = facts_from(m, &c);
+        let (mode, ends_batch) = rewind_db::runner::analyse(format, m, down, dialect);
+        let alone = match mode {
             Ok(mode) => mode.why().map(str::to_string),
             Err(e) => {
                 refusals.push(e.to_string());
@@ -484,7 +485,7 @@ impl Database {
             alone,
             warnings: m.warnings.clone(),
             display: m.label(),
-            ends_batch: rewind_db::runner::ends_batch(m, down, dialect),
+            ends_batch,
             down_removes: if down {
                 removed_by(m.down.as_deref().unwrap_or_default(), dialect)
             } else {
@@ -1551,8 +1552,13 @@ fn bad_psql(file: &Path, reason: String) -> rewind_db::Error {
 /// effect other than adding shows (long locks and breaking changes included, so the plan
 /// says them), and data counted lost when rows or values go (a rollback cannot bring
 /// overwritten values back either).
+#[cfg(test)]
 fn classify(m: &Migration, dialect: Dialect) -> MigrationFacts {
-    let c = rewind_db::sql::classify(&m.up, dialect);
+    facts_from(m, &rewind_db::sql::classify(&m.up, dialect))
+}
+
+/// [`classify`] from a classification already made.
+fn facts_from(m: &Migration, c: &rewind_db::sql::Classification) -> MigrationFacts {
     let destructive = if c.effects().iter().any(|e| *e != Effect::Adds) {
         c.lines()
     } else {

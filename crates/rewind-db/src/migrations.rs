@@ -276,6 +276,16 @@ impl Migration {
 /// neither): counting a script as empty when either engine reads it so errs on the side of
 /// a missing down script (rollback needs a backup), never on running a no-op as the undo.
 pub(crate) fn script_is_empty(sql: &str) -> bool {
+    // A script whose first character is neither a comment's nor a `;` does something: no
+    // need to read it (most down scripts start with their first statement).
+    let first = sql
+        .trim_start_matches('\u{feff}')
+        .trim_start()
+        .chars()
+        .next();
+    if first.is_some_and(|c| c.is_alphabetic()) {
+        return false;
+    }
     crate::sql::is_empty(sql, crate::sql::Dialect::Postgres)
         || crate::sql::is_empty(sql, crate::sql::Dialect::Sqlite)
 }

@@ -139,6 +139,33 @@ pub fn statements(m: &Migration, down: bool, dialect: Dialect) -> Result<Vec<Sta
 /// it (an error naming the file and line, with what to do).
 pub fn run_mode(format: Format, m: &Migration, down: bool, dialect: Dialect) -> Result<RunMode> {
     let stmts = statements(m, down, dialect)?;
+    run_mode_of(format, m, down, dialect, &stmts)
+}
+
+/// [`run_mode`] and [`ends_batch`] from one reading of the script.
+pub fn analyse(
+    format: Format,
+    m: &Migration,
+    down: bool,
+    dialect: Dialect,
+) -> (Result<RunMode>, bool) {
+    match statements(m, down, dialect) {
+        Err(e) => (Err(e), false),
+        Ok(stmts) => {
+            let ends =
+                dialect == Dialect::Postgres && stmts.iter().any(|s| is_add_enum_value(s, dialect));
+            (run_mode_of(format, m, down, dialect, &stmts), ends)
+        }
+    }
+}
+
+fn run_mode_of(
+    format: Format,
+    m: &Migration,
+    down: bool,
+    dialect: Dialect,
+    stmts: &[Statement],
+) -> Result<RunMode> {
     let (_, file) = script_of(m, down);
     let refuse = |line: usize, reason: String| Error::NotTransactional {
         version: m.version.clone(),
