@@ -1,7 +1,8 @@
 //! The deploy benchmark: `rewind deploy` of a whole migration history on an empty
 //! PostgreSQL database, against the team's own tool deploying the same directory (`sqlx
 //! migrate run`, `diesel migration run`, `sqitch deploy`, `refinery migrate`) and against
-//! `psql` running the same up scripts in the tool's order in one session.
+//! `psql` running the same up scripts in the tool's order in one session (in one transaction
+//! for the tools that run each migration in one).
 //!
 //! The history is a real project's directory (`--dir`, `--format`), or generated sqlx
 //! migrations (the revert benchmark's). Every run starts from a new empty database (the
@@ -102,9 +103,17 @@ fn tool_command(format: Format, dir: &Path, url: &str) -> Option<(String, Comman
 
 /// `psql` running every up script in the tool's order in one session (each file as psql runs
 /// it: statement by statement; files that open their own transaction keep it).
-fn psql_command(psql: &PathBuf, files: &[PathBuf], url: &str) -> Result<Command, String> {
+fn psql_command(
+    psql: &PathBuf,
+    files: &[PathBuf],
+    url: &str,
+    single: bool,
+) -> Result<Command, String> {
     let mut cmd = pg::command(psql, url)?;
     cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1"]);
+    if single {
+        cmd.arg("--single-transaction");
+    }
     for f in files {
         cmd.arg("-f").arg(f);
     }
@@ -241,13 +250,18 @@ pub fn run(args: &Args) -> Result<(), String> {
         );
     }
     let psql = pg::tool("psql")?;
-    labels.push("psql (same files, one session)".into());
-    let mut psql_cmd = psql_command(&psql, &files, &db.url)?;
+    // The tools that run each migration in a transaction: psql gives the files one (a
+    // statement such as LOCK TABLE fails outside one).
+    let single = matches!(format, Format::Sqlx | Format::Diesel | Format::Refinery);
+    let psql_label = if single {
+        "psql --single-transaction (same files)"
+    } else {
+        "psql (same files, one session)"
+    };
+    labels.push(psql_label.into());
+    let mut psql_cmd = psql_command(&psql, &files, &db.url, single)?;
     contenders.push(
-        Contender::new("psql (same files, one session)", move || {
-            pg::run(&mut psql_cmd, "psql")
-        })
-        .prepare(|| fresh(&rt)),
+        Contender::new(psql_label, move || pg::run(&mut psql_cmd, "psql")).prepare(|| fresh(&rt)),
     );
     eprintln!(
         "== deploy of {what}: {n} {format} migrations; load {} on {} cpus",
