@@ -1636,14 +1636,8 @@ impl Component for Database {
                 alone,
                 accept_row_loss,
                 ..
-            } => {
-                let options = rewind_db::runner::Options {
-                    accept_row_loss: *accept_row_loss,
-                };
-                self.run_migrations(cx, release, to, versions, alone.is_some(), false, options)
-                    .await
             }
-            Action::Revert {
+            | Action::Revert {
                 release,
                 to,
                 versions,
@@ -1654,7 +1648,8 @@ impl Component for Database {
                 let options = rewind_db::runner::Options {
                     accept_row_loss: *accept_row_loss,
                 };
-                self.run_migrations(cx, release, to, versions, alone.is_some(), true, options)
+                let down = matches!(action, Action::Revert { .. });
+                self.run_migrations(cx, release, to, versions, alone.is_some(), down, options)
                     .await
             }
             Action::AcceptDrift {

@@ -1955,6 +1955,15 @@ fn concurrent_index_name(stmt: &Statement, dialect: Dialect) -> Option<String> {
 
 // ---- the tool's whole run ---------------------------------------------------------------
 
+/// The position in `migrations` of the migration `target` names ([`find_target`]).
+fn target_position(migrations: &[Migration], target: Option<&str>) -> Result<Option<usize>> {
+    let Some(t) = target else {
+        return Ok(None);
+    };
+    let m = find_target(migrations, t)?;
+    Ok(migrations.iter().position(|x| x.key() == m.key()))
+}
+
 /// Applies every pending migration of `migrations` up to and including `up_to` (a version,
 /// a name, or for sqitch `@tag` / `change@tag`; `None`: all), as the tool's `migrate run`
 /// would: consecutive batchable ones together in one transaction, the others alone. Returns
@@ -1966,14 +1975,8 @@ pub async fn apply(
     up_to: Option<&str>,
     mut progress: impl FnMut(&Migration, Phase),
 ) -> Result<Vec<String>> {
-    let limit = up_to.map(|v| find_target(migrations, v)).transpose()?;
+    let upto = target_position(migrations, up_to)?;
     let state = state(pool, format, migrations).await?;
-    let upto = limit.map(|l| {
-        migrations
-            .iter()
-            .position(|m| m.key() == l.key())
-            .unwrap_or(0)
-    });
     let keys: Vec<String> = migrations
         .iter()
         .enumerate()
@@ -1994,14 +1997,8 @@ pub async fn revert(
     down_to: Option<&str>,
     mut progress: impl FnMut(&Migration, Phase),
 ) -> Result<Vec<String>> {
-    let keep = down_to.map(|v| find_target(migrations, v)).transpose()?;
+    let keep_pos = target_position(migrations, down_to)?;
     let state = state(pool, format, migrations).await?;
-    let keep_pos = keep.map(|k| {
-        migrations
-            .iter()
-            .position(|m| m.key() == k.key())
-            .unwrap_or(0)
-    });
     let applied = state.applied(migrations);
     if let Some(r) = state.unknown(migrations).first() {
         return Err(Error::UnknownVersion(r.key.clone()));
