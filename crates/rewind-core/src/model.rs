@@ -411,16 +411,21 @@ pub struct JournalEntry {
     pub message: String,
 }
 
-/// Who holds an environment's run lock.
+/// Who holds an environment's run lock: one process (`token`), working on `run_id`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockHolder {
     pub environment: String,
+    /// The run the holder works on (shown to people; it does not make the lock theirs).
     pub run_id: String,
     pub pid: u32,
     pub host: String,
     pub actor: String,
     pub since: String,
     pub heartbeat: String,
+    /// Drawn at random by the process that took the lock (32 hex digits); heartbeat, release
+    /// and take-over name it. Not shown in output: it identifies, it does not describe.
+    #[serde(default, skip_serializing)]
+    pub token: String,
 }
 
 /// A stored restore point.

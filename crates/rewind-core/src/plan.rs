@@ -29,6 +29,16 @@ pub enum PlanError {
     UnknownComponent(String, String),
     #[error("release `{release}` does not record a version for component `{component}`")]
     NoVersion { release: String, component: String },
+    /// The target is the current release and every selected component already runs the
+    /// version it records: a rollback would change nothing.
+    #[error(
+        "`{release}` is already the current release and {} the version it records; nothing to roll back",
+        if components.len() == 1 { format!("{} runs", components[0]) } else { format!("{} run", components.join(", ")) }
+    )]
+    AlreadyThere {
+        release: String,
+        components: Vec<String>,
+    },
 }
 
 /// What the ledger says about an environment, as the planner needs it.
@@ -361,8 +371,12 @@ pub fn rollback_target(
     };
     // Every selected component is planned, even one the ledger says is already at the
     // target: a run killed half-way may have moved it without recording so, and each step
-    // checks its own postcondition anyway.
+    // checks its own postcondition anyway. The exception is a target that is the current
+    // release: only the components that left it (a partial rollback) move back, and when
+    // none did there is nothing to do.
+    let to_current = ledger.current.as_deref() == Some(target.name.as_str());
     let mut components = Vec::new();
+    let mut already = Vec::new();
     for (name, _) in config.components.iter().rev() {
         if !only.is_empty() && !only.contains(name) {
             continue;
@@ -373,7 +387,18 @@ pub fn rollback_target(
                 component: name.clone(),
             });
         }
+        if to_current && ledger.deployed.get(name) == target.components.get(name) {
+            already.push(name.clone());
+            continue;
+        }
         components.push(name.clone());
+    }
+    if components.is_empty() {
+        already.reverse();
+        return Err(PlanError::AlreadyThere {
+            release: target.name.clone(),
+            components: already,
+        });
     }
     // Whole when, afterwards, every configured component runs the target.
     let whole = config.components.iter().all(|(name, _)| {
@@ -440,7 +465,13 @@ pub fn rollback_plan(
     }
     steps.push(Step {
         id: "ledger.rolled-back".into(),
-        title: if target.whole {
+        title: if target.whole && target.from == target.to {
+            format!(
+                "ledger: record {} back at {} (it stays current; nothing is marked rolled-back)",
+                target.components.join(", "),
+                target.to
+            )
+        } else if target.whole {
             format!(
                 "ledger: {} is current again; {} is marked rolled-back",
                 target.to, target.from

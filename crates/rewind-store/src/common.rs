@@ -80,6 +80,11 @@ pub(crate) const SQLITE_MIGRATIONS: Embedded = Embedded(&[
         "release migration sets",
         include_str!("../migrations/sqlite/0003_release_migration_sets.sql"),
     ),
+    (
+        4,
+        "lock holder token",
+        include_str!("../migrations/sqlite/0004_lock_holder_token.sql"),
+    ),
 ]);
 
 pub(crate) const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
@@ -97,6 +102,11 @@ pub(crate) const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
         3,
         "release migration sets",
         include_str!("../migrations/postgres/0003_release_migration_sets.sql"),
+    ),
+    (
+        4,
+        "lock holder token",
+        include_str!("../migrations/postgres/0004_lock_holder_token.sql"),
     ),
 ]);
 
@@ -188,18 +198,21 @@ pub(crate) const RESTORE_POINTS: &str = "SELECT id, env, run_id, component, kind
      created_at FROM restore_points WHERE env = $1 AND ($2 IS NULL OR run_id = $2) \
      ORDER BY id DESC";
 
-/// Inserts the lock, or re-takes it for the run that already holds it (a resumed run).
+/// Inserts the lock if nobody holds it. Nobody re-takes a held lock here, not even for the
+/// same run: a process that resumes a run takes the lock over only from a dead holder
+/// (`TAKE_OVER_LOCK`).
 pub(crate) const TRY_LOCK: &str = "INSERT INTO locks \
-     (env, run_id, pid, host, actor, since, heartbeat) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-     ON CONFLICT (env) DO UPDATE SET pid = excluded.pid, host = excluded.host, \
-     actor = excluded.actor, since = excluded.since, heartbeat = excluded.heartbeat \
-     WHERE locks.run_id = excluded.run_id";
+     (env, run_id, pid, host, actor, since, heartbeat, token) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (env) DO NOTHING";
+/// Replaces a holder judged dead, only if it is still exactly that holder (token and
+/// heartbeat unchanged): of several processes taking over at once, one wins.
 pub(crate) const TAKE_OVER_LOCK: &str = "UPDATE locks SET run_id = $1, pid = $2, host = $3, \
-     actor = $4, since = $5, heartbeat = $6 WHERE env = $7 AND run_id = $8 AND heartbeat = $9";
-pub(crate) const HEARTBEAT: &str = "UPDATE locks SET heartbeat = $1 WHERE env = $2 AND run_id = $3";
-pub(crate) const UNLOCK: &str = "DELETE FROM locks WHERE env = $1 AND run_id = $2";
+     actor = $4, since = $5, heartbeat = $6, token = $7 \
+     WHERE env = $8 AND token = $9 AND heartbeat = $10";
+pub(crate) const HEARTBEAT: &str = "UPDATE locks SET heartbeat = $1 WHERE env = $2 AND token = $3";
+pub(crate) const UNLOCK: &str = "DELETE FROM locks WHERE env = $1 AND token = $2";
 pub(crate) const LOCK_HOLDER: &str =
-    "SELECT env, run_id, pid, host, actor, since, heartbeat FROM locks WHERE env = $1";
+    "SELECT env, run_id, pid, host, actor, since, heartbeat, token FROM locks WHERE env = $1";
 
 pub(crate) const AUDIT_LAST: &str =
     "SELECT hash, seq FROM audit WHERE env = $1 ORDER BY seq DESC LIMIT 1";
@@ -348,6 +361,7 @@ macro_rules! impl_store {
                 actor: col(row, "actor")?,
                 since: col(row, "since")?,
                 heartbeat: col(row, "heartbeat")?,
+                token: col(row, "token")?,
             })
         }
 
@@ -862,6 +876,7 @@ macro_rules! impl_store {
                         .bind(&holder.actor)
                         .bind(&holder.since)
                         .bind(&holder.heartbeat)
+                        .bind(&holder.token)
                         .execute(&mut *tx)
                         .await
                         .map_err($crate::common::query_err(DOING))?;
@@ -895,8 +910,9 @@ macro_rules! impl_store {
                     .bind(&holder.actor)
                     .bind(&holder.since)
                     .bind(&holder.heartbeat)
+                    .bind(&holder.token)
                     .bind(&stale.environment)
-                    .bind(&stale.run_id)
+                    .bind(&stale.token)
                     .bind(&stale.heartbeat)
                     .execute(&mut *tx)
                     .await
@@ -905,13 +921,13 @@ macro_rules! impl_store {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn heartbeat(&self, env: &str, run_id: &str) -> $crate::Result<bool> {
+            async fn heartbeat(&self, env: &str, token: &str) -> $crate::Result<bool> {
                 const DOING: &str = "refreshing the lock's heartbeat";
                 let mut tx = self.begin_write(DOING).await?;
                 let done = sqlx::query($crate::common::HEARTBEAT)
                     .bind(rewind_core::now_rfc3339())
                     .bind(env)
-                    .bind(run_id)
+                    .bind(token)
                     .execute(&mut *tx)
                     .await
                     .map_err($crate::common::query_err(DOING))?;
@@ -919,12 +935,12 @@ macro_rules! impl_store {
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn unlock(&self, env: &str, run_id: &str) -> $crate::Result<()> {
+            async fn unlock(&self, env: &str, token: &str) -> $crate::Result<()> {
                 const DOING: &str = "releasing the lock";
                 let mut tx = self.begin_write(DOING).await?;
                 sqlx::query($crate::common::UNLOCK)
                     .bind(env)
-                    .bind(run_id)
+                    .bind(token)
                     .execute(&mut *tx)
                     .await
                     .map_err($crate::common::query_err(DOING))?;

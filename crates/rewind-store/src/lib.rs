@@ -183,18 +183,21 @@ pub trait Store: Send + Sync {
 
     // ---- locks ------------------------------------------------------------------------
 
-    /// Takes the lock if nobody holds it.
+    /// Takes the lock if nobody holds it. A held lock is never re-taken here, not even by a
+    /// holder naming the same run: the lock belongs to a holder (`LockHolder::token`, one per
+    /// process), and only [`Store::take_over_lock`] replaces one.
     async fn try_lock(&self, holder: &LockHolder) -> Result<LockAttempt>;
 
-    /// Takes the lock over from `stale`, only if `stale` still holds it unchanged (same run
+    /// Takes the lock over from `stale`, only if `stale` still holds it unchanged (same token
     /// and heartbeat). Returns false if somebody else changed it meanwhile.
     async fn take_over_lock(&self, holder: &LockHolder, stale: &LockHolder) -> Result<bool>;
 
-    /// Refreshes the heartbeat. Returns false if the lock is no longer ours.
-    async fn heartbeat(&self, env: &str, run_id: &str) -> Result<bool>;
+    /// Refreshes the heartbeat of the holder with `token`. Returns false if the lock is no
+    /// longer that holder's.
+    async fn heartbeat(&self, env: &str, token: &str) -> Result<bool>;
 
-    /// Releases the lock if `run_id` holds it.
-    async fn unlock(&self, env: &str, run_id: &str) -> Result<()>;
+    /// Releases the lock if the holder with `token` holds it.
+    async fn unlock(&self, env: &str, token: &str) -> Result<()>;
 
     async fn lock_holder(&self, env: &str) -> Result<Option<LockHolder>>;
 

@@ -101,6 +101,7 @@ fn holder(run_id: &str, pid: u32) -> LockHolder {
         actor: ACTOR.into(),
         since: now.clone(),
         heartbeat: now,
+        token: format!("token-{run_id}-{pid}"),
     }
 }
 
@@ -532,36 +533,44 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
         other.try_lock(&b).await.unwrap(),
         LockAttempt::Held(a.clone())
     );
-    // The same run takes its own lock again (resumed by a new process).
+    // A second process working on the same run does not get the lock: it belongs to the
+    // holder (its token), not to the run.
     let a2 = holder("run-a", 101);
-    assert_eq!(s.try_lock(&a2).await.unwrap(), LockAttempt::Acquired);
-    assert_eq!(s.lock_holder(ENV).await.unwrap().unwrap().pid, 101);
-    // Take-over is compare-and-set on (run, heartbeat).
-    assert!(other.take_over_lock(&b, &a2).await.unwrap());
+    assert_eq!(
+        s.try_lock(&a2).await.unwrap(),
+        LockAttempt::Held(a.clone())
+    );
+    assert_eq!(s.lock_holder(ENV).await.unwrap().unwrap().pid, 100);
+    // Nor do its heartbeat and release touch the holder's lock.
+    assert!(!s.heartbeat(ENV, &a2.token).await.unwrap());
+    s.unlock(ENV, &a2.token).await.unwrap();
+    assert_eq!(s.lock_holder(ENV).await.unwrap().as_ref(), Some(&a));
+    // Take-over is compare-and-set on (token, heartbeat): of two taking over, one wins.
+    assert!(other.take_over_lock(&b, &a).await.unwrap());
     assert_eq!(s.lock_holder(ENV).await.unwrap().as_ref(), Some(&b));
     let c = holder("run-c", 300);
-    assert!(!s.take_over_lock(&c, &a2).await.unwrap(), "stale data");
+    assert!(!s.take_over_lock(&c, &a).await.unwrap(), "stale data");
     let mut b_old_beat = b.clone();
     b_old_beat.heartbeat = "2000-01-01T00:00:00.000000Z".into();
     assert!(
         !s.take_over_lock(&c, &b_old_beat).await.unwrap(),
         "stale heartbeat"
     );
-    assert!(s.heartbeat(ENV, "run-b").await.unwrap());
-    assert!(!s.heartbeat(ENV, "run-a").await.unwrap());
+    assert!(s.heartbeat(ENV, &b.token).await.unwrap());
+    assert!(!s.heartbeat(ENV, &a.token).await.unwrap());
     let beat = s.lock_holder(ENV).await.unwrap().unwrap().heartbeat;
     assert!(beat >= b.heartbeat);
     assert!(
         !s.take_over_lock(&c, &b).await.unwrap(),
         "heartbeat moved on"
     );
-    s.unlock(ENV, "run-a").await.unwrap();
+    s.unlock(ENV, &a.token).await.unwrap();
     assert_eq!(s.lock_holder(ENV).await.unwrap().unwrap().run_id, "run-b");
-    s.unlock(ENV, "run-b").await.unwrap();
+    s.unlock(ENV, &b.token).await.unwrap();
     assert!(s.lock_holder(ENV).await.unwrap().is_none());
     assert_eq!(s.try_lock(&c).await.unwrap(), LockAttempt::Acquired);
     assert!(s.lock_holder("staging").await.unwrap().is_none());
-    s.unlock(ENV, "run-c").await.unwrap();
+    s.unlock(ENV, &c.token).await.unwrap();
 
     // The audit chain.
     let direct = s
@@ -922,10 +931,10 @@ async fn sqlite_child_writer() {
         match store.try_lock(&me).await.expect("try_lock") {
             LockAttempt::Acquired => {
                 store
-                    .heartbeat("twins", &me.run_id)
+                    .heartbeat("twins", &me.token)
                     .await
                     .expect("heartbeat");
-                store.unlock("twins", &me.run_id).await.expect("unlock");
+                store.unlock("twins", &me.token).await.expect("unlock");
             }
             LockAttempt::Held(other) => assert_ne!(other.run_id, me.run_id),
         }

@@ -19,21 +19,31 @@ use serde_json::json;
 use crate::error::{CliResult, blocked};
 use crate::output::Printer;
 
-/// A fresh run id: time first (so ids sort by age), then a short random suffix.
+/// A fresh run id, `20261130T054500Z-3f9a1c2b7d4e`: the UTC second first (so ids sort by
+/// age), then 48 bits from the operating system's random source. Two processes starting in
+/// the same second collide with probability about n²/2⁴⁹ (n runs in that second), so never in
+/// practice; a hash of the clock and the pid, as before, collided once in ~7,500 deploys.
 pub fn new_run_id() -> String {
     let now = jiff::Timestamp::now();
-    let mut h = blake3::Hasher::new();
-    h.update(&now.as_nanosecond().to_le_bytes());
-    h.update(&std::process::id().to_le_bytes());
-    let suffix = h.finalize().to_hex();
-    format!("{}-{}", now.strftime("%Y%m%dT%H%M%SZ"), &suffix[..6])
+    format!("{}-{}", now.strftime("%Y%m%dT%H%M%SZ"), random_hex::<6>())
 }
 
-/// The environment's run lock, held while this value lives (a heartbeat keeps it fresh).
+/// `N` random bytes from the operating system, as `2N` lowercase hex digits.
+pub fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    // The OS random source does not fail on Linux once booted; if it ever does, nothing
+    // sensible can be done without it (ids and lock tokens must not repeat).
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The environment's run lock, held by this process while this value lives (a heartbeat
+/// keeps it fresh). The lock belongs to the holder's token, not to the run: a second process
+/// working on the same run (a `resume` while the run is still going) is refused like any other.
 pub struct LockGuard {
     store: Arc<dyn Store>,
     env: String,
-    run_id: String,
+    token: String,
     lost: Arc<AtomicBool>,
     heartbeat: tokio::task::JoinHandle<()>,
 }
@@ -58,10 +68,11 @@ impl LockGuard {
             actor: host::actor(),
             since: now.clone(),
             heartbeat: now,
+            token: random_hex::<16>(),
         };
         for _ in 0..5 {
             match store.try_lock(&me).await? {
-                LockAttempt::Acquired => return Ok(Self::start(store, env, run_id, stale_after)),
+                LockAttempt::Acquired => return Ok(Self::start(store, env, &me.token, stale_after)),
                 LockAttempt::Held(h) => {
                     if let Some(why) = dead_reason(&h, stale_after) {
                         if store.take_over_lock(&me, &h).await? {
@@ -82,7 +93,7 @@ impl LockGuard {
                                         })),
                                 )
                                 .await?;
-                            return Ok(Self::start(store, env, run_id, stale_after));
+                            return Ok(Self::start(store, env, &me.token, stale_after));
                         }
                         continue;
                     }
@@ -102,13 +113,13 @@ impl LockGuard {
         )))
     }
 
-    fn start(store: Arc<dyn Store>, env: &str, run_id: &str, stale_after: Duration) -> LockGuard {
+    fn start(store: Arc<dyn Store>, env: &str, token: &str, stale_after: Duration) -> LockGuard {
         let lost = Arc::new(AtomicBool::new(false));
         let every = (stale_after / 5).clamp(Duration::from_millis(500), Duration::from_secs(5));
         let (s, e, r, l) = (
             store.clone(),
             env.to_string(),
-            run_id.to_string(),
+            token.to_string(),
             lost.clone(),
         );
         let heartbeat = tokio::spawn(async move {
@@ -129,7 +140,7 @@ impl LockGuard {
         LockGuard {
             store,
             env: env.to_string(),
-            run_id: run_id.to_string(),
+            token: token.to_string(),
             lost,
             heartbeat,
         }
@@ -141,7 +152,7 @@ impl LockGuard {
 
     pub async fn release(self) {
         self.heartbeat.abort();
-        let _ = self.store.unlock(&self.env, &self.run_id).await;
+        let _ = self.store.unlock(&self.env, &self.token).await;
     }
 }
 
@@ -485,4 +496,31 @@ pub fn install_interrupt(printer_quiet: bool) -> Arc<AtomicBool> {
         }
     });
     flag
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fast automation starts many runs within one second; their ids must all differ (a
+    /// 24-bit hash of the clock and pid collided about once in 7,500 deploys).
+    #[test]
+    fn run_ids_started_in_the_same_burst_never_collide() {
+        let n = 200_000;
+        let ids: BTreeSet<String> = (0..n).map(|_| new_run_id()).collect();
+        assert_eq!(ids.len(), n);
+        let one = new_run_id();
+        let (time, suffix) = one.split_once('-').unwrap();
+        assert_eq!(time.len(), "20261130T054500Z".len(), "{one}");
+        assert_eq!(suffix.len(), 12, "{one}");
+        assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{one}");
+    }
+
+    #[test]
+    fn lock_tokens_differ_per_draw() {
+        let a = random_hex::<16>();
+        let b = random_hex::<16>();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
 }

@@ -14,16 +14,23 @@ use serde_json::json;
 
 use super::Env;
 use crate::cli::{RollbackArgs, TargetArgs};
-use crate::engine::{Executor, LockGuard, RunEnd, StepReport, install_interrupt, new_run_id};
+use crate::engine::{
+    Executor, LockGuard, RunEnd, StepReport, dead_reason, install_interrupt, new_run_id,
+};
 use crate::error::{CliError, CliResult, failed, usage};
 use crate::output::Printer;
 
+/// Every reason a target cannot be chosen is about what was asked (exit 2); each message says
+/// what to ask instead.
 fn plan_error(e: PlanError) -> CliError {
-    match e {
-        PlanError::NothingDeployed(_) | PlanError::NoKnownGood { .. } => {
-            CliError::new(crate::error::Class::Failed, e)
-        }
-        _ => CliError::new(crate::error::Class::Usage, e),
+    CliError::new(crate::error::Class::Usage, e)
+}
+
+/// The message when the target is where the environment already is, if `e` says so.
+fn already_there(e: &CliError) -> Option<String> {
+    match e.error.downcast_ref::<PlanError>() {
+        Some(p @ PlanError::AlreadyThere { .. }) => Some(format!("{p}; nothing was changed")),
+        _ => None,
     }
 }
 
@@ -121,7 +128,22 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
     let unfinished = env.store.unfinished_run(&env.name).await?;
     let mut text = String::new();
     let mut unfinished_json = serde_json::Value::Null;
-    if let Some(run) = &unfinished {
+    let holder = env.store.lock_holder(&env.name).await?;
+    let live = holder
+        .as_ref()
+        .filter(|h| dead_reason(h, env.config.environment.lock_stale_after).is_none());
+    if let Some(h) = live {
+        text.push_str(&format!(
+            "first: the environment is locked by run {} ({}, pid {} on {}), which is still working; `rewind rollback` is refused (exit 3) until it ends\n",
+            h.run_id, h.actor, h.pid, h.host
+        ));
+    }
+    if let Some(run) = &unfinished
+        && live.is_some()
+    {
+        let done = steps_done(env, run).await?;
+        unfinished_json = json!({"id": run.id, "kind": run.kind, "release": run.release, "status": run.status, "steps_done": done, "steps": run.steps.len(), "holder_alive": true});
+    } else if let Some(run) = &unfinished {
         let done = steps_done(env, run).await?;
         text.push_str(&format!("first: {}\n", describe_unfinished(run, done)));
         match run.kind {
@@ -138,7 +160,7 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
                 ));
             }
         }
-        unfinished_json = json!({"id": run.id, "kind": run.kind, "release": run.release, "status": run.status, "steps_done": done, "steps": run.steps.len()});
+        unfinished_json = json!({"id": run.id, "kind": run.kind, "release": run.release, "status": run.status, "steps_done": done, "steps": run.steps.len(), "holder_alive": false});
     }
     let planned = make_plan(env, &args).await;
     let (target, steps, db) = match planned {
@@ -147,6 +169,13 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         Err(e) if unfinished.is_some() => {
             printer.text(text.trim_end());
             printer.json_value(&json!({"unfinished": unfinished_json, "plan": null, "note": format!("{:#}", e.error)}));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) if already_there(&e).is_some() => {
+            let msg = already_there(&e).unwrap_or_default();
+            text.push_str(&msg);
+            printer.text(text.trim_end());
+            printer.json_value(&json!({"environment": env.name, "unfinished": unfinished_json, "plan": null, "steps": [], "note": msg}));
             return Ok(ExitCode::SUCCESS);
         }
         Err(e) => return Err(e),
@@ -263,7 +292,16 @@ async fn rollback_locked(
             }
         }
     }
-    let (target, steps, db) = make_plan(env, &args.target).await?;
+    let (target, steps, db) = match make_plan(env, &args.target).await {
+        Ok(p) => p,
+        Err(e) if already_there(&e).is_some() => {
+            let msg = already_there(&e).unwrap_or_default();
+            printer.text(&msg);
+            printer.json_value(&json!({"run": null, "kind": "rollback", "status": "nothing-to-do", "message": msg, "steps": []}));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+    };
     super::deploy::precheck(env, &steps).await?;
     let shown = describe(env, &target, &steps, &db);
     if !args.yes {
@@ -333,6 +371,9 @@ pub async fn resume(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         printer.json_value(&json!({"resumed": null, "message": msg}));
         return Ok(ExitCode::SUCCESS);
     };
+    // The lock decides who resumes: a live holder (the process still running this run, or
+    // another resume that got there first) blocks with exit 3; only a dead or stale holder
+    // is taken over.
     let lock = LockGuard::acquire(
         env.store.clone(),
         &env.name,
@@ -341,13 +382,24 @@ pub async fn resume(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         printer,
     )
     .await?;
-    let done = steps_done(env, &open).await?;
-    printer.note(format!("resuming: {}", describe_unfinished(&open, done)));
-    let audit = NewAudit::new(&host::actor(), "run.resume")
-        .run(&open.id)
-        .release(&open.release)
-        .details(json!({"by": "resume", "steps_done": done}));
     let result = async {
+        // Read again under the lock: another process may have finished the run between the
+        // first read and taking the lock.
+        let Some(open) = env.store.unfinished_run(&env.name).await? else {
+            let msg = format!(
+                "nothing to resume: run {} was finished by another process meanwhile",
+                open.id
+            );
+            printer.text(&msg);
+            printer.json_value(&json!({"resumed": null, "message": msg}));
+            return Ok(ExitCode::SUCCESS);
+        };
+        let done = steps_done(env, &open).await?;
+        printer.note(format!("resuming: {}", describe_unfinished(&open, done)));
+        let audit = NewAudit::new(&host::actor(), "run.resume")
+            .run(&open.id)
+            .release(&open.release)
+            .details(json!({"by": "resume", "steps_done": done}));
         env.store.audit_append(&env.name, audit).await?;
         execute_and_close(env, &open, &lock, printer, true).await
     }

@@ -143,11 +143,22 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
                 .unwrap_or_default()
         ));
     }
+    // A live holder is working on the run: suggesting `resume` would start a second process
+    // on it (and be refused). Only a run nobody works on is for `resume`.
+    let live_holder = lock
+        .as_ref()
+        .filter(|h| dead_reason(h, env.config.environment.lock_stale_after).is_none());
     if let Some(r) = &unfinished {
-        text.push_str(&format!(
-            "\n\nunfinished: run {} ({} {}, {}); finish it with `rewind resume`",
-            r.id, r.kind, r.release, r.status
-        ));
+        match live_holder {
+            Some(h) => text.push_str(&format!(
+                "\n\nin progress: run {} ({} {}), by {} (pid {} on {}); it finishes by itself — watch it with `rewind status` or `rewind history --run {}`",
+                r.id, r.kind, r.release, h.actor, h.pid, h.host, r.id
+            )),
+            None => text.push_str(&format!(
+                "\n\nunfinished: run {} ({} {}, {}); nobody is working on it — finish it with `rewind resume`",
+                r.id, r.kind, r.release, r.status
+            )),
+        }
     }
     if let Some(w) = &watch {
         text.push_str(&format!(
@@ -177,7 +188,7 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         "rollback_target": target,
         "components": comps,
         "lock": lock,
-        "unfinished_run": unfinished.map(|r| json!({"id": r.id, "kind": r.kind, "release": r.release, "status": r.status})),
+        "unfinished_run": unfinished.map(|r| json!({"id": r.id, "kind": r.kind, "release": r.release, "status": r.status, "holder_alive": live_holder.is_some()})),
         "watching": watch,
         "last_incident": last_incident,
     }));

@@ -57,9 +57,10 @@ fn deploy_roll_back_and_the_ledger_keeps_everything() {
     // The faulty release stays on disk and in the ledger (seed 001: keep the audit trail).
     assert!(f.path("srv/releases/v2").is_dir());
 
-    // Nothing older than v1 is known-good: a second rollback has nowhere to go.
+    // Nothing older than v1 is known-good: a second rollback has nowhere to go. Like every
+    // other target that cannot be chosen, that is exit 2 (ask for another target).
     let again = f.run(&["rollback", "--yes"]);
-    again.code(1);
+    again.code(2);
     assert!(
         again.stderr.contains("no known-good release before"),
         "{}",
@@ -264,4 +265,67 @@ fn secrets_never_reach_output_journal_or_audit() {
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains(secret) && !text.contains("another-secret-key"));
     }
+}
+
+/// A rollback to the release that is already current changes nothing and says so; after a
+/// partial rollback, going back to the current release moves only the components that left
+/// it, and the current release is never marked rolled-back.
+#[test]
+fn rolling_back_to_the_current_release_changes_nothing() {
+    let f = Fixture::new();
+    f.deploy("v1").ok();
+    f.deploy("v2").ok();
+    let runs_before = f.run(&["--json", "history"]).json()["runs"]
+        .as_array()
+        .unwrap()
+        .len();
+    for args in [
+        &["rollback", "--to", "v2", "--yes"][..],
+        &["rollback", "--to", "v2", "--force", "--yes"][..],
+    ] {
+        let out = f.run(args);
+        out.ok();
+        assert!(
+            out.stdout.contains("already the current release")
+                && out.stdout.contains("nothing was changed"),
+            "{}",
+            out.all()
+        );
+        assert!(!out.all().contains("marked rolled-back"), "{}", out.all());
+    }
+    let plan = f.run(&["plan", "--to", "v2"]);
+    plan.ok();
+    assert!(plan.stdout.contains("nothing to roll back"), "{}", plan.all());
+    let json = f.run(&["--json", "rollback", "--to", "v2", "--yes"]);
+    json.ok();
+    assert_eq!(json.json()["status"], "nothing-to-do");
+    let (current, releases) = f.ledger();
+    assert_eq!(current.as_deref(), Some("v2"));
+    assert_eq!(releases[1], ("v2".to_string(), "good".to_string()));
+    assert_eq!(
+        f.run(&["--json", "history"]).json()["runs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        runs_before,
+        "no run was recorded"
+    );
+
+    // frontend alone goes back to v1; then back to v2, only frontend moves.
+    f.run(&["rollback", "--component", "frontend", "--yes"]).ok();
+    assert_eq!(f.frontend(), "v1");
+    let back = f.run(&["rollback", "--to", "v2", "--yes"]);
+    back.ok();
+    assert_eq!(f.frontend(), "v2");
+    assert!(!back.stderr.contains("web:"), "web does not move\n{}", back.all());
+    assert!(
+        back.stderr.contains("it stays current; nothing is marked rolled-back"),
+        "{}",
+        back.all()
+    );
+    let (current, releases) = f.ledger();
+    assert_eq!(current.as_deref(), Some("v2"));
+    assert_eq!(releases[1], ("v2".to_string(), "good".to_string()));
+    assert_eq!(f.current(), "releases/v2");
+    audit_ok(&f);
 }
