@@ -41,7 +41,7 @@ pub async fn wait_ready(
                 Err(e) => Err(format!(
                     "GET {}: {}",
                     redactor.redact(url),
-                    redactor.redact(&error_chain(&e))
+                    redactor.redact(&rewind_core::errtext::network(&e))
                 )),
             },
             Readiness::Command(cmd) => {
@@ -94,18 +94,4 @@ pub async fn wait_ready(
         };
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }

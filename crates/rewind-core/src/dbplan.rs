@@ -179,11 +179,11 @@ impl DbDeployFacts {
         if self.empty {
             return None;
         }
-        let risky: Vec<&str> = self
+        let risky: Vec<String> = self
             .pending
             .iter()
             .filter(|m| m.revert_loses_data())
-            .map(|m| m.version.as_str())
+            .map(|m| m.label())
             .collect();
         let alone: Vec<&str> = self
             .pending
@@ -193,7 +193,8 @@ impl DbDeployFacts {
             .collect();
         if !risky.is_empty() {
             Some(format!(
-                "{} cannot be reverted without losing data",
+                "migration{} {} cannot be reverted without losing data",
+                plural(risky.len()),
                 risky.join(", ")
             ))
         } else if !alone.is_empty() {
@@ -584,7 +585,11 @@ pub fn deploy_steps(
         let last = part.last().expect("a segment has a migration");
         let to = last.level_after.clone();
         let alone = part[0].alone.clone();
-        let lossy = part.iter().filter(|m| m.revert_loses_data()).count();
+        let lossy: Vec<String> = part
+            .iter()
+            .filter(|m| m.revert_loses_data())
+            .map(|m| m.label())
+            .collect();
         let title = match &alone {
             Some(why) => format!(
                 "{name}: apply {} {} alone, outside a transaction ({why}), {from} → {to}",
@@ -596,8 +601,12 @@ pub fn deploy_steps(
                 part.len(),
                 facts.format,
                 plural(part.len()),
-                if lossy > 0 {
-                    format!(" ({lossy} cannot be reverted without losing data)")
+                if !lossy.is_empty() {
+                    format!(
+                        " ({} of them cannot be reverted without losing data: {})",
+                        lossy.len(),
+                        lossy.join(", ")
+                    )
                 } else {
                     String::new()
                 }
@@ -943,6 +952,34 @@ mod tests {
             level_after: level_after.into(),
             ..MigrationFacts::default()
         }
+    }
+
+    /// A data-loss warning names the migrations, everywhere: a bare number is read as a count
+    /// in one title and as a version in the next.
+    #[test]
+    fn data_loss_warnings_name_the_migrations() {
+        let mut lossy = mig("2", false, "2");
+        lossy.loses_data = true;
+        let facts = DbDeployFacts {
+            format: "sqlx".into(),
+            level_now: "1".into(),
+            target_level: "3".into(),
+            pending: vec![lossy, mig("3", false, "3")],
+            ..DbDeployFacts::default()
+        };
+        let reason = facts.backup_reason(&cfg()).unwrap();
+        assert_eq!(
+            reason,
+            "migration 2 m2 cannot be reverted without losing data"
+        );
+        let steps = deploy_steps("db", "v2", &facts, &DeployOptions::default());
+        assert!(
+            steps[0]
+                .title
+                .ends_with("(1 of them cannot be reverted without losing data: 2 m2)"),
+            "{}",
+            steps[0].title
+        );
     }
 
     #[test]

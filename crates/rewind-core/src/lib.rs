@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod config;
 pub mod dbplan;
+pub mod errtext;
 pub mod model;
 pub mod plan;
 pub mod redact;

@@ -94,7 +94,7 @@ fn component_steps_to(
                             rd.root.display()
                         ),
                         None => format!(
-                            "{name}: use {}/releases/{release} (already on disk)",
+                            "{name}: use {}/releases/{release} (no artifact given: it must already be on disk)",
                             rd.root.display()
                         ),
                     },

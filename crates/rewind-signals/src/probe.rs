@@ -115,10 +115,8 @@ async fn one(
                     "no answer within {}",
                     rewind_core::units::format_duration(cfg.timeout)
                 )
-            } else if e.is_connect() {
-                "connection refused or unreachable".to_string()
             } else {
-                e.to_string()
+                rewind_core::errtext::network(&e)
             }),
         },
     };

@@ -94,11 +94,12 @@ pub async fn query(client: &reqwest::Client, base: &str, promql: &str) -> Result
         &[("query", promql)],
     )
     .map_err(|e| format!("bad Prometheus URL {base}: {e}"))?;
-    let resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("Prometheus at {base} unreachable: {e}"))?;
+    let resp = client.get(url).send().await.map_err(|e| {
+        format!(
+            "Prometheus at {base} unreachable: {}",
+            rewind_core::errtext::network(&e)
+        )
+    })?;
     let status = resp.status();
     let body = resp
         .text()

@@ -536,10 +536,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     // A second process working on the same run does not get the lock: it belongs to the
     // holder (its token), not to the run.
     let a2 = holder("run-a", 101);
-    assert_eq!(
-        s.try_lock(&a2).await.unwrap(),
-        LockAttempt::Held(a.clone())
-    );
+    assert_eq!(s.try_lock(&a2).await.unwrap(), LockAttempt::Held(a.clone()));
     assert_eq!(s.lock_holder(ENV).await.unwrap().unwrap().pid, 100);
     // Nor do its heartbeat and release touch the holder's lock.
     assert!(!s.heartbeat(ENV, &a2.token).await.unwrap());

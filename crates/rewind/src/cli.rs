@@ -180,6 +180,10 @@ pub struct PlanArgs {
     /// Show the plan of deploying RELEASE instead of a rollback.
     #[arg(long, value_name = "RELEASE", conflicts_with_all = ["to", "components", "force", "restore", "to_time", "revert_anyway"])]
     pub deploy: Option<String>,
+    /// With --deploy: where a component's new version comes from, as `rewind deploy
+    /// --artifact COMPONENT=PATH` takes it (checked exactly as the deploy checks it).
+    #[arg(long = "artifact", value_name = "COMPONENT=PATH", requires = "deploy")]
+    pub artifacts: Vec<String>,
     /// With --deploy: plan as `rewind deploy --accept-drift` would.
     #[arg(long, requires = "deploy")]
     pub accept_drift: bool,
@@ -231,9 +235,9 @@ pub struct RollbackArgs {
 pub enum AuditCommand {
     /// Print the audit log, oldest first.
     Log {
-        /// Only the last N entries.
-        #[arg(long)]
-        last: Option<usize>,
+        /// Only the last N entries (N ≥ 1).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        last: Option<u64>,
     },
     /// Check the hash chain; exit 1 naming the first entry that does not hold.
     Verify,

@@ -72,7 +72,9 @@ impl LockGuard {
         };
         for _ in 0..5 {
             match store.try_lock(&me).await? {
-                LockAttempt::Acquired => return Ok(Self::start(store, env, &me.token, stale_after)),
+                LockAttempt::Acquired => {
+                    return Ok(Self::start(store, env, &me.token, stale_after));
+                }
                 LockAttempt::Held(h) => {
                     if let Some(why) = dead_reason(&h, stale_after) {
                         if store.take_over_lock(&me, &h).await? {

@@ -14,7 +14,9 @@ pub async fn run(env: &Env, command: AuditCommand, printer: &Printer) -> CliResu
     let entries = env.store.audit_entries(&env.name).await?;
     match command {
         AuditCommand::Log { last } => {
-            let skip = last.map(|n| entries.len().saturating_sub(n)).unwrap_or(0);
+            let skip = last
+                .map(|n| entries.len().saturating_sub(usize::try_from(n).unwrap_or(usize::MAX)))
+                .unwrap_or(0);
             let shown = &entries[skip..];
             let mut t = super::table();
             t.set_header(vec!["#", "at", "who", "action", "release", "run", "details"]);

@@ -190,9 +190,7 @@ rate = 5
     if c != Some(0) {
         problems.push("deploying v1 failed".to_string());
     }
-    let t_v2 = Instant::now();
     let (c, _) = run(&["deploy", "v2", "--artifact", "shop=build/v2", "--watch"]);
-    let v2_seconds = t_v2.elapsed().as_secs_f64();
     if c != Some(1) {
         problems.push(format!(
             "the faulty v2 was not rolled back (deploy --watch exited {c:?}, expected 1)"
@@ -226,6 +224,9 @@ rate = 5
     let mut timeline = String::from("timeline of v2 (seconds after its deploy started)\n");
     let mut evidence = Value::Null;
     let mut trigger = Value::Null;
+    // The moments the headline reports, read off the same entries as the timeline.
+    let mut moments = Moments::default();
+    let mut rolling_back = false;
     for e in &entries {
         let (Some(t0), Some(at)) = (t0, e["at"].as_str().and_then(rewind_core::parse_ts)) else {
             continue;
@@ -235,6 +236,16 @@ rate = 5
             continue;
         }
         let action = e["action"].as_str().unwrap_or("");
+        match action {
+            "watch.start" => moments.live = moments.live.or(Some(dt)),
+            "incident.open" => moments.detected = moments.detected.or(Some(dt)),
+            "rollback.start" => rolling_back = true,
+            "run.succeeded" if rolling_back => {
+                moments.rolled_back = moments.rolled_back.or(Some(dt))
+            }
+            "incident.rolled-back" => moments.verified = moments.verified.or(Some(dt)),
+            _ => {}
+        }
         let what = match action {
             "deploy.start" => "deploy of v2 starts (restore point first)".to_string(),
             "watch.start" => "v2 is live; monitoring window opens".to_string(),
@@ -286,11 +297,28 @@ rate = 5
             serde_json::to_string_pretty(&evidence).unwrap_or_default()
         ));
     }
+    if problems.is_empty() && !moments.complete() {
+        problems.push(format!(
+            "the audit log does not show every moment of the story (detected, rolled back, verified): {moments:?}"
+        ));
+    }
     let ok = problems.is_empty();
     let verdict = if ok {
         printer.green(&format!(
-            "demo complete in {:.1}s: v2 ({fault_text}) was detected and rolled back to v1 — application and database — within {v2_seconds:.1}s of its deploy, and verified",
-            started.elapsed().as_secs_f64()
+            "demo complete in {:.1}s. v2 ({fault_text}): {}, rolled back to v1 — application and database — at {} ({} after detection), verified healthy at {} (times after v2's deploy started, as in the timeline)",
+            started.elapsed().as_secs_f64(),
+            match moments.live {
+                Some(live) => format!(
+                    "live at {}, detected at {} ({} after going live)",
+                    secs(Some(live)),
+                    secs(moments.detected),
+                    secs(moments.detection())
+                ),
+                None => format!("never became ready, detected at {}", secs(moments.detected)),
+            },
+            secs(moments.rolled_back),
+            secs(moments.recovery()),
+            secs(moments.verified),
         ))
     } else {
         printer.red(&format!(
@@ -301,7 +329,13 @@ rate = 5
     printer.text(&verdict);
     printer.json_value(&serde_json::json!({
         "ok": ok, "fault": fault, "seconds": started.elapsed().as_secs_f64(),
-        "v2_seconds": v2_seconds, "problems": problems, "trigger": trigger, "evidence": evidence,
+        "timeline_seconds": {
+            "live": moments.live, "detected": moments.detected,
+            "rolled_back": moments.rolled_back, "verified": moments.verified,
+        },
+        "detection_seconds": moments.detection(), "recovery_seconds": moments.recovery(),
+        "verification_seconds": moments.verification(),
+        "problems": problems, "trigger": trigger, "evidence": evidence,
         "directory": if keep { Some(dir.display().to_string()) } else { None },
     }));
     if keep {
@@ -315,6 +349,42 @@ rate = 5
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Seconds after v2's deploy started, as the timeline shows them.
+#[derive(Debug, Default)]
+struct Moments {
+    /// The monitoring window opened: v2 is live.
+    live: Option<f64>,
+    /// The incident was opened: a trigger fired.
+    detected: Option<f64>,
+    /// The rollback run finished.
+    rolled_back: Option<f64>,
+    /// The previous release was verified healthy; the incident closed.
+    verified: Option<f64>,
+}
+
+impl Moments {
+    /// `live` may be missing: a release that never became ready never went live.
+    fn complete(&self) -> bool {
+        self.detected.is_some() && self.rolled_back.is_some() && self.verified.is_some()
+    }
+    /// From live to detected.
+    fn detection(&self) -> Option<f64> {
+        Some(self.detected? - self.live?)
+    }
+    /// From detected to the rollback run finished.
+    fn recovery(&self) -> Option<f64> {
+        Some(self.rolled_back? - self.detected?)
+    }
+    /// From the rollback run finished to verified.
+    fn verification(&self) -> Option<f64> {
+        Some(self.verified? - self.rolled_back?)
+    }
+}
+
+fn secs(s: Option<f64>) -> String {
+    s.map(|s| format!("{s:.2}s")).unwrap_or_else(|| "?".into())
 }
 
 /// How many orders have a gift note (the column v2's migration drops).

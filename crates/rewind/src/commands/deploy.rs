@@ -76,22 +76,36 @@ async fn deploy_and_watch(
                 } else {
                     "deploy-failed"
                 };
-                printer.error(&e);
+                // Not printed as an error of its own: the incident line that follows says
+                // what failed, and the policy decides what happens next (an operator told
+                // "go back with `rewind rollback`" here would start a second rollback).
+                let detail = e.detail.clone().unwrap_or_default();
+                let error = detail["error"].as_str().unwrap_or("");
                 let fired = crate::watch::Fired {
                     trigger: trigger.into(),
                     signal: step.clone(),
                     summary: format!(
                         "{} failed at step {step}: {}",
                         args.release,
-                        e.detail
-                            .as_ref()
-                            .and_then(|d| d["error"].as_str())
-                            .unwrap_or("")
-                            .lines()
-                            .next()
-                            .unwrap_or("")
+                        error.lines().next().unwrap_or("")
                     ),
-                    evidence: e.detail.clone().unwrap_or_default(),
+                    // What an incident needs, not the whole run (`rewind history --run`
+                    // has that).
+                    evidence: json!({
+                        "run": detail["run"],
+                        "failed_step": step,
+                        "error": error,
+                        "seconds": detail["seconds"],
+                        "steps_done": detail["steps"]
+                            .as_array()
+                            .map(|s| {
+                                s.iter()
+                                    .filter(|r| r["outcome"] == "done" || r["outcome"] == "skipped")
+                                    .map(|r| r["id"].clone())
+                                    .collect::<Vec<_>>()
+                            })
+                            .unwrap_or_default(),
+                    }),
                 };
                 super::watch::on_trigger(env, &args.release, fired, Some(&baseline), printer).await
             }
@@ -267,11 +281,13 @@ async fn deploy_locked(
 pub async fn plan(
     env: &Env,
     release: &str,
+    artifacts: &[String],
     options: rewind_core::dbplan::DeployOptions,
     printer: &Printer,
 ) -> CliResult<ExitCode> {
     let accept_drift = options.accept_drift;
     validate_release_name(release)?;
+    let artifacts = parse_artifacts(env, artifacts)?;
     if let Some(existing) = env.store.release(&env.name, release).await? {
         return Err(usage(format!(
             "release `{release}` is already recorded (state {})",
@@ -285,7 +301,7 @@ pub async fn plan(
         &env.config,
         &ledger,
         release,
-        &BTreeMap::new(),
+        &artifacts,
         &db,
         false,
         &options,
@@ -306,7 +322,12 @@ pub async fn plan(
     if !dbtext.is_empty() {
         text.push_str(&format!("\n\ndatabases:{}", dbtext));
     }
-    let refusal = super::db::refuse_deploy(env, &db, accept_drift).err();
+    // What `rewind deploy` checks before it records anything (artifacts, releases on disk),
+    // then what it refuses about databases: the plan says whether the deploy would start.
+    let refusal = match precheck(env, &steps).await {
+        Err(e) => Some(e),
+        Ok(()) => super::db::refuse_deploy(env, &db, accept_drift).err(),
+    };
     match &refusal {
         None => text.push_str("\n\nnothing was changed; `rewind deploy` carries this out"),
         Some(_) => text.push_str(

@@ -46,7 +46,7 @@ pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
                         accept_drift: args.accept_drift,
                         accept_row_loss: args.target.accept_row_loss,
                     };
-                    deploy::plan(&env, &release, options, printer).await
+                    deploy::plan(&env, &release, &args.artifacts, options, printer).await
                 }
                 None => rollback::plan(&env, args.target, printer).await,
             }

@@ -181,15 +181,16 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         Err(e) => return Err(e),
     };
     text.push_str(&describe(env, &target, &steps, &db));
-    text.push_str("\nnothing was changed; run `rewind rollback` to carry this out");
-    if let Err(e) = super::deploy::precheck(env, &steps).await {
-        text.push_str(&format!(
-            "\nwarning: this plan cannot run as it stands: {:#}",
-            e.error
-        ));
+    // What `rewind rollback` checks before it records anything: the plan says whether the
+    // rollback would start, and exits as the rollback would when it would not.
+    let refusal = super::deploy::precheck(env, &steps).await.err();
+    match &refusal {
+        None => text.push_str("\nnothing was changed; run `rewind rollback` to carry this out"),
+        Some(_) => text
+            .push_str("\nnothing was changed; `rewind rollback` would REFUSE to start (see below)"),
     }
     printer.text(text);
-    printer.json_value(&json!({
+    let doc = json!({
         "environment": env.name,
         "unfinished": unfinished_json,
         "from": target.from,
@@ -198,8 +199,15 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         "whole": target.whole,
         "databases": db.iter().map(|(n, (f, d))| (n.clone(), json!({"facts": f, "decision": d}))).collect::<serde_json::Map<_, _>>(),
         "steps": steps_json(&steps),
-    }));
-    Ok(ExitCode::SUCCESS)
+        "refused": refusal.is_some(),
+    });
+    match refusal {
+        None => {
+            printer.json_value(&doc);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(e) => Err(e.detail(doc)),
+    }
 }
 
 /// `rewind rollback`.

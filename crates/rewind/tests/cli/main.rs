@@ -14,4 +14,5 @@ mod pitr;
 mod resume;
 mod sets;
 mod story;
+mod usage;
 mod watch;

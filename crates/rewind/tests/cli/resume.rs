@@ -108,7 +108,10 @@ fn concurrent_resumes_after_a_kill(f: &Fixture, n: usize) {
             other => panic!("resume exited {other:?}\n{stdout}\n{stderr}"),
         }
     }
-    assert_eq!(finished, 1, "exactly one resume finishes the run: {outs:#?}");
+    assert_eq!(
+        finished, 1,
+        "exactly one resume finishes the run: {outs:#?}"
+    );
     // The restart that was killed plus exactly one more.
     assert_eq!(starts(f, "v1"), 2, "{outs:#?}");
     assert_eq!(f.current(), "releases/v1");

@@ -295,7 +295,11 @@ fn rolling_back_to_the_current_release_changes_nothing() {
     }
     let plan = f.run(&["plan", "--to", "v2"]);
     plan.ok();
-    assert!(plan.stdout.contains("nothing to roll back"), "{}", plan.all());
+    assert!(
+        plan.stdout.contains("nothing to roll back"),
+        "{}",
+        plan.all()
+    );
     let json = f.run(&["--json", "rollback", "--to", "v2", "--yes"]);
     json.ok();
     assert_eq!(json.json()["status"], "nothing-to-do");
@@ -312,14 +316,20 @@ fn rolling_back_to_the_current_release_changes_nothing() {
     );
 
     // frontend alone goes back to v1; then back to v2, only frontend moves.
-    f.run(&["rollback", "--component", "frontend", "--yes"]).ok();
+    f.run(&["rollback", "--component", "frontend", "--yes"])
+        .ok();
     assert_eq!(f.frontend(), "v1");
     let back = f.run(&["rollback", "--to", "v2", "--yes"]);
     back.ok();
     assert_eq!(f.frontend(), "v2");
-    assert!(!back.stderr.contains("web:"), "web does not move\n{}", back.all());
     assert!(
-        back.stderr.contains("it stays current; nothing is marked rolled-back"),
+        !back.stderr.contains("web:"),
+        "web does not move\n{}",
+        back.all()
+    );
+    assert!(
+        back.stderr
+            .contains("it stays current; nothing is marked rolled-back"),
         "{}",
         back.all()
     );

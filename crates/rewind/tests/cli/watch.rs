@@ -43,6 +43,36 @@ fn the_demo_detects_and_rolls_back_every_fault_kind() {
             stderr.contains("audit chain of demo holds"),
             "{fault}\n{stderr}"
         );
+        // The headline's times are the timeline's: detected, then rolled back, then verified.
+        let t = &j["timeline_seconds"];
+        let (detected, rolled_back, verified) = (
+            t["detected"].as_f64().unwrap(),
+            t["rolled_back"].as_f64().unwrap(),
+            t["verified"].as_f64().unwrap(),
+        );
+        assert!(
+            detected <= rolled_back && rolled_back <= verified,
+            "{fault}: {t}"
+        );
+        assert_eq!(j["recovery_seconds"].as_f64(), Some(rolled_back - detected));
+        assert!(
+            stderr.contains(&format!("{rolled_back:>7.2}s  rollback run finished")),
+            "{fault}: the timeline shows the same moment\n{stderr}"
+        );
+        if fault == "down" {
+            // rewind rolls back by itself: nobody is told to start a rollback of their own.
+            assert!(
+                !stderr.contains("go back with `rewind rollback`"),
+                "{stderr}"
+            );
+            // The evidence is a summary, not the deploy run's every step.
+            assert!(j["evidence"]["steps"].is_null(), "{:#}", j["evidence"]);
+            assert_eq!(j["evidence"]["failed_step"], "shop.ready");
+            assert!(
+                !stderr.contains("error sending request"),
+                "network errors are said once, briefly\n{stderr}"
+            );
+        }
         // v2's destructive migration was undone by restoring the pre-deploy backup.
         assert!(
             stderr.contains("database restored from the backup taken before v2")
