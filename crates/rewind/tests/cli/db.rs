@@ -193,8 +193,9 @@ fn sqlite_destructive_migration_is_flagged_and_rolled_back_by_restore() {
         plan.all()
     );
     assert!(
-        plan.stdout
-            .contains("restore point with a full backup (4 cannot be reverted"),
+        plan.stdout.contains(
+            "restore point with a full backup (migration 4 drop legacy cannot be reverted"
+        ),
         "{}",
         plan.all()
     );
