@@ -8,6 +8,7 @@ pub mod dbplan;
 pub mod model;
 pub mod plan;
 pub mod redact;
+pub mod secret;
 pub mod stats;
 pub mod units;
 

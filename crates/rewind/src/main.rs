@@ -10,6 +10,7 @@ mod commands;
 mod engine;
 mod error;
 mod output;
+mod secrets;
 mod watch;
 
 fn main() -> ExitCode {
