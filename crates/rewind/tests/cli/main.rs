@@ -11,6 +11,7 @@ mod examples;
 mod lock;
 mod pg;
 mod pitr;
+mod secrets;
 mod sets;
 mod story;
 mod watch;
