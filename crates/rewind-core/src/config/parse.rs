@@ -617,7 +617,13 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
         Some((key, value)) => read_watch(cx, key, value),
         None => Some(WatchConfig::default()),
     };
-    check_references(cx, root, secrets.as_ref());
+    // Every name `[secrets]` declares counts, also one whose source is wrong (reported apart).
+    let declared: Option<Vec<String>> = match root.get("secrets").map(|v| v.get_ref()) {
+        None => Some(Vec::new()),
+        Some(DeValue::Table(t)) => Some(t.iter().map(|(k, _)| k.get_ref().to_string()).collect()),
+        Some(_) => None,
+    };
+    check_references(cx, root, declared.as_deref());
     Some(Config {
         path: cx.path.to_path_buf(),
         environment: environment??,
@@ -683,6 +689,7 @@ fn read_secrets(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<crate::secret::Sec
         if let Some(v) = f.get("value")
             && let DeValue::String(s) = v.get_ref()
             && !s.is_empty()
+            && !crate::secret::has_references(s)
         {
             cx.literal_secrets.push(s.to_string());
         }
@@ -740,12 +747,12 @@ fn read_secrets(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<crate::secret::Sec
 
 /// Every `{secret:NAME}` in the file must be well formed, name a secret of `[secrets]`, and
 /// sit where references are resolved: in components, in `[watch]` and in `state`.
-fn check_references(cx: &mut Cx<'_>, root: &DeTable<'_>, secrets: Option<&crate::secret::Secrets>) {
+fn check_references(cx: &mut Cx<'_>, root: &DeTable<'_>, secrets: Option<&[String]>) {
     fn walk(
         cx: &mut Cx<'_>,
         v: &Value<'_>,
         allowed: Option<&'static str>,
-        secrets: Option<&crate::secret::Secrets>,
+        secrets: Option<&[String]>,
     ) {
         match v.get_ref() {
             DeValue::String(s) if crate::secret::has_references(s) => {
@@ -784,10 +791,11 @@ fn check_references(cx: &mut Cx<'_>, root: &DeTable<'_>, secrets: Option<&crate:
                     Ok(refs) => {
                         let Some(secrets) = secrets else { return };
                         for r in refs {
-                            if secrets.contains_key(r.name) {
+                            if secrets.iter().any(|s| s == r.name) {
                                 continue;
                             }
-                            let declared: Vec<&str> = secrets.keys().map(String::as_str).collect();
+                            let declared: Vec<&str> =
+                                secrets.iter().map(String::as_str).collect();
                             let hint = match suggest(r.name, &declared) {
                                 Some(d) => format!("did you mean {{secret:{d}}}?"),
                                 None => format!(
@@ -3061,6 +3069,48 @@ mod broken {
                 8,
                 "pg-bin is empty",
             ),
+            (
+                "53-secret-not-declared",
+                web("restart = \"curl -fsS https://hooks.example/{secret:hook-token}\"\n"),
+                7,
+                "{secret:hook-token} names no secret of [secrets]",
+            ),
+            (
+                "54-secret-reference-malformed",
+                web("restart = \"curl -H 'X-Token: {secret:hook token}' https://hooks.example/\"\n"),
+                7,
+                "malformed secret reference",
+            ),
+            (
+                "55-secret-without-source",
+                web("\n[secrets]\nhook-token = {}\n"),
+                9,
+                "say where the value comes from: env, file or value",
+            ),
+            (
+                "56-secret-written-as-a-string",
+                web("\n[secrets]\nhook-token = \"tok-3d5f\"\n"),
+                9,
+                "secrets.hook-token must say where the value comes from, found a string",
+            ),
+            (
+                "57-secret-two-sources",
+                web("\n[secrets]\nhook-token = { env = \"HOOK_TOKEN\", file = \"/run/secrets/hook\" }\n"),
+                9,
+                "set only one of env, file",
+            ),
+            (
+                "58-secret-env-not-a-name",
+                web("\n[secrets]\nhook-token = { env = \"HOOK TOKEN\" }\n"),
+                9,
+                "is not an environment variable name",
+            ),
+            (
+                "59-secret-reference-where-none-is-read",
+                format!("[environment]\nname = \"production\"\nlock-stale-after = \"{{secret:t}}\"\n\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n\n[secrets]\nt = {{ env = \"T\" }}\n"),
+                3,
+                "{secret:…} is not read here",
+            ),
         ]
     }
 
@@ -3236,6 +3286,56 @@ mod broken {
         assert!(reported(&errors, 6, "invalid TOML"), "{errors}");
         assert!(reported(&errors, 8, "deploy is required"), "{errors}");
         assert!(!reported(&errors, 4, "root is required"), "{errors}");
+    }
+
+    #[test]
+    fn secrets_are_declared_and_referred_to() {
+        use crate::secret::SecretSource;
+        let text = format!(
+            "{ENV}state = \"postgres://rewind:{{secret:state-pw}}@db/rewind\"\n\n\
+             [components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n\
+             restart = \"curl -H 'X-Token: {{secret:hook}}' https://hooks.example/\"\n\
+             ready-url = \"https://probe:{{secret:hook}}@127.0.0.1/health\"\n\n\
+             [[watch.check]]\nname = \"db\"\ncommand = \"psql {{secret:hook}}\"\n\n\
+             [secrets]\nhook = {{ env = \"HOOK_TOKEN\" }}\nstate-pw = {{ file = \"secrets/state\" }}\n\
+             lit = {{ value = \"tok-3d5f\" }}\n"
+        );
+        let c = parse(&text, &path()).unwrap();
+        assert_eq!(c.secrets["hook"].source, SecretSource::Env("HOOK_TOKEN".into()));
+        assert_eq!(c.secrets["hook"].line, 16);
+        assert_eq!(
+            c.secrets["state-pw"].source,
+            SecretSource::File(PathBuf::from("/etc/rewind/secrets/state"))
+        );
+        assert_eq!(c.secrets["lit"].source, SecretSource::Value("tok-3d5f".into()));
+        // References stay as written: they are resolved when rewind acts.
+        let ComponentConfig::ReleaseDir(web) = &c.components[0].1 else {
+            panic!()
+        };
+        assert_eq!(
+            web.restart.as_deref(),
+            Some("curl -H 'X-Token: {secret:hook}' https://hooks.example/")
+        );
+        assert!(!format!("{c:?}").contains("tok-3d5f"));
+    }
+
+    #[test]
+    fn secret_problems_are_all_reported_where_they_are_and_never_echo_a_value() {
+        let text = format!(
+            "{ENV}\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n\
+             restart = \"run {{secret:hok}} tok-3d5f\"\n\n\
+             [secrets]\nhook = {{ value = \"tok-3d5f\" }}\nplain = \"abc-9f1e\"\n\
+             other = {{ value = \"{{secret:hook}}\" }}\n"
+        );
+        let errors = errors_of(&text);
+        let printed = errors.to_string();
+        assert!(!printed.contains("tok-3d5f") && !printed.contains("abc-9f1e"), "{printed}");
+        // The reference is placed at its own column.
+        assert!(reported(&errors, 7, "{secret:hok} names no secret"), "{printed}");
+        assert!(printed.contains(":7:16:"), "{printed}");
+        assert!(printed.contains("did you mean {secret:hook}?"), "{printed}");
+        assert!(reported(&errors, 11, "must say where the value comes from"), "{printed}");
+        assert!(reported(&errors, 12, "cannot refer to another secret"), "{printed}");
     }
 
     #[test]
