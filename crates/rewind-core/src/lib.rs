@@ -9,6 +9,7 @@ pub mod errtext;
 pub mod model;
 pub mod plan;
 pub mod redact;
+pub mod secret;
 pub mod stats;
 pub mod units;
 

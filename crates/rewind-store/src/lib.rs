@@ -16,9 +16,11 @@ use rewind_core::{
 
 mod common;
 mod postgres;
+mod redacted;
 mod sqlite;
 
 pub use postgres::PostgresStore;
+pub use redacted::Redacted;
 pub use sqlite::SqliteStore;
 
 /// What went wrong in the store. Every variant names what it was doing.

@@ -207,6 +207,9 @@ pub struct Executor<'a> {
     pub redactor: Redactor,
     pub printer: &'a Printer,
     pub interrupt: Arc<AtomicBool>,
+    /// The run's components ready to act with: its record unsealed and its secrets filled in
+    /// (`Env::run_components`). The record itself holds no secret.
+    pub components: Vec<(String, rewind_core::config::ComponentConfig)>,
 }
 
 impl Executor<'_> {
@@ -223,7 +226,7 @@ impl Executor<'_> {
             .filter(|e| matches!(e.event, JournalEvent::Done | JournalEvent::Skipped))
             .filter_map(|e| e.step)
             .collect();
-        let components: BTreeMap<&str, Box<dyn Component>> = run
+        let components: BTreeMap<&str, Box<dyn Component>> = self
             .components
             .iter()
             .map(|(n, c)| (n.as_str(), rewind_components::build(n, c)))
@@ -383,7 +386,6 @@ impl Executor<'_> {
                         Outcome::Done(m) => (JournalEvent::Done, m),
                         Outcome::Skipped(m) => (JournalEvent::Skipped, m),
                     };
-                    let message = self.redactor.redact(&message);
                     let audit = NewAudit::new(&self.actor, &format!("step.{event}"))
                         .run(&run.id)
                         .release(&run.release)
@@ -415,7 +417,7 @@ impl Executor<'_> {
                     });
                 }
                 Err(e) => {
-                    let message = self.redactor.redact(&e.to_string());
+                    let message = e.to_string();
                     let audit = NewAudit::new(&self.actor, "step.failed")
                         .run(&run.id)
                         .release(&run.release)
@@ -456,11 +458,10 @@ impl Executor<'_> {
         }
     }
 
-    /// A progress line: redacted, shown on screen; returned for the journal.
+    /// A progress line: shown on screen; returned for the journal.
     fn show_note(&self, line: &str) -> String {
-        let line = self.redactor.redact(line);
         self.printer.note(format!("      {line}"));
-        line
+        line.to_string()
     }
 }
 

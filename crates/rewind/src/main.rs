@@ -11,6 +11,7 @@ mod commands;
 mod engine;
 mod error;
 mod output;
+mod secrets;
 mod watch;
 
 fn main() -> ExitCode {

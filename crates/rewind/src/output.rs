@@ -1,8 +1,12 @@
 //! All output goes through one printer, so `--json` and text never mix: progress and
 //! messages to stderr (silenced by `--quiet`, and in `--json` mode), results to stdout either
-//! as text or as one JSON document.
+//! as text or as one JSON document. The printer is also where secrets stop: every line and
+//! every JSON string passes its redactor, which knows the environment's secrets once the
+//! config is read (before that, those of the process environment and every URL password).
 
 use std::io::{IsTerminal, Write};
+
+use rewind_core::redact::Redactor;
 
 use crate::error::CliError;
 
@@ -10,6 +14,7 @@ pub struct Printer {
     pub json: bool,
     pub quiet: bool,
     color: bool,
+    redactor: std::cell::RefCell<Redactor>,
     /// While set, JSON results are collected instead of printed, so that a command made of
     /// several runs (deploy --watch) prints one document.
     captured: std::cell::RefCell<Option<Vec<serde_json::Value>>>,
@@ -21,8 +26,22 @@ impl Printer {
             json,
             quiet,
             color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            redactor: std::cell::RefCell::new(Redactor::from_env(&[])),
             captured: std::cell::RefCell::new(None),
         }
+    }
+
+    /// From now on, mask what `redactor` knows (the environment's secrets).
+    pub fn set_redactor(&self, redactor: Redactor) {
+        *self.redactor.borrow_mut() = redactor;
+    }
+
+    fn clean(&self, text: &str) -> String {
+        self.redactor.borrow().redact(text)
+    }
+
+    fn clean_json(&self, value: &serde_json::Value) -> serde_json::Value {
+        self.redactor.borrow().redact_json(value)
     }
 
     /// Collect JSON results from now on instead of printing them.
@@ -38,17 +57,25 @@ impl Printer {
     /// A progress or status line on stderr (not in `--json` or `--quiet` mode).
     pub fn note(&self, line: impl AsRef<str>) {
         if !self.quiet && !self.json {
-            eprintln!("{}", line.as_ref());
+            eprintln!("{}", self.clean(line.as_ref()));
         }
+    }
+
+    /// A question on stderr, without a line end (the answer is typed after it). Shown even
+    /// in quiet mode: a prompt nobody sees would hang.
+    pub fn prompt(&self, question: impl AsRef<str>) {
+        eprint!("{}", self.clean(question.as_ref()));
+        let _ = std::io::stderr().flush();
     }
 
     /// A warning on stderr, shown even in `--json` mode (stderr is not the JSON channel).
     pub fn warn(&self, line: impl AsRef<str>) {
         if !self.quiet {
+            let line = self.clean(line.as_ref());
             if self.color {
-                eprintln!("\x1b[33mwarning:\x1b[0m {}", line.as_ref());
+                eprintln!("\x1b[33mwarning:\x1b[0m {line}");
             } else {
-                eprintln!("warning: {}", line.as_ref());
+                eprintln!("warning: {line}");
             }
         }
     }
@@ -57,12 +84,13 @@ impl Printer {
     pub fn text(&self, text: impl AsRef<str>) {
         if !self.json {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", text.as_ref());
+            let _ = writeln!(out, "{}", self.clean(text.as_ref()));
         }
     }
 
     /// The JSON result on stdout (JSON mode only).
     pub fn json_value(&self, value: &serde_json::Value) {
+        let value = &self.clean_json(value);
         if let Some(c) = self.captured.borrow_mut().as_mut() {
             c.push(value.clone());
             return;
@@ -104,14 +132,15 @@ impl Printer {
     /// Prints an error: text with hints on stderr; in `--json` mode also a JSON object on
     /// stdout so scripts reading stdout see why.
     pub fn error(&self, err: &CliError) {
-        let msg = error_text(&err.error);
+        let msg = self.clean(&error_text(&err.error));
+        let hints: Vec<String> = err.hints.iter().map(|h| self.clean(h)).collect();
         let prefix = if self.color {
             "\x1b[31merror:\x1b[0m"
         } else {
             "error:"
         };
         eprintln!("{prefix} {msg}");
-        for h in &err.hints {
+        for h in &hints {
             eprintln!("  hint: {h}");
         }
         if self.json {
@@ -119,7 +148,7 @@ impl Printer {
                 "ok": false,
                 "exit_code": err.class as u8,
                 "error": msg,
-                "hints": err.hints,
+                "hints": hints,
                 "detail": err.detail,
             }));
         }

@@ -556,18 +556,22 @@ pub enum Ending {
 }
 
 /// The live view: redrawn in place on a terminal, a log line every few seconds otherwise.
+/// It writes to stderr itself (the printer has no notion of redrawing), through the same
+/// redactor as the printer.
 pub struct View {
     tty: bool,
     quiet: bool,
+    redactor: Redactor,
     drawn: usize,
     last_log: Instant,
 }
 
 impl View {
-    pub fn new(quiet: bool) -> View {
+    pub fn new(quiet: bool, redactor: Redactor) -> View {
         View {
             tty: std::io::stderr().is_terminal() && !quiet,
             quiet,
+            redactor,
             drawn: 0,
             last_log: Instant::now(),
         }
@@ -577,7 +581,8 @@ impl View {
         if self.quiet {
             return;
         }
-        let lines = ev.lines();
+        let header = self.redactor.redact(header);
+        let lines: Vec<String> = ev.lines().iter().map(|l| self.redactor.redact(l)).collect();
         if self.tty {
             let mut out = String::new();
             if self.drawn > 0 {
@@ -634,7 +639,7 @@ where
     } = w;
     let (mut rx, stop, start) = start_signals(cfg, release, redactor);
     let mut ev = Evaluator::new(cfg, baseline);
-    let mut view = View::new(quiet);
+    let mut view = View::new(quiet, redactor.clone());
     let deadline = tokio::time::Instant::now() + window_left;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut checks = 0u32;

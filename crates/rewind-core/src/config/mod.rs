@@ -31,6 +31,9 @@ pub struct Config {
     pub components: Vec<(String, ComponentConfig)>,
     /// `[watch]`: the monitoring window after a deploy. Defaults apply when absent.
     pub watch: WatchConfig,
+    /// `[secrets]`: where each secret named by `{secret:NAME}` comes from.
+    #[serde(default)]
+    pub secrets: crate::secret::Secrets,
 }
 
 impl Config {

@@ -210,7 +210,8 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-const TOP_KEYS: &[&str] = &["environment", "components", "watch"];
+const TOP_KEYS: &[&str] = &["environment", "components", "watch", "secrets"];
+const SECRET_KEYS: &[&str] = &["env", "file", "value"];
 const ENV_KEYS: &[&str] = &["name", "state", "lock-stale-after", "state-sync"];
 const RELEASE_DIR_KEYS: &[&str] = &[
     "kind",
@@ -361,6 +362,8 @@ struct Cx<'a> {
     dir: PathBuf,
     syntax_lines: Vec<usize>,
     pending: Vec<Pending>,
+    /// Values written in `[secrets]`: never echoed in a message.
+    literal_secrets: Vec<String>,
 }
 
 impl<'a> Cx<'a> {
@@ -372,6 +375,7 @@ impl<'a> Cx<'a> {
             dir,
             syntax_lines: Vec::new(),
             pending: Vec::new(),
+            literal_secrets: Vec::new(),
         }
     }
 
@@ -496,6 +500,14 @@ impl<'a> Cx<'a> {
         self.dir.join(p).components().collect()
     }
 
+    fn hide_secrets(&self, text: &str) -> String {
+        let mut out = redact_url_passwords(text);
+        for s in &self.literal_secrets {
+            out = out.replace(s.as_str(), crate::redact::MASK);
+        }
+        out
+    }
+
     fn finish(&self) -> Option<ConfigErrors> {
         let any_syntax = !self.syntax_lines.is_empty();
         let syntax_sections: Vec<usize> = self
@@ -528,9 +540,10 @@ impl<'a> Cx<'a> {
                     path: self.path.to_path_buf(),
                     line,
                     column,
-                    // Values are echoed in messages; passwords in URLs never are.
-                    message: redact_url_passwords(&p.message),
-                    hint: p.hint.as_deref().map(redact_url_passwords),
+                    // Values are echoed in messages; passwords in URLs and values declared
+                    // secret never are.
+                    message: self.hide_secrets(&p.message),
+                    hint: p.hint.as_deref().map(|h| self.hide_secrets(h)),
                 })
             })
             .collect();
@@ -546,6 +559,7 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
     let mut env_span = 0..0;
     let mut components_entry = None;
     let mut watch_entry = None;
+    let mut secrets = Some(crate::secret::Secrets::new());
     // Where to show problems of the file as a whole: its first key or table.
     let first = root
         .iter()
@@ -560,6 +574,7 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
             }
             "components" => components_entry = Some((key, value)),
             "watch" => watch_entry = Some((key, value)),
+            "secrets" => secrets = read_secrets(cx, value),
             _ => unknown_key(cx, key, value, "at the top level", TOP_KEYS, |k| {
                 if ENV_KEYS.contains(&k) {
                     Some(format!("`{k}` belongs under [environment]"))
@@ -571,8 +586,8 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
                     Some(format!("`{k}` belongs under [watch]"))
                 } else {
                     Some(
-                        "a config file has only [environment], [components.NAME] and [watch] \
-                         tables"
+                        "a config file has only [environment], [components.NAME], [watch] and \
+                         [secrets] tables"
                             .into(),
                     )
                 }
@@ -602,12 +617,235 @@ fn read_config(cx: &mut Cx<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
         Some((key, value)) => read_watch(cx, key, value),
         None => Some(WatchConfig::default()),
     };
+    // Every name `[secrets]` declares counts, also one whose source is wrong (reported apart).
+    let declared: Option<Vec<String>> = match root.get("secrets").map(|v| v.get_ref()) {
+        None => Some(Vec::new()),
+        Some(DeValue::Table(t)) => Some(t.iter().map(|(k, _)| k.get_ref().to_string()).collect()),
+        Some(_) => None,
+    };
+    check_references(cx, root, declared.as_deref());
     Some(Config {
         path: cx.path.to_path_buf(),
         environment: environment??,
         components: components?,
         watch: watch?,
+        secrets: secrets?,
     })
+}
+
+/// `[secrets]`: each entry says where one secret's value comes from, `{ env = "VAR" }`,
+/// `{ file = "PATH" }` or `{ value = "…" }`.
+fn read_secrets(cx: &mut Cx<'_>, value: &Value<'_>) -> Option<crate::secret::Secrets> {
+    use crate::secret::{SecretSource, SecretSpec, valid_name};
+    const EXAMPLE_ENTRY: &str = "write [secrets] with one line per secret, e.g. \
+         hook-token = { env = \"DEPLOY_HOOK_TOKEN\" } or db-password = { file = \"/run/secrets/db\" }";
+    let Some(table) = value.get_ref().as_table() else {
+        cx.error(
+            value.span(),
+            format!("secrets must be a table, found {}", a_type(value.get_ref())),
+            Some(EXAMPLE_ENTRY.into()),
+        );
+        return None;
+    };
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    let mut out = crate::secret::Secrets::new();
+    let mut ok = true;
+    for (name_key, v) in entries {
+        let name = name_key.get_ref().as_ref();
+        if !valid_name(name) {
+            cx.error(
+                name_key.span(),
+                format!("secret name {name:?} may only hold letters, digits, \"-\" and \"_\""),
+                Some(format!(
+                    "write {} = {{ env = \"VARIABLE\" }}",
+                    sanitize_name(name, false)
+                )),
+            );
+            ok = false;
+        }
+        let Some(t) = v.get_ref().as_table() else {
+            // `token = "abc123"`: most likely the secret itself. Never echo it.
+            if let DeValue::String(s) = v.get_ref()
+                && !s.is_empty()
+            {
+                cx.literal_secrets.push(s.to_string());
+            }
+            cx.error(
+                v.span(),
+                format!(
+                    "secrets.{name} must say where the value comes from, found {}",
+                    a_type(v.get_ref())
+                ),
+                Some(format!(
+                    "write {name} = {{ env = \"VARIABLE\" }} (the value stays out of this file), \
+                     {name} = {{ file = \"/run/secrets/{name}\" }}, or {name} = {{ value = \"…\" }}"
+                )),
+            );
+            ok = false;
+            continue;
+        };
+        let mut f = Fields::new(t, &format!("secrets.{name}"), name_key.span());
+        if let Some(v) = f.get("value")
+            && let DeValue::String(s) = v.get_ref()
+            && !s.is_empty()
+            && !crate::secret::has_references(s)
+        {
+            cx.literal_secrets.push(s.to_string());
+        }
+        let env = f.string(cx, "env", false);
+        let file = f.string(cx, "file", false);
+        let literal = f.string(cx, "value", false);
+        let given: Vec<&str> = SECRET_KEYS.iter().copied().filter(|k| f.has(k)).collect();
+        f.finish(cx, SECRET_KEYS, |_| None);
+        if given.len() != 1 {
+            cx.error(
+                name_key.span(),
+                if given.is_empty() {
+                    format!("secrets.{name}: say where the value comes from: env, file or value")
+                } else {
+                    format!("secrets.{name}: set only one of {}", given.join(", "))
+                },
+                Some(format!(
+                    "write {name} = {{ env = \"VARIABLE\" }} or {name} = {{ file = \"/run/secrets/{name}\" }}"
+                )),
+            );
+            ok = false;
+            continue;
+        }
+        let source = match (env, file, literal) {
+            (Some((e, span)), _, _) => {
+                if e.starts_with(|c: char| c.is_ascii_digit())
+                    || !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    cx.error(
+                        span,
+                        format!("secrets.{name}: env {e:?} is not an environment variable name"),
+                        Some(
+                            "names hold letters, digits and \"_\", like \"DEPLOY_HOOK_TOKEN\""
+                                .into(),
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+                SecretSource::Env(e)
+            }
+            (_, Some((p, _)), _) => SecretSource::File(cx.resolve(&p)),
+            (_, _, Some((v, _))) => SecretSource::Value(v),
+            // The key is there but its value was invalid (already reported).
+            _ => {
+                ok = false;
+                continue;
+            }
+        };
+        let line = cx.line_col(name_key.span().start).0;
+        out.insert(name.to_string(), SecretSpec { source, line });
+    }
+    ok.then_some(out)
+}
+
+/// Every `{secret:NAME}` in the file must be well formed, name a secret of `[secrets]`, and
+/// sit where references are resolved: in components, in `[watch]` and in `state`.
+fn check_references(cx: &mut Cx<'_>, root: &DeTable<'_>, secrets: Option<&[String]>) {
+    fn walk(
+        cx: &mut Cx<'_>,
+        v: &Value<'_>,
+        allowed: Option<&'static str>,
+        secrets: Option<&[String]>,
+    ) {
+        match v.get_ref() {
+            DeValue::String(s) if crate::secret::has_references(s) => {
+                let span = v.span();
+                // Place a problem at the reference itself when the source shows it as is.
+                let raw = cx.source(&span).to_string();
+                let at = |needle: &str| match raw.find(needle) {
+                    Some(i) => span.start + i..span.start + i + needle.len(),
+                    None => span.clone(),
+                };
+                if let Some(why) = allowed {
+                    let span = at(crate::secret::REF_OPEN);
+                    cx.error(
+                        span,
+                        format!("{{secret:…}} is not read here: {why}"),
+                        Some(
+                            "references are resolved in components, in [watch] and in state; \
+                             write the value itself here"
+                                .into(),
+                        ),
+                    );
+                    return;
+                }
+                match crate::secret::references(s) {
+                    Err(bad) => {
+                        let text = &s[bad.at..];
+                        let shown = text
+                            .get(..text.find('}').map_or(text.len(), |i| i + 1).min(40))
+                            .unwrap_or(text);
+                        cx.error(
+                            at(shown),
+                            format!("malformed secret reference: {}", bad.why),
+                            Some("write {secret:NAME}, NAME declared in [secrets]".into()),
+                        );
+                    }
+                    Ok(refs) => {
+                        let Some(secrets) = secrets else { return };
+                        for r in refs {
+                            if secrets.iter().any(|s| s == r.name) {
+                                continue;
+                            }
+                            let declared: Vec<&str> =
+                                secrets.iter().map(String::as_str).collect();
+                            let hint = match suggest(r.name, &declared) {
+                                Some(d) => format!("did you mean {{secret:{d}}}?"),
+                                None => format!(
+                                    "declare it: [secrets] {} = {{ env = \"VARIABLE\" }} (or {{ file = \"PATH\" }})",
+                                    r.name
+                                ),
+                            };
+                            cx.error(
+                                at(&s[r.range.clone()]),
+                                format!("{{secret:{}}} names no secret of [secrets]", r.name),
+                                Some(hint),
+                            );
+                        }
+                    }
+                }
+            }
+            DeValue::Array(items) => {
+                for item in items.iter() {
+                    walk(cx, item, allowed, secrets);
+                }
+            }
+            DeValue::Table(t) => {
+                for (_, item) in t.iter() {
+                    walk(cx, item, allowed, secrets);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (key, value) in root.iter() {
+        match key.get_ref().as_ref() {
+            "components" | "watch" => walk(cx, value, None, secrets),
+            "secrets" => walk(
+                cx,
+                value,
+                Some("a secret's source cannot refer to another secret"),
+                secrets,
+            ),
+            "environment" => {
+                if let Some(t) = value.get_ref().as_table() {
+                    for (k, v) in t.iter() {
+                        let allowed = (k.get_ref().as_ref() != "state")
+                            .then_some("only `state` of [environment] may refer to a secret");
+                        walk(cx, v, allowed, secrets);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn read_environment(
@@ -2831,6 +3069,48 @@ mod broken {
                 8,
                 "pg-bin is empty",
             ),
+            (
+                "53-secret-not-declared",
+                web("restart = \"curl -fsS https://hooks.example/{secret:hook-token}\"\n"),
+                7,
+                "{secret:hook-token} names no secret of [secrets]",
+            ),
+            (
+                "54-secret-reference-malformed",
+                web("restart = \"curl -H 'X-Token: {secret:hook token}' https://hooks.example/\"\n"),
+                7,
+                "malformed secret reference",
+            ),
+            (
+                "55-secret-without-source",
+                web("\n[secrets]\nhook-token = {}\n"),
+                9,
+                "say where the value comes from: env, file or value",
+            ),
+            (
+                "56-secret-written-as-a-string",
+                web("\n[secrets]\nhook-token = \"tok-3d5f\"\n"),
+                9,
+                "secrets.hook-token must say where the value comes from, found a string",
+            ),
+            (
+                "57-secret-two-sources",
+                web("\n[secrets]\nhook-token = { env = \"HOOK_TOKEN\", file = \"/run/secrets/hook\" }\n"),
+                9,
+                "set only one of env, file",
+            ),
+            (
+                "58-secret-env-not-a-name",
+                web("\n[secrets]\nhook-token = { env = \"HOOK TOKEN\" }\n"),
+                9,
+                "is not an environment variable name",
+            ),
+            (
+                "59-secret-reference-where-none-is-read",
+                format!("[environment]\nname = \"production\"\nlock-stale-after = \"{{secret:t}}\"\n\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n\n[secrets]\nt = {{ env = \"T\" }}\n"),
+                3,
+                "{secret:…} is not read here",
+            ),
         ]
     }
 
@@ -3006,6 +3286,56 @@ mod broken {
         assert!(reported(&errors, 6, "invalid TOML"), "{errors}");
         assert!(reported(&errors, 8, "deploy is required"), "{errors}");
         assert!(!reported(&errors, 4, "root is required"), "{errors}");
+    }
+
+    #[test]
+    fn secrets_are_declared_and_referred_to() {
+        use crate::secret::SecretSource;
+        let text = format!(
+            "{ENV}state = \"postgres://rewind:{{secret:state-pw}}@db/rewind\"\n\n\
+             [components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n\
+             restart = \"curl -H 'X-Token: {{secret:hook}}' https://hooks.example/\"\n\
+             ready-url = \"https://probe:{{secret:hook}}@127.0.0.1/health\"\n\n\
+             [[watch.check]]\nname = \"db\"\ncommand = \"psql {{secret:hook}}\"\n\n\
+             [secrets]\nhook = {{ env = \"HOOK_TOKEN\" }}\nstate-pw = {{ file = \"secrets/state\" }}\n\
+             lit = {{ value = \"tok-3d5f\" }}\n"
+        );
+        let c = parse(&text, &path()).unwrap();
+        assert_eq!(c.secrets["hook"].source, SecretSource::Env("HOOK_TOKEN".into()));
+        assert_eq!(c.secrets["hook"].line, 16);
+        assert_eq!(
+            c.secrets["state-pw"].source,
+            SecretSource::File(PathBuf::from("/etc/rewind/secrets/state"))
+        );
+        assert_eq!(c.secrets["lit"].source, SecretSource::Value("tok-3d5f".into()));
+        // References stay as written: they are resolved when rewind acts.
+        let ComponentConfig::ReleaseDir(web) = &c.components[0].1 else {
+            panic!()
+        };
+        assert_eq!(
+            web.restart.as_deref(),
+            Some("curl -H 'X-Token: {secret:hook}' https://hooks.example/")
+        );
+        assert!(!format!("{c:?}").contains("tok-3d5f"));
+    }
+
+    #[test]
+    fn secret_problems_are_all_reported_where_they_are_and_never_echo_a_value() {
+        let text = format!(
+            "{ENV}\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n\
+             restart = \"run {{secret:hok}} tok-3d5f\"\n\n\
+             [secrets]\nhook = {{ value = \"tok-3d5f\" }}\nplain = \"abc-9f1e\"\n\
+             other = {{ value = \"{{secret:hook}}\" }}\n"
+        );
+        let errors = errors_of(&text);
+        let printed = errors.to_string();
+        assert!(!printed.contains("tok-3d5f") && !printed.contains("abc-9f1e"), "{printed}");
+        // The reference is placed at its own column.
+        assert!(reported(&errors, 7, "{secret:hok} names no secret"), "{printed}");
+        assert!(printed.contains(":7:16:"), "{printed}");
+        assert!(printed.contains("did you mean {secret:hook}?"), "{printed}");
+        assert!(reported(&errors, 11, "must say where the value comes from"), "{printed}");
+        assert!(reported(&errors, 12, "cannot refer to another secret"), "{printed}");
     }
 
     #[test]

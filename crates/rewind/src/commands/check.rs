@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use rewind_core::secret::SecretSource;
 use serde_json::json;
 
 use crate::error::CliResult;
@@ -11,11 +12,25 @@ use crate::output::Printer;
 
 pub fn run(path: &Path, printer: &Printer) -> CliResult<ExitCode> {
     let config = super::load_config(path)?;
+    // Secrets from the environment and the file are known; files are not read.
+    let values = crate::secrets::Values::read(&config, false);
+    printer.set_redactor(crate::secrets::redactor(&config, &values, None));
     let location = super::state_location(&config);
     let comps: Vec<_> = config
         .components
         .iter()
         .map(|(n, c)| json!({"name": n, "kind": c.kind()}))
+        .collect();
+    let secrets: Vec<_> = config
+        .secrets
+        .iter()
+        .map(|(n, s)| {
+            let available = match &s.source {
+                SecretSource::File(_) => None,
+                _ => Some(values.get(n).is_ok()),
+            };
+            (n, s, available)
+        })
         .collect();
     printer.json_value(&json!({
         "ok": true,
@@ -23,6 +38,7 @@ pub fn run(path: &Path, printer: &Printer) -> CliResult<ExitCode> {
         "environment": config.environment.name,
         "state": location.display_safe(),
         "components": comps,
+        "secrets": secrets.iter().map(|(n, s, available)| json!({"name": n, "from": s.source.to_string(), "available": available})).collect::<Vec<_>>(),
     }));
     let mut text = format!(
         "{} is valid: environment `{}`, state {}\ncomponents (deploy order):",
@@ -32,6 +48,17 @@ pub fn run(path: &Path, printer: &Printer) -> CliResult<ExitCode> {
     );
     for (n, c) in &config.components {
         text.push_str(&format!("\n  {n} ({})", c.kind()));
+    }
+    if !secrets.is_empty() {
+        text.push_str("\nsecrets (read when rewind acts):");
+        for (n, s, available) in &secrets {
+            let state = match available {
+                Some(true) => "",
+                Some(false) => " — not set here",
+                None => "",
+            };
+            text.push_str(&format!("\n  {n}: from {}{state}", s.source));
+        }
     }
     printer.text(text);
     Ok(ExitCode::SUCCESS)

@@ -18,17 +18,32 @@ use crate::engine::{LockGuard, new_run_id};
 use crate::error::{CliError, CliResult, blocked, failed, usage};
 use crate::output::Printer;
 
-/// The database components of the config, built.
-pub fn databases(env: &Env) -> Vec<(String, Database)> {
-    env.config
+/// The database components of the config, built (their secrets filled in).
+pub fn databases(env: &Env) -> CliResult<Vec<(String, Database)>> {
+    let names: Vec<&str> = env
+        .config
         .components
         .iter()
-        .filter_map(|(n, c)| match c {
-            ComponentConfig::Sqlite(d) => Some((n.clone(), Database::new(n, false, d.clone()))),
-            ComponentConfig::Postgres(d) => Some((n.clone(), Database::new(n, true, d.clone()))),
-            _ => None,
-        })
-        .collect()
+        .filter(|(_, c)| c.database().is_some())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    databases_named(env, &names)
+}
+
+/// The database components named, built (their secrets filled in), in config order.
+fn databases_named(env: &Env, names: &[&str]) -> CliResult<Vec<(String, Database)>> {
+    let mut out = Vec::new();
+    for (n, c) in &env.config.components {
+        if c.database().is_none() || !names.contains(&n.as_str()) {
+            continue;
+        }
+        match env.component(n, c)? {
+            ComponentConfig::Sqlite(d) => out.push((n.clone(), Database::new(n, false, d))),
+            ComponentConfig::Postgres(d) => out.push((n.clone(), Database::new(n, true, d))),
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 fn component_err(e: rewind_components::ComponentError) -> CliError {
@@ -43,10 +58,10 @@ pub async fn deploy_facts(env: &Env, release: &str) -> CliResult<BTreeMap<String
         Some(c) => env.store.release(&env.name, &c).await?,
         None => None,
     };
-    for (name, db) in databases(env) {
+    for (name, db) in databases(env)? {
         let recorded = current.as_ref().and_then(|r| r.migrations.get(&name));
         let facts = db.deploy_facts(release, recorded.map(Vec::as_slice)).await.map_err(|e| {
-            failed(env.redactor.redact(&e.to_string())).hint(
+            failed(e).hint(
                 "nothing was changed; the migrations must be readable and the database reachable to plan",
             )
         })?;
@@ -58,11 +73,7 @@ pub async fn deploy_facts(env: &Env, release: &str) -> CliResult<BTreeMap<String
 /// Refuses a deploy before anything runs when a database component cannot take it as its
 /// tool would: every reason at once (what the tool would refuse, scripts it cannot run, a
 /// migration left half-done, and — without `--accept-drift` — edited applied migrations).
-pub fn refuse_deploy(
-    env: &Env,
-    facts: &BTreeMap<String, DbDeployFacts>,
-    accept_drift: bool,
-) -> CliResult<()> {
+pub fn refuse_deploy(facts: &BTreeMap<String, DbDeployFacts>, accept_drift: bool) -> CliResult<()> {
     let mut problems = Vec::new();
     let mut drift = false;
     for (name, f) in facts {
@@ -80,10 +91,10 @@ pub fn refuse_deploy(
     if problems.is_empty() {
         return Ok(());
     }
-    let mut e = failed(env.redactor.redact(&format!(
+    let mut e = failed(format!(
         "the deploy is refused; nothing was changed:\n  {}",
         problems.join("\n  ")
-    )));
+    ));
     if drift {
         e = e.hint("an applied migration was edited: put the file back as it was applied, or write a new migration; `--accept-drift` records the edited files' checksums as the tool's repair would");
     }
@@ -161,20 +172,20 @@ pub async fn rollback_decisions(
 ) -> CliResult<BTreeMap<String, (DbRollbackFacts, DbDecision)>> {
     let mode = mode(args)?;
     let mut out = BTreeMap::new();
-    let dbs = databases(env);
-    if mode != DbMode::Auto
-        && !dbs
-            .iter()
-            .any(|(n, _)| target.components.iter().any(|c| c == n))
-    {
+    // Only the databases the rollback moves are built: another's secret is not needed.
+    let dbs: Vec<&str> = env
+        .config
+        .components
+        .iter()
+        .filter(|(n, c)| c.database().is_some() && target.components.contains(n))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if mode != DbMode::Auto && dbs.is_empty() {
         return Err(usage(
             "--restore and --to-time are for database components, and this rollback moves none",
         ));
     }
-    for (name, db) in dbs {
-        if !target.components.contains(&name) {
-            continue;
-        }
+    for (name, db) in databases_named(env, &dbs)? {
         let target_level = target
             .versions
             .get(&name)
@@ -193,13 +204,10 @@ pub async fn rollback_decisions(
         let mut facts = db
             .rollback_facts(&target.from, &db_target)
             .await
-            .map_err(|e| failed(env.redactor.redact(&e.to_string())))?;
+            .map_err(failed)?;
         facts.accept_row_loss = args.accept_row_loss;
         if matches!(mode, DbMode::PointInTime(_)) {
-            facts.pitr_window = db
-                .pitr_window()
-                .await
-                .map_err(|e| failed(env.redactor.redact(&e.to_string())))?;
+            facts.pitr_window = db.pitr_window().await.map_err(failed)?;
         }
         let decision = dbplan::decide(&name, db.config(), &facts, &mode, args.revert_anyway)
             .map_err(|e| {
@@ -277,7 +285,7 @@ pub async fn backup(env: &Env, cmd: BackupCommand, printer: &Printer) -> CliResu
 }
 
 fn pick(env: &Env, component: Option<String>) -> CliResult<Vec<(String, Database)>> {
-    let dbs = databases(env);
+    let dbs = databases(env)?;
     if dbs.is_empty() {
         return Err(
             usage("the config has no sqlite or postgres component: nothing to back up")
@@ -451,7 +459,7 @@ fn find_backup(
         ))
         .hint("give more of the id (`rewind backup list`)"));
     }
-    let db = databases(env)
+    let db = databases(env)?
         .into_iter()
         .find(|(n, _)| *n == name)
         .map(|(_, d)| d)
@@ -473,7 +481,7 @@ async fn verify(
     let report = db.verify_backup(&meta).await;
     let (ok, lines, error) = match &report {
         Ok(r) => (r.failures.is_empty(), r.lines.clone(), None),
-        Err(e) => (false, vec![], Some(env.redactor.redact(&e.to_string()))),
+        Err(e) => (false, vec![], Some(e.to_string())),
     };
     env.store
         .audit_append(
@@ -522,11 +530,7 @@ async fn restore(
         meta.id, meta.created_at, meta.level
     );
     for (i, s) in steps.iter().enumerate() {
-        shown.push_str(&format!(
-            "\n  {:>2}. {}",
-            i + 1,
-            env.redactor.redact(&s.title)
-        ));
+        shown.push_str(&format!("\n  {:>2}. {}", i + 1, s.title));
     }
     if !yes {
         return Err(usage(format!("{shown}\nnothing was changed")).hint("pass --yes to restore"));

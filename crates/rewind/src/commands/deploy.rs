@@ -200,7 +200,7 @@ async fn deploy_locked(
     }
     let ledger = env.ledger().await?;
     let db = super::db::deploy_facts(env, release).await?;
-    super::db::refuse_deploy(env, &db, args.accept_drift)?;
+    super::db::refuse_deploy(&db, args.accept_drift)?;
     let steps = rewind_core::plan::deploy_plan(
         &env.config,
         &ledger,
@@ -312,11 +312,7 @@ pub async fn plan(
         ledger.current.as_deref().unwrap_or("nothing")
     );
     for (i, s) in steps.iter().enumerate() {
-        text.push_str(&format!(
-            "\n  {:>2}. {}",
-            i + 1,
-            env.redactor.redact(&s.title)
-        ));
+        text.push_str(&format!("\n  {:>2}. {}", i + 1, s.title));
     }
     let dbtext = super::db::describe_deploy_facts(&db);
     if !dbtext.is_empty() {
@@ -326,7 +322,7 @@ pub async fn plan(
     // then what it refuses about databases: the plan says whether the deploy would start.
     let refusal = match precheck(env, &steps).await {
         Err(e) => Some(e),
-        Ok(()) => super::db::refuse_deploy(env, &db, accept_drift).err(),
+        Ok(()) => super::db::refuse_deploy(&db, accept_drift).err(),
     };
     match &refusal {
         None => text.push_str("\n\nnothing was changed; `rewind deploy` carries this out"),
@@ -338,27 +334,27 @@ pub async fn plan(
         "environment": env.name,
         "release": release,
         "from": ledger.current,
-        "steps": steps.iter().enumerate().map(|(i, s)| json!({"index": i + 1, "id": s.id, "title": env.redactor.redact(&s.title), "action": s.action})).collect::<Vec<_>>(),
+        "steps": steps.iter().enumerate().map(|(i, s)| json!({"index": i + 1, "id": s.id, "title": s.title, "action": s.action})).collect::<Vec<_>>(),
         "databases": db,
         "refused": refusal.is_some(),
     });
     match refusal {
         None => {
-            printer.text(env.redactor.redact(&text));
+            printer.text(&text);
             printer.json_value(&doc);
             Ok(ExitCode::SUCCESS)
         }
         Some(e) => {
             // The plan itself, then the refusal as the error (exit 1), with the plan in the
             // JSON error's detail.
-            printer.text(env.redactor.redact(&text));
+            printer.text(&text);
             Err(e.detail(doc))
         }
     }
 }
 
-/// Checks what can be checked before anything is recorded: artifacts exist and are of a
-/// usable type, rollback targets are on disk.
+/// Checks what can be checked before anything is recorded: every secret the components use
+/// can be read, artifacts exist and are of a usable type, rollback targets are on disk.
 pub async fn precheck(env: &Env, steps: &[rewind_core::Step]) -> CliResult<()> {
     let cx = rewind_components::Ctx::new(&env.name, env.redactor.clone());
     let mut staged = std::collections::BTreeSet::new();
@@ -378,9 +374,20 @@ pub async fn precheck(env: &Env, steps: &[rewind_core::Step]) -> CliResult<()> {
         if let Action::Stage { release, .. } = &step.action {
             staged.insert((name.to_string(), release.clone()));
         }
-        let comp = rewind_components::build(name, cfg);
+        // A secret that cannot be read stops the run here, before anything is recorded.
+        let cfg = match env.component(name, cfg) {
+            Ok(c) => c,
+            Err(e) => {
+                let text = format!("{:#}", e.error);
+                if !problems.contains(&text) {
+                    problems.push(text);
+                }
+                continue;
+            }
+        };
+        let comp = rewind_components::build(name, &cfg);
         if let Err(e) = comp.precheck(&cx, &step.action).await {
-            problems.push(env.redactor.redact(&e.to_string()));
+            problems.push(e.to_string());
         }
     }
     if problems.is_empty() {

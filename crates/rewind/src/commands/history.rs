@@ -112,11 +112,7 @@ pub async fn run_detail(env: &Env, id: &str, printer: &Printer) -> CliResult<Exi
         short_time(&run.updated_at),
     );
     for (i, s) in run.steps.iter().enumerate() {
-        text.push_str(&format!(
-            "  {:>2}. {}\n",
-            i + 1,
-            env.redactor.redact(&s.title)
-        ));
+        text.push_str(&format!("  {:>2}. {}\n", i + 1, s.title));
     }
     text.push_str("\njournal:\n");
     for e in &journal {

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use rewind_core::config::{Config, StateLocation};
+use rewind_core::config::{ComponentConfig, Config, StateLocation, WatchConfig};
 use rewind_core::plan::Ledger;
 use rewind_core::redact::Redactor;
+use rewind_core::{Run, secret};
 use rewind_store::Store;
 
 use crate::cli::{Cli, Command};
@@ -29,17 +30,19 @@ pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
     match cli.command {
         Command::Init { force } => init::run(&cli.config, force, printer),
         Command::Check => check::run(&cli.config, printer),
-        Command::Deploy(args) => deploy::run(&Env::load(&cli.config).await?, args, printer).await,
-        Command::Status => status::run(&Env::load(&cli.config).await?, printer).await,
+        Command::Deploy(args) => {
+            deploy::run(&Env::load(&cli.config, printer).await?, args, printer).await
+        }
+        Command::Status => status::run(&Env::load(&cli.config, printer).await?, printer).await,
         Command::History { runs, run } => {
-            let env = Env::load(&cli.config).await?;
+            let env = Env::load(&cli.config, printer).await?;
             match run {
                 Some(id) => history::run_detail(&env, &id, printer).await,
                 None => history::run(&env, runs, printer).await,
             }
         }
         Command::Plan(args) => {
-            let env = Env::load(&cli.config).await?;
+            let env = Env::load(&cli.config, printer).await?;
             match args.deploy {
                 Some(release) => {
                     let options = rewind_core::dbplan::DeployOptions {
@@ -52,24 +55,24 @@ pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
             }
         }
         Command::Backup { command } => {
-            db::backup(&Env::load(&cli.config).await?, command, printer).await
+            db::backup(&Env::load(&cli.config, printer).await?, command, printer).await
         }
         Command::Rollback(args) => {
-            rollback::rollback(&Env::load(&cli.config).await?, args, printer).await
+            rollback::rollback(&Env::load(&cli.config, printer).await?, args, printer).await
         }
-        Command::Watch => watch::attach(&Env::load(&cli.config).await?, printer).await,
+        Command::Watch => watch::attach(&Env::load(&cli.config, printer).await?, printer).await,
         Command::Demo { fault, keep } => demo::run(&fault, keep, printer).await,
         Command::DemoService { args } => Ok(demo_service::run(args.into_iter())),
-        Command::Resume => rollback::resume(&Env::load(&cli.config).await?, printer).await,
+        Command::Resume => rollback::resume(&Env::load(&cli.config, printer).await?, printer).await,
         Command::Audit { command } => {
-            audit::run(&Env::load(&cli.config).await?, command, printer).await
+            audit::run(&Env::load(&cli.config, printer).await?, command, printer).await
         }
     }
 }
 
 /// Reads and validates the config file. Exit 2 with every problem listed when it is bad.
 pub fn load_config(path: &Path) -> CliResult<Config> {
-    let text = match std::fs::read_to_string(path) {
+    let bytes = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(usage(format!("no config file at {}", path.display()))
@@ -77,6 +80,8 @@ pub fn load_config(path: &Path) -> CliResult<Config> {
         }
         Err(e) => return Err(usage(format!("cannot read {}: {e}", path.display()))),
     };
+    let text =
+        String::from_utf8(bytes).map_err(|e| not_utf8(path, e.as_bytes(), e.utf8_error()))?;
     let abs = absolute(path);
     rewind_core::config::parse(&text, &abs).map_err(|errs| {
         let n = errs.0.len();
@@ -92,6 +97,36 @@ pub fn load_config(path: &Path) -> CliResult<Config> {
     })
 }
 
+/// A config file that is not UTF-8: where the first bad byte is, as a line and column (in
+/// characters, as editors count them) and a byte offset.
+fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> CliError {
+    let offset = e.valid_up_to();
+    // Everything before the bad byte is valid UTF-8.
+    let before = std::str::from_utf8(&bytes[..offset]).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let bad: Vec<String> = bytes[offset..]
+        .iter()
+        .take(e.error_len().unwrap_or(bytes.len() - offset).max(1))
+        .map(|b| format!("0x{b:02X}"))
+        .collect();
+    usage(format!(
+        "{}:{line}:{column}: the file is not UTF-8 text: byte {} at offset {offset} is not valid UTF-8{}",
+        path.display(),
+        bad.join(" "),
+        if e.error_len().is_none() {
+            " (the file ends inside a character)"
+        } else {
+            ""
+        }
+    ))
+    .hint(format!(
+        "save the file as UTF-8 (from Latin-1: `iconv -f latin1 -t utf-8 {0} > {0}.utf8`, then move it over {0}), or remove the character at line {line}, column {column}",
+        path.display()
+    ))
+}
+
 pub fn absolute(path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_path_buf()
@@ -102,48 +137,85 @@ pub fn absolute(path: &Path) -> PathBuf {
     }
 }
 
-/// An environment ready to work on: its config, its store and a redactor.
+/// An environment ready to work on: its config (as written: `{secret:NAME}` references
+/// stay references), its store, the values of its secrets and the redactor that hides them.
+/// The store and the printer both redact what passes through them.
 pub struct Env {
     pub config: Config,
     pub store: Arc<dyn Store>,
     pub redactor: Redactor,
+    pub secrets: crate::secrets::Values,
     pub name: String,
 }
 
 impl Env {
-    pub async fn load(path: &Path) -> CliResult<Env> {
+    pub async fn load(path: &Path, printer: &Printer) -> CliResult<Env> {
         let config = load_config(path)?;
-        let location = state_location(&config);
-        let mut redactor = Redactor::from_env(&secret_env(&config));
-        // Database passwords, from the config or from the url-env variable.
-        for (_, c) in &config.components {
-            let url = match c.database().map(|d| &d.connection) {
-                Some(rewind_core::config::DbConnection::Url(u)) => Some(u.clone()),
-                Some(rewind_core::config::DbConnection::UrlEnv(v)) => std::env::var(v).ok(),
-                _ => None,
-            };
-            if let Some(pw) = url.as_deref().and_then(url_password) {
-                redactor.add(pw);
-            }
-        }
-        if let StateLocation::Postgres(url) = &location
-            && let Some(pw) = url_password(url)
-        {
-            redactor.add(pw);
-        }
-        let store: Arc<dyn Store> = rewind_store::open(&location, config.environment.state_sync)
+        let secrets = crate::secrets::Values::read(&config, true);
+        let written = state_location(&config);
+        let location = match &written {
+            StateLocation::Postgres(url) => StateLocation::Postgres(
+                secret::substitute(url, "state", &secrets.lookup()).map_err(|e| {
+                    usage(format!("{}: [environment] {e}", config.path.display()))
+                        .hint("set the secret's source (see [secrets]), then run the command again")
+                })?,
+            ),
+            other => other.clone(),
+        };
+        let redactor = crate::secrets::redactor(&config, &secrets, Some(&location));
+        printer.set_redactor(redactor.clone());
+        let store = rewind_store::open(&location, config.environment.state_sync)
             .await
             .map_err(|e| {
                 CliError::new(crate::error::Class::Failed, e)
                     .hint("check `state` in [environment] (or REWIND_STATE_URL)")
-            })?
-            .into();
+            })?;
+        let store: Arc<dyn Store> = Arc::new(rewind_store::Redacted::new(store, redactor.clone()));
         Ok(Env {
             name: config.environment.name.clone(),
             config,
             store,
             redactor,
+            secrets,
         })
+    }
+
+    /// A component's config ready to act with: its `{secret:NAME}` references filled in.
+    /// Exit 2, naming the field and the secret, when one cannot be read.
+    pub fn component(&self, name: &str, cfg: &ComponentConfig) -> CliResult<ComponentConfig> {
+        secret::resolve(cfg, &self.secrets.lookup()).map_err(|e| {
+            usage(format!("component `{name}`: {e}"))
+                .hint("provide the secret (see [secrets] in the config), then run the command again; nothing was changed")
+        })
+    }
+
+    /// `[watch]` ready to watch with: its references filled in.
+    pub fn watch_config(&self) -> CliResult<WatchConfig> {
+        secret::resolve(&self.config.watch, &self.secrets.lookup()).map_err(|e| {
+            usage(format!("[watch]: {e}")).hint(
+                "provide the secret (see [secrets] in the config), then run the command again",
+            )
+        })
+    }
+
+    /// The components of a recorded run, ready to act with: the secrets its record masked
+    /// are taken from the config as it is now (the rest is what was planned), then the
+    /// references are filled in. Exit 2, naming the field, when that cannot be done.
+    pub fn run_components(&self, run: &Run) -> CliResult<Vec<(String, ComponentConfig)>> {
+        run.components
+            .iter()
+            .map(|(name, sealed)| {
+                let live = self.config.component(name);
+                let whole = secret::unseal(sealed, live, &self.redactor).map_err(|e| {
+                    usage(format!("run {}: component `{name}`: {e}", run.id)).hint(format!(
+                        "put that value in {} back as it was when the run started (`rewind history --run {}` shows the plan, secrets masked), finish the run, then change it; a secret given as {{secret:NAME}} or url-env can change at any time",
+                        self.config.path.display(),
+                        run.id
+                    ))
+                })?;
+                Ok((name.clone(), self.component(name, &whole)?))
+            })
+            .collect()
     }
 
     pub async fn ledger(&self) -> CliResult<Ledger> {
@@ -175,27 +247,6 @@ pub fn state_location(config: &Config) -> StateLocation {
         .state
         .clone()
         .unwrap_or_else(|| StateLocation::Sqlite(config.dir().join(".rewind").join("state.db")))
-}
-
-fn secret_env(config: &Config) -> Vec<String> {
-    use rewind_core::config::ComponentConfig;
-    let mut out = Vec::new();
-    for (_, c) in &config.components {
-        match c {
-            ComponentConfig::ReleaseDir(r) => out.extend(r.secret_env.iter().cloned()),
-            ComponentConfig::Command(c) => out.extend(c.secret_env.iter().cloned()),
-            ComponentConfig::Sqlite(_) | ComponentConfig::Postgres(_) => {}
-        }
-    }
-    out
-}
-
-fn url_password(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    let userinfo = authority.rsplit_once('@')?.0;
-    let pw = userinfo.split_once(':')?.1;
-    (!pw.is_empty()).then(|| pw.to_string())
 }
 
 /// Release names end up in paths and shell commands, so they are kept plain.

@@ -106,11 +106,7 @@ fn describe(env: &Env, target: &RollbackTarget, steps: &[Step], db: &DbDecisions
         text.push_str(&format!("\n  {name}: {}", d.reason()));
     }
     for (i, s) in steps.iter().enumerate() {
-        text.push_str(&format!(
-            "\n  {:>2}. {}",
-            i + 1,
-            env.redactor.redact(&s.title)
-        ));
+        text.push_str(&format!("\n  {:>2}. {}", i + 1, s.title));
     }
     text
 }
@@ -153,11 +149,7 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         }
         if run.kind == RunKind::Rollback {
             for (i, s) in run.steps.iter().enumerate().skip(done) {
-                text.push_str(&format!(
-                    "  {:>2}. {}\n",
-                    i + 1,
-                    env.redactor.redact(&s.title)
-                ));
+                text.push_str(&format!("  {:>2}. {}\n", i + 1, s.title));
             }
         }
         unfinished_json = json!({"id": run.id, "kind": run.kind, "release": run.release, "status": run.status, "steps_done": done, "steps": run.steps.len(), "holder_alive": false});
@@ -320,8 +312,7 @@ async fn rollback_locked(
                 ),
             );
         }
-        eprintln!("{shown}");
-        eprint!("roll back now? [y/N] ");
+        printer.prompt(format!("{shown}\nroll back now? [y/N] "));
         let mut answer = String::new();
         let _ = std::io::stdin().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
@@ -426,6 +417,7 @@ pub async fn execute_and_close(
     resumed: bool,
 ) -> CliResult<ExitCode> {
     let actor = host::actor();
+    let components = env.run_components(run)?;
     let interrupt = install_interrupt(printer.quiet);
     let exec = Executor {
         store: env.store.clone(),
@@ -434,6 +426,7 @@ pub async fn execute_and_close(
         redactor: env.redactor.clone(),
         printer,
         interrupt,
+        components,
     };
     let started = std::time::Instant::now();
     let (end, reports) = exec.execute(run, lock).await?;

@@ -28,7 +28,13 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
     table.set_header(vec!["component", "kind", "recorded", "live", ""]);
     for (name, cfg) in &env.config.components {
         let recorded = ledger.deployed.get(name).cloned();
-        let live = rewind_components::build(name, cfg).current(&cx).await;
+        // A secret that cannot be read is this component's problem, not the whole status's.
+        let resolved =
+            rewind_core::secret::resolve(cfg, &env.secrets.lookup()).map_err(|e| e.to_string());
+        let live = match &resolved {
+            Ok(c) => rewind_components::build(name, c).current(&cx).await,
+            Err(e) => Err(rewind_components::ComponentError::failed(name, e.clone())),
+        };
         let (live_text, live_json, note) = match &live {
             Ok(Some(v)) => (
                 v.clone(),
@@ -54,10 +60,7 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
                 },
             ),
         };
-        let err_text = live
-            .as_ref()
-            .err()
-            .map(|e| env.redactor.redact(&e.to_string()));
+        let err_text = live.as_ref().err().map(|e| e.to_string());
         table.add_row(vec![
             name.clone(),
             cfg.kind().to_string(),
@@ -70,8 +73,10 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         }
         // A database: its migrations as a set against the current release's.
         let mut set_json = serde_json::Value::Null;
-        if let (Some(d), Some(release)) = (cfg.database(), ledger.current.as_deref())
-            && live.is_ok()
+        if let (Ok(Some(d)), Some(release)) = (
+            resolved.as_ref().map(|c| c.database()),
+            ledger.current.as_deref(),
+        ) && live.is_ok()
         {
             let db = rewind_components::database::Database::new(
                 name,
@@ -100,7 +105,7 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
                 }
                 Err(e) => details.push(format!(
                     "{name}: cannot compare its migrations with {release}: {}",
-                    env.redactor.redact(&e.to_string())
+                    e
                 )),
             }
         }

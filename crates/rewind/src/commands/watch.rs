@@ -17,10 +17,11 @@ use crate::error::{CliError, CliResult, failed, usage};
 use crate::output::Printer;
 use crate::watch::{Baseline, Ending, Fired, run_window, sample_baseline};
 
-/// Refuses to watch when there is nothing to watch.
+/// Refuses to watch when there is nothing to watch, or when a secret the signals use cannot
+/// be read (before anything is deployed).
 pub fn require_signals(env: &Env) -> CliResult<()> {
     if env.config.watch.has_signals() {
-        Ok(())
+        env.watch_config().map(|_| ())
     } else {
         Err(usage("nothing to watch: the config has no [[watch.probe]], [[watch.prometheus]] or [[watch.check]]")
             .hint("add a probe, e.g.\n  [[watch.probe]]\n  name = \"health\"\n  url = \"http://127.0.0.1:8080/health\""))
@@ -29,7 +30,7 @@ pub fn require_signals(env: &Env) -> CliResult<()> {
 
 /// Samples the signals before the switch (against the release running now).
 pub async fn baseline(env: &Env, printer: &Printer) -> CliResult<Baseline> {
-    let cfg = &env.config.watch;
+    let cfg = &env.watch_config()?;
     let current = env.store.current_release(&env.name).await?;
     if cfg.baseline.is_zero() || current.is_none() {
         return Ok(Baseline::new());
@@ -130,7 +131,7 @@ pub async fn attach(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
 }
 
 async fn watch_window(env: &Env, watch: Watch, printer: &Printer) -> CliResult<ExitCode> {
-    let cfg = &env.config.watch;
+    let cfg = &env.watch_config()?;
     let started = rewind_core::parse_ts(&watch.started_at).unwrap_or_else(jiff::Timestamp::now);
     let elapsed = (jiff::Timestamp::now() - started)
         .total(jiff::Unit::Second)
@@ -226,7 +227,7 @@ pub async fn on_trigger(
         release: release.to_string(),
         trigger: f.trigger.clone(),
         signal: Some(f.signal.clone()),
-        summary: env.redactor.redact(&f.summary),
+        summary: f.summary.clone(),
         evidence: f.evidence.clone(),
         status: IncidentStatus::Open,
         rollback_run: None,
@@ -344,8 +345,9 @@ pub async fn on_trigger(
         rewind_core::units::format_duration(verify_for)
     ));
     let empty = Baseline::new();
+    let signals = env.watch_config()?;
     let window = crate::watch::Window {
-        cfg,
+        cfg: &signals,
         release: &target,
         baseline: baseline.unwrap_or(&empty),
         left: verify_for,

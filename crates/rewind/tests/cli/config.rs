@@ -198,3 +198,50 @@ fn bad_arguments_exit_2_and_change_nothing() {
     assert_eq!(f.ledger(), before);
     assert_eq!(f.current(), "releases/v2");
 }
+
+/// A config file with a byte that is not UTF-8 (a Latin-1 `é` typed into a comment) is
+/// refused with exit 2, naming the file, the line and column of the byte and its offset,
+/// and saying what to do — for every command, before anything is touched.
+#[test]
+fn a_byte_that_is_not_utf8_is_named_by_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rewind.toml");
+    let text = b"[environment]\nname = \"prod\"\n# d\xc3\xa9j\xe0 vu\n\n[components.web]\nkind = \"release-dir\"\nroot = \"srv\"\n".to_vec();
+    std::fs::write(&cfg, &text).unwrap();
+    for args in [&["check"][..], &["status"], &["deploy", "v1"], &["--json", "history"]] {
+        let out = std::process::Command::new(BIN)
+            .arg("-c")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        // "# déj" then 0xE0: line 3, column 6 (in characters), byte offset 34.
+        assert!(
+            stderr.contains(&format!("{}:3:6:", cfg.display()))
+                && stderr.contains("0xE0")
+                && stderr.contains("offset 34")
+                && stderr.contains("not UTF-8")
+                && stderr.contains("hint:")
+                && stderr.contains("iconv"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!dir.path().join(".rewind").exists(), "nothing was created");
+    // Cut inside a character at the very end: said so.
+    std::fs::write(&cfg, b"[environment]\nname = \"prod\"\n# \xc3").unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("-c")
+        .arg(&cfg)
+        .arg("check")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:3:3:", cfg.display()))
+            && stderr.contains("ends inside a character"),
+        "{stderr}"
+    );
+}

@@ -12,6 +12,7 @@ mod lock;
 mod pg;
 mod pitr;
 mod resume;
+mod secrets;
 mod sets;
 mod story;
 mod usage;
