@@ -236,12 +236,12 @@ impl Store for Redacted {
         self.inner.take_over_lock(holder, stale).await
     }
 
-    async fn heartbeat(&self, env: &str, run_id: &str) -> Result<bool> {
-        self.inner.heartbeat(env, run_id).await
+    async fn heartbeat(&self, env: &str, token: &str) -> Result<bool> {
+        self.inner.heartbeat(env, token).await
     }
 
-    async fn unlock(&self, env: &str, run_id: &str) -> Result<()> {
-        self.inner.unlock(env, run_id).await
+    async fn unlock(&self, env: &str, token: &str) -> Result<()> {
+        self.inner.unlock(env, token).await
     }
 
     async fn lock_holder(&self, env: &str) -> Result<Option<LockHolder>> {
