@@ -794,8 +794,7 @@ fn check_references(cx: &mut Cx<'_>, root: &DeTable<'_>, secrets: Option<&[Strin
                             if secrets.iter().any(|s| s == r.name) {
                                 continue;
                             }
-                            let declared: Vec<&str> =
-                                secrets.iter().map(String::as_str).collect();
+                            let declared: Vec<&str> = secrets.iter().map(String::as_str).collect();
                             let hint = match suggest(r.name, &declared) {
                                 Some(d) => format!("did you mean {{secret:{d}}}?"),
                                 None => format!(
@@ -3301,13 +3300,19 @@ mod broken {
              lit = {{ value = \"tok-3d5f\" }}\n"
         );
         let c = parse(&text, &path()).unwrap();
-        assert_eq!(c.secrets["hook"].source, SecretSource::Env("HOOK_TOKEN".into()));
+        assert_eq!(
+            c.secrets["hook"].source,
+            SecretSource::Env("HOOK_TOKEN".into())
+        );
         assert_eq!(c.secrets["hook"].line, 16);
         assert_eq!(
             c.secrets["state-pw"].source,
             SecretSource::File(PathBuf::from("/etc/rewind/secrets/state"))
         );
-        assert_eq!(c.secrets["lit"].source, SecretSource::Value("tok-3d5f".into()));
+        assert_eq!(
+            c.secrets["lit"].source,
+            SecretSource::Value("tok-3d5f".into())
+        );
         // References stay as written: they are resolved when rewind acts.
         let ComponentConfig::ReleaseDir(web) = &c.components[0].1 else {
             panic!()
@@ -3329,13 +3334,25 @@ mod broken {
         );
         let errors = errors_of(&text);
         let printed = errors.to_string();
-        assert!(!printed.contains("tok-3d5f") && !printed.contains("abc-9f1e"), "{printed}");
+        assert!(
+            !printed.contains("tok-3d5f") && !printed.contains("abc-9f1e"),
+            "{printed}"
+        );
         // The reference is placed at its own column.
-        assert!(reported(&errors, 7, "{secret:hok} names no secret"), "{printed}");
+        assert!(
+            reported(&errors, 7, "{secret:hok} names no secret"),
+            "{printed}"
+        );
         assert!(printed.contains(":7:16:"), "{printed}");
         assert!(printed.contains("did you mean {secret:hook}?"), "{printed}");
-        assert!(reported(&errors, 11, "must say where the value comes from"), "{printed}");
-        assert!(reported(&errors, 12, "cannot refer to another secret"), "{printed}");
+        assert!(
+            reported(&errors, 11, "must say where the value comes from"),
+            "{printed}"
+        );
+        assert!(
+            reported(&errors, 12, "cannot refer to another secret"),
+            "{printed}"
+        );
     }
 
     #[test]

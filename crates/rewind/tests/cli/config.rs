@@ -208,7 +208,12 @@ fn a_byte_that_is_not_utf8_is_named_by_line_and_column() {
     let cfg = dir.path().join("rewind.toml");
     let text = b"[environment]\nname = \"prod\"\n# d\xc3\xa9j\xe0 vu\n\n[components.web]\nkind = \"release-dir\"\nroot = \"srv\"\n".to_vec();
     std::fs::write(&cfg, &text).unwrap();
-    for args in [&["check"][..], &["status"], &["deploy", "v1"], &["--json", "history"]] {
+    for args in [
+        &["check"][..],
+        &["status"],
+        &["deploy", "v1"],
+        &["--json", "history"],
+    ] {
         let out = std::process::Command::new(BIN)
             .arg("-c")
             .arg(&cfg)

@@ -50,11 +50,7 @@ fn assert_nowhere(f: &Fixture, outs: &[Out], secrets: &[&str]) {
     );
     for (path, bytes) in &files {
         for s in secrets {
-            assert!(
-                !contains(bytes, s),
-                "`{s}` is stored in {}",
-                path.display()
-            );
+            assert!(!contains(bytes, s), "`{s}` is stored in {}", path.display());
         }
     }
 }
@@ -77,13 +73,15 @@ fn read_everything(f: &Fixture, env: &[(&str, &str)]) -> Vec<Out> {
         o.ok();
         outs.push(o);
     }
-    // With nothing to roll back to, `plan` says so (exit 1): that message counts too.
+    // With nothing to roll back to, `plan` says so (exit 2): that message counts too.
     for args in [&["plan"][..], &["--json", "plan"]] {
         let o = f.run_env(args, env);
-        assert!(matches!(o.code, Some(0 | 1)), "{}", o.all());
+        assert!(matches!(o.code, Some(0 | 2)), "{}", o.all());
         outs.push(o);
     }
-    let runs = f.run_env(&["--json", "history", "--runs", "50"], env).json();
+    let runs = f
+        .run_env(&["--json", "history", "--runs", "50"], env)
+        .json();
     for r in runs["runs"].as_array().unwrap() {
         let id = r["id"].as_str().unwrap();
         for json in [false, true] {
@@ -134,7 +132,11 @@ fn url_passwords_in_commands_are_never_printed_nor_stored() {
     }
     // Already here, before any failure or resume: titles, journal, audit, run record.
     assert_nowhere(&f, &outs, &[URL_PW]);
-    for args in [&["plan", "--deploy", "v3"][..], &["--json", "plan", "--deploy", "v3"]] {
+    let art3 = format!("web={}", f.path("art/v3").display());
+    for args in [
+        &["plan", "--deploy", "v3", "--artifact", &art3][..],
+        &["--json", "plan", "--deploy", "v3", "--artifact", &art3],
+    ] {
         let o = f.run(args);
         o.ok();
         outs.push(o);
@@ -145,7 +147,9 @@ fn url_passwords_in_commands_are_never_printed_nor_stored() {
     failed.code(1);
     assert!(failed.stderr.contains("hook.deploy"), "{}", failed.all());
     assert!(
-        failed.all().contains("bad1 refused by https://bot:***@hooks.example"),
+        failed
+            .all()
+            .contains("bad1 refused by https://bot:***@hooks.example"),
         "the URL is shown, its password masked:\n{}",
         failed.all()
     );
@@ -235,10 +239,12 @@ lit = { value = "lit-secret-8812" }
         "{}",
         refused.all()
     );
-    assert!(f.run(&["--json", "history"]).json()["runs"]
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert!(
+        f.run(&["--json", "history"]).json()["runs"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     let env = [("HOOK_SIGNING_VALUE", FROM_ENV)];
     let deploy = |release: &str, json: bool| {
@@ -253,7 +259,9 @@ lit = { value = "lit-secret-8812" }
     outs[1].ok();
     outs[2].ok();
     assert_eq!(
-        std::fs::read_to_string(f.path("received.txt")).unwrap().trim(),
+        std::fs::read_to_string(f.path("received.txt"))
+            .unwrap()
+            .trim(),
         format!("{FROM_ENV} {IN_FILE} {FROM_FILE}"),
         "the command gets every value"
     );
@@ -277,11 +285,16 @@ lit = { value = "lit-secret-8812" }
     let resumed = f.run_env(&["--json", "resume"], &env);
     resumed.ok();
     outs.push(resumed);
-    assert_eq!(f.run_env(&["--json", "status"], &env).json()["current"]["name"], "v2");
+    assert_eq!(
+        f.run_env(&["--json", "status"], &env).json()["current"]["name"],
+        "v2"
+    );
     // A declared value written out in a command (not as a reference) is masked as well; the
     // rollback's command still got it, taken back from the config (the record masks it).
     assert_eq!(
-        std::fs::read_to_string(f.path("literal.txt")).unwrap().trim(),
+        std::fs::read_to_string(f.path("literal.txt"))
+            .unwrap()
+            .trim(),
         format!("{IN_FILE} written out")
     );
     outs.extend(read_everything(&f, &env));
@@ -326,9 +339,11 @@ fn resume_refuses_a_masked_field_the_config_no_longer_has() {
     let resumed = f.run(&["resume"]);
     resumed.ok();
     assert_run_complete(&f.last_run(), "resumed after the config was put back");
-    assert!(std::fs::read_to_string(f.path("hook.log"))
-        .unwrap()
-        .contains(&format!("bot:{URL_PW}@hooks.example/rollback")));
+    assert!(
+        std::fs::read_to_string(f.path("hook.log"))
+            .unwrap()
+            .contains(&format!("bot:{URL_PW}@hooks.example/rollback"))
+    );
     assert_nowhere(&f, &[killed, refused, resumed], &[URL_PW]);
 }
 
@@ -356,7 +371,11 @@ async fn pg_dump_rows(url: &str) -> String {
                 .fetch_all(&mut c)
                 .await
                 .unwrap();
-        out.push_str(&format!("-- {t}: {} rows\n{}\n", rows.len(), rows.join("\n")));
+        out.push_str(&format!(
+            "-- {t}: {} rows\n{}\n",
+            rows.len(),
+            rows.join("\n")
+        ));
     }
     c.close().await.unwrap();
     out
@@ -385,11 +404,19 @@ async fn postgres_url_passwords_are_in_no_row_and_no_file() {
         )
     };
     for v in ["v1", "v2", "v3"] {
-        m(v, "1_users.up.sql", "CREATE TABLE users (id INTEGER PRIMARY KEY);");
+        m(
+            v,
+            "1_users.up.sql",
+            "CREATE TABLE users (id INTEGER PRIMARY KEY);",
+        );
         m(v, "1_users.down.sql", "DROP TABLE users;");
     }
     for v in ["v2", "v3"] {
-        m(v, "2_notes.up.sql", "ALTER TABLE users ADD COLUMN note TEXT;");
+        m(
+            v,
+            "2_notes.up.sql",
+            "ALTER TABLE users ADD COLUMN note TEXT;",
+        );
         m(v, "2_notes.down.sql", "ALTER TABLE users DROP COLUMN note;");
     }
     let text = std::fs::read_to_string(f.path("rewind.toml")).unwrap();
@@ -407,9 +434,10 @@ async fn postgres_url_passwords_are_in_no_row_and_no_file() {
     for o in &outs {
         o.ok();
     }
+    let art3 = format!("web={}", f.path("art/v3").display());
     for args in [
-        &["plan", "--deploy", "v3"][..],
-        &["--json", "plan", "--deploy", "v3"],
+        &["plan", "--deploy", "v3", "--artifact", &art3][..],
+        &["--json", "plan", "--deploy", "v3", "--artifact", &art3],
         &["backup", "list"],
         &["--json", "backup", "list"],
     ] {
@@ -418,7 +446,10 @@ async fn postgres_url_passwords_are_in_no_row_and_no_file() {
         outs.push(o);
     }
     // Killed inside the revert; the password rotated in the file before resume.
-    let killed = f.run_env(&["rollback", "--yes"], &[("REWIND_CRASH_AT", "mid:db.revert")]);
+    let killed = f.run_env(
+        &["rollback", "--yes"],
+        &[("REWIND_CRASH_AT", "mid:db.revert")],
+    );
     assert_eq!(killed.signal, Some(9), "{}", killed.all());
     outs.push(killed);
     std::fs::write(f.path("rewind.toml"), text.replace(DB_PW, ROTATED)).unwrap();
@@ -432,15 +463,29 @@ async fn postgres_url_passwords_are_in_no_row_and_no_file() {
     outs.extend(read_everything(&f, &[]));
     for secret in [DB_PW, ROTATED, STATE_PW] {
         for o in &outs {
-            assert!(!o.all().contains(secret), "`{secret}` was printed:\n{}", o.all());
+            assert!(
+                !o.all().contains(secret),
+                "`{secret}` was printed:\n{}",
+                o.all()
+            );
         }
     }
     let rows = pg_dump_rows(&state_url).await;
-    assert!(rows.contains("db.revert"), "the dump holds the runs:\n{rows}");
+    assert!(
+        rows.contains("db.revert"),
+        "the dump holds the runs:\n{rows}"
+    );
     for secret in [DB_PW, ROTATED, STATE_PW] {
-        assert!(!rows.contains(secret), "`{secret}` is stored in the state store:\n{rows}");
+        assert!(
+            !rows.contains(secret),
+            "`{secret}` is stored in the state store:\n{rows}"
+        );
         for (path, bytes) in files_under(&f.path(".rewind")) {
-            assert!(!contains(&bytes, secret), "`{secret}` is in {}", path.display());
+            assert!(
+                !contains(&bytes, secret),
+                "`{secret}` is in {}",
+                path.display()
+            );
         }
     }
     assert!(
