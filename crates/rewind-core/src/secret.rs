@@ -216,11 +216,14 @@ fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, SecretError> {
     serde_json::from_value(v).map_err(|e| SecretError::Shape(e.to_string()))
 }
 
+/// What [`map_strings`] does to one string, given its path: a new value, or `None` to keep it.
+type StringMap<'a> = dyn FnMut(&[String], &str) -> Result<Option<String>, SecretError> + 'a;
+
 /// Applies `f` to every string of `v` (not object keys), with its path.
 fn map_strings(
     v: &mut Value,
     path: &mut Vec<String>,
-    f: &mut dyn FnMut(&[String], &str) -> Result<Option<String>, SecretError>,
+    f: &mut StringMap<'_>,
 ) -> Result<(), SecretError> {
     match v {
         Value::String(s) => {

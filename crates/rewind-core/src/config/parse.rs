@@ -3106,7 +3106,7 @@ mod broken {
             ),
             (
                 "59-secret-reference-where-none-is-read",
-                format!("[environment]\nname = \"production\"\nlock-stale-after = \"{{secret:t}}\"\n\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n\n[secrets]\nt = {{ env = \"T\" }}\n"),
+                "[environment]\nname = \"production\"\nlock-stale-after = \"{secret:t}\"\n\n[components.web]\nkind = \"release-dir\"\nroot = \"/srv/shop\"\n\n[secrets]\nt = { env = \"T\" }\n".to_string(),
                 3,
                 "{secret:…} is not read here",
             ),
