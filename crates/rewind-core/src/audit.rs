@@ -138,6 +138,8 @@ pub enum ChainBreak {
         stored: String,
         computed: String,
     },
+    #[error("entry #{seq}: cannot be read ({problem}); the entry was changed after it was written")]
+    Unreadable { seq: i64, problem: String },
 }
 
 impl ChainBreak {
@@ -146,9 +148,76 @@ impl ChainBreak {
             ChainBreak::Sequence { seq, .. }
             | ChainBreak::Link { seq, .. }
             | ChainBreak::Truncated { seq, .. }
-            | ChainBreak::Content { seq, .. } => *seq,
+            | ChainBreak::Content { seq, .. }
+            | ChainBreak::Unreadable { seq, .. } => *seq,
         }
     }
+}
+
+/// One stored entry as read: whole, or unreadable (with its position when that much could
+/// be read, and what is wrong).
+#[derive(Debug, Clone, Copy)]
+pub enum Stored<'a> {
+    Entry(&'a AuditEntry),
+    Unreadable { seq: Option<i64>, problem: &'a str },
+}
+
+/// Checks a whole chain, in order, and names every entry that breaks it (one reason per
+/// entry). An unreadable entry is a break of its own; the entries after it are still
+/// checked (their own contents, and their links to each other).
+pub fn breaks<'a>(entries: impl IntoIterator<Item = Stored<'a>>) -> Vec<ChainBreak> {
+    let mut out = Vec::new();
+    // `None` after an unreadable entry: the next link cannot be checked.
+    let mut prev_hash: Option<String> = Some(GENESIS.to_string());
+    let mut prev_seq = 0;
+    for stored in entries {
+        let e = match stored {
+            Stored::Unreadable { seq, problem } => {
+                let seq = seq.unwrap_or(prev_seq + 1);
+                out.push(ChainBreak::Unreadable {
+                    seq,
+                    problem: problem.to_string(),
+                });
+                prev_hash = None;
+                prev_seq = seq;
+                continue;
+            }
+            Stored::Entry(e) => e,
+        };
+        let expected = prev_seq + 1;
+        let computed = entry_hash(
+            &e.environment,
+            e.seq,
+            &e.at,
+            &e.actor,
+            &e.action,
+            e.release.as_deref(),
+            e.run_id.as_deref(),
+            &e.details,
+            &e.prev_hash,
+        );
+        if e.seq != expected {
+            out.push(ChainBreak::Sequence {
+                seq: e.seq,
+                expected,
+            });
+        } else if let Some(p) = prev_hash.as_ref().filter(|p| **p != e.prev_hash) {
+            out.push(ChainBreak::Link {
+                seq: e.seq,
+                found: e.prev_hash.clone(),
+                expected: p.clone(),
+            });
+        } else if computed != e.hash {
+            out.push(ChainBreak::Content {
+                seq: e.seq,
+                stored: e.hash.clone(),
+                computed,
+            });
+        }
+        prev_hash = Some(e.hash.clone());
+        prev_seq = e.seq;
+    }
+    out
 }
 
 /// Checks a whole chain, in order. Returns the first break.
@@ -277,6 +346,29 @@ mod tests {
                 assert_eq!(err.seq(), idx as i64 + 1, "field {field} at {idx}");
             }
         }
+        // Every break is named, not only the first; an unreadable entry is one of them and
+        // the entries after it are still checked.
+        let mut c = base.clone();
+        c[3].actor = "mallory@box".into();
+        let stored: Vec<Stored> = c
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if i == 1 {
+                    Stored::Unreadable {
+                        seq: Some(2),
+                        problem: "column `details` is not valid UTF-8",
+                    }
+                } else {
+                    Stored::Entry(e)
+                }
+            })
+            .collect();
+        let all = breaks(stored);
+        assert_eq!(all.iter().map(ChainBreak::seq).collect::<Vec<_>>(), [2, 4]);
+        assert!(matches!(all[0], ChainBreak::Unreadable { .. }));
+        assert!(matches!(all[1], ChainBreak::Content { .. }));
+        assert!(breaks(base.iter().map(Stored::Entry)).is_empty());
         // Removing a middle entry is a sequence break at the entry after it.
         let mut c = base.clone();
         c.remove(1);

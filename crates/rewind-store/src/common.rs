@@ -18,7 +18,7 @@ use std::str::FromStr;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType};
 
-use crate::StoreError;
+use crate::{StoreError, Unreadable};
 
 /// Maps a driver error to `StoreError::Query`, naming what was being done.
 pub(crate) fn query_err(doing: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
@@ -35,20 +35,120 @@ pub(crate) fn corrupt(what: &str, detail: impl ToString) -> StoreError {
     }
 }
 
-/// Parses a stored enum text (`ReleaseState`, `RunStatus` …).
-pub(crate) fn parse_enum<T: FromStr>(what: &str, text: &str) -> Result<T, StoreError>
-where
-    T::Err: ToString,
-{
-    text.parse().map_err(|e: T::Err| corrupt(what, e))
+/// Names one stored entry while its columns are read, so that a value that cannot be read
+/// (not UTF-8, not JSON, the wrong type) is reported as that entry's column, and the other
+/// rows can still be read.
+pub(crate) struct Entry {
+    pub what: String,
+    pub seq: Option<i64>,
 }
 
-/// Parses a stored JSON text.
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
-    what: &str,
-    text: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| corrupt(what, e))
+impl Entry {
+    pub fn new(what: impl Into<String>) -> Self {
+        Entry {
+            what: what.into(),
+            seq: None,
+        }
+    }
+
+    pub fn bad(&self, column: &str, problem: impl Into<String>) -> Unreadable {
+        Unreadable {
+            entry: self.what.clone(),
+            column: column.to_string(),
+            problem: problem.into(),
+            seq: self.seq,
+        }
+    }
+
+    /// One column, decoded as `T`.
+    pub fn col<'r, R, T>(&self, row: &'r R, name: &str) -> Result<T, Unreadable>
+    where
+        R: sqlx::Row,
+        T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+    {
+        row.try_get::<T, _>(name)
+            .map_err(|e| self.bad(name, decode_problem(&e)))
+    }
+
+    /// A JSON text column.
+    pub fn json<'r, R, T>(&self, row: &'r R, name: &str) -> Result<T, Unreadable>
+    where
+        R: sqlx::Row,
+        T: serde::de::DeserializeOwned,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+    {
+        let text: String = self.col(row, name)?;
+        serde_json::from_str(&text).map_err(|e| {
+            self.bad(
+                name,
+                format!("is not the JSON rewind wrote ({e}): {}", excerpt(&text)),
+            )
+        })
+    }
+
+    /// A text column holding one of an enum's names.
+    pub fn parse<'r, R, T>(&self, row: &'r R, name: &str, kind: &str) -> Result<T, Unreadable>
+    where
+        R: sqlx::Row,
+        T: FromStr,
+        T::Err: std::fmt::Display,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+    {
+        let text: String = self.col(row, name)?;
+        text.parse().map_err(|e: T::Err| {
+            self.bad(
+                name,
+                format!("holds {}, not a {kind} ({e})", excerpt(&text)),
+            )
+        })
+    }
+}
+
+/// What is wrong with a value the driver could not decode, in words.
+fn decode_problem(e: &sqlx::Error) -> String {
+    if let sqlx::Error::ColumnDecode { source, .. } = e {
+        if let Some(u) = source.downcast_ref::<std::str::Utf8Error>() {
+            return format!("is not valid UTF-8 ({u})");
+        }
+        return format!("cannot be read: {source}");
+    }
+    format!("cannot be read: {e}")
+}
+
+/// A stored value, quoted and cut short, for an error message.
+fn excerpt(text: &str) -> String {
+    let cut: String = text.chars().take(60).collect();
+    if cut.len() < text.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
+/// A key column as text for naming an entry, whatever it holds.
+pub(crate) fn loose_text<R>(row: &R, name: &str) -> String
+where
+    R: sqlx::Row,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    row.try_get::<Option<String>, _>(name)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "?".into())
+}
+
+/// A key column as an integer for naming an entry, if it holds one.
+pub(crate) fn loose_i64<R>(row: &R, name: &str) -> Option<i64>
+where
+    R: sqlx::Row,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    row.try_get::<Option<i64>, _>(name).ok().flatten()
 }
 
 /// Serialises a value for a JSON text column.
@@ -85,6 +185,11 @@ pub(crate) const SQLITE_MIGRATIONS: Embedded = Embedded(&[
         "lock holder token",
         include_str!("../migrations/sqlite/0004_lock_holder_token.sql"),
     ),
+    (
+        5,
+        "store identity",
+        include_str!("../migrations/sqlite/0005_store_identity.sql"),
+    ),
 ]);
 
 pub(crate) const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
@@ -107,6 +212,11 @@ pub(crate) const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
         4,
         "lock holder token",
         include_str!("../migrations/postgres/0004_lock_holder_token.sql"),
+    ),
+    (
+        5,
+        "store identity",
+        include_str!("../migrations/postgres/0005_store_identity.sql"),
     ),
 ]);
 
@@ -240,6 +350,18 @@ pub(crate) const UPDATE_INCIDENT: &str = "UPDATE incidents SET status = $1, \
 pub(crate) const INCIDENT_ENV: &str = "SELECT env FROM incidents WHERE id = $1";
 pub(crate) const INCIDENTS: &str = "SELECT id, env, \"release\", trigger_name, signal, summary, evidence, \
      status, rollback_run, opened_at, updated_at FROM incidents WHERE env = $1 ORDER BY opened_at DESC, id DESC";
+/// Everything `Footprint` holds, in one statement so that it is one snapshot (a writer that
+/// appends between two separate reads would look like a chain that lost its head).
+pub(crate) const FOOTPRINT: &str = "SELECT \
+     (SELECT id FROM store_identity WHERE one = 1) AS store_id, \
+     (SELECT seq FROM audit_head WHERE env = $1) AS head_seq, \
+     (SELECT hash FROM audit_head WHERE env = $1) AS head_hash, \
+     (SELECT seq FROM audit WHERE env = $1 ORDER BY seq DESC LIMIT 1) AS last_seq, \
+     (SELECT hash FROM audit WHERE env = $1 ORDER BY seq DESC LIMIT 1) AS last_hash, \
+     (SELECT count(*) FROM audit WHERE env = $1) AS audit_entries, \
+     (SELECT count(*) FROM releases WHERE env = $1) AS releases, \
+     (SELECT count(*) FROM runs WHERE env = $1) AS runs";
+pub(crate) const AUDIT_HASH_AT: &str = "SELECT hash FROM audit WHERE env = $1 AND seq = $2";
 pub(crate) const AUDIT_ENTRIES: &str = "SELECT env, seq, at, actor, action, \"release\", run_id, \
      details, prev_hash, hash FROM audit WHERE env = $1 ORDER BY seq";
 
@@ -250,136 +372,167 @@ macro_rules! impl_store {
         type DbRow = <$db as sqlx::Database>::Row;
         type Tx = sqlx::Transaction<'static, $db>;
 
-        /// Reads one column, reporting a type mismatch as corrupt data.
-        fn col<'r, T>(row: &'r DbRow, name: &str) -> $crate::Result<T>
-        where
-            T: sqlx::Decode<'r, $db> + sqlx::Type<$db>,
-        {
-            use sqlx::Row as _;
-            row.try_get::<T, _>(name)
-                .map_err(|e| $crate::common::corrupt(&format!("column {name}"), e))
-        }
-
-        fn release_from_row(row: &DbRow) -> $crate::Result<rewind_core::Release> {
+        fn release_from_row(row: &DbRow) -> $crate::Readable<rewind_core::Release> {
+            let seq = $crate::common::loose_i64(row, "seq");
+            let e = $crate::common::Entry {
+                what: format!(
+                    "release `{}` of {}",
+                    $crate::common::loose_text(row, "name"),
+                    $crate::common::loose_text(row, "env")
+                ),
+                seq,
+            };
             Ok(rewind_core::Release {
-                environment: col(row, "env")?,
-                name: col(row, "name")?,
-                state: $crate::common::parse_enum("release state", &col::<String>(row, "state")?)?,
-                seq: col(row, "seq")?,
-                components: $crate::common::parse_json(
-                    "release components",
-                    &col::<String>(row, "components")?,
-                )?,
-                created_at: col(row, "created_at")?,
-                updated_at: col(row, "updated_at")?,
-                actor: col(row, "actor")?,
-                run_id: col(row, "run_id")?,
-                migrations: $crate::common::parse_json(
-                    "release migration sets",
-                    &col::<String>(row, "migrations")?,
-                )?,
+                environment: e.col(row, "env")?,
+                name: e.col(row, "name")?,
+                state: e.parse(row, "state", "release state")?,
+                seq: e.col(row, "seq")?,
+                components: e.json(row, "components")?,
+                created_at: e.col(row, "created_at")?,
+                updated_at: e.col(row, "updated_at")?,
+                actor: e.col(row, "actor")?,
+                run_id: e.col(row, "run_id")?,
+                migrations: e.json(row, "migrations")?,
             })
         }
 
-        fn incident_from_row(row: &DbRow) -> $crate::Result<rewind_core::Incident> {
+        fn incident_from_row(row: &DbRow) -> $crate::Readable<rewind_core::Incident> {
+            let e = $crate::common::Entry::new(format!(
+                "incident `{}`",
+                $crate::common::loose_text(row, "id")
+            ));
             Ok(rewind_core::Incident {
-                id: col(row, "id")?,
-                environment: col(row, "env")?,
-                release: col(row, "release")?,
-                trigger: col(row, "trigger_name")?,
-                signal: col(row, "signal")?,
-                summary: col(row, "summary")?,
-                evidence: $crate::common::parse_json(
-                    "incident evidence",
-                    &col::<String>(row, "evidence")?,
-                )?,
-                status: $crate::common::parse_enum(
-                    "incident status",
-                    &col::<String>(row, "status")?,
-                )?,
-                rollback_run: col(row, "rollback_run")?,
-                opened_at: col(row, "opened_at")?,
-                updated_at: col(row, "updated_at")?,
+                id: e.col(row, "id")?,
+                environment: e.col(row, "env")?,
+                release: e.col(row, "release")?,
+                trigger: e.col(row, "trigger_name")?,
+                signal: e.col(row, "signal")?,
+                summary: e.col(row, "summary")?,
+                evidence: e.json(row, "evidence")?,
+                status: e.parse(row, "status", "incident status")?,
+                rollback_run: e.col(row, "rollback_run")?,
+                opened_at: e.col(row, "opened_at")?,
+                updated_at: e.col(row, "updated_at")?,
             })
         }
 
-        fn run_from_row(row: &DbRow) -> $crate::Result<rewind_core::Run> {
+        fn run_from_row(row: &DbRow) -> $crate::Readable<rewind_core::Run> {
+            let e = $crate::common::Entry::new(format!(
+                "run `{}`",
+                $crate::common::loose_text(row, "id")
+            ));
             Ok(rewind_core::Run {
-                id: col(row, "id")?,
-                environment: col(row, "env")?,
-                kind: $crate::common::parse_enum("run kind", &col::<String>(row, "kind")?)?,
-                release: col(row, "release")?,
-                from_release: col(row, "from_release")?,
-                status: $crate::common::parse_enum("run status", &col::<String>(row, "status")?)?,
-                actor: col(row, "actor")?,
-                steps: $crate::common::parse_json("run steps", &col::<String>(row, "steps")?)?,
-                components: $crate::common::parse_json(
-                    "run components",
-                    &col::<String>(row, "components")?,
-                )?,
-                created_at: col(row, "created_at")?,
-                updated_at: col(row, "updated_at")?,
-                error: col(row, "error")?,
+                id: e.col(row, "id")?,
+                environment: e.col(row, "env")?,
+                kind: e.parse(row, "kind", "run kind")?,
+                release: e.col(row, "release")?,
+                from_release: e.col(row, "from_release")?,
+                status: e.parse(row, "status", "run status")?,
+                actor: e.col(row, "actor")?,
+                steps: e.json(row, "steps")?,
+                components: e.json(row, "components")?,
+                created_at: e.col(row, "created_at")?,
+                updated_at: e.col(row, "updated_at")?,
+                error: e.col(row, "error")?,
             })
         }
 
-        fn journal_from_row(row: &DbRow) -> $crate::Result<rewind_core::JournalEntry> {
+        fn journal_from_row(row: &DbRow) -> $crate::Readable<rewind_core::JournalEntry> {
+            let seq = $crate::common::loose_i64(row, "seq");
+            let e = $crate::common::Entry {
+                what: format!(
+                    "journal line #{} of run `{}`",
+                    seq.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                    $crate::common::loose_text(row, "run_id")
+                ),
+                seq,
+            };
             Ok(rewind_core::JournalEntry {
-                run_id: col(row, "run_id")?,
-                seq: col(row, "seq")?,
-                step: col(row, "step")?,
-                step_id: col(row, "step_id")?,
-                event: $crate::common::parse_enum("journal event", &col::<String>(row, "event")?)?,
-                at: col(row, "at")?,
-                message: col(row, "message")?,
+                run_id: e.col(row, "run_id")?,
+                seq: e.col(row, "seq")?,
+                step: e.col(row, "step")?,
+                step_id: e.col(row, "step_id")?,
+                event: e.parse(row, "event", "journal event")?,
+                at: e.col(row, "at")?,
+                message: e.col(row, "message")?,
             })
         }
 
-        fn restore_point_from_row(row: &DbRow) -> $crate::Result<rewind_core::RestorePoint> {
+        fn restore_point_from_row(row: &DbRow) -> $crate::Readable<rewind_core::RestorePoint> {
+            let id = $crate::common::loose_i64(row, "id");
+            let e = $crate::common::Entry {
+                what: format!(
+                    "restore point #{} ({} of run `{}`)",
+                    id.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                    $crate::common::loose_text(row, "component"),
+                    $crate::common::loose_text(row, "run_id")
+                ),
+                seq: id,
+            };
             Ok(rewind_core::RestorePoint {
-                id: col(row, "id")?,
-                environment: col(row, "env")?,
-                run_id: col(row, "run_id")?,
-                component: col(row, "component")?,
-                kind: col(row, "kind")?,
-                version: col(row, "version")?,
-                data: $crate::common::parse_json(
-                    "restore point data",
-                    &col::<String>(row, "data")?,
-                )?,
-                created_at: col(row, "created_at")?,
+                id: e.col(row, "id")?,
+                environment: e.col(row, "env")?,
+                run_id: e.col(row, "run_id")?,
+                component: e.col(row, "component")?,
+                kind: e.col(row, "kind")?,
+                version: e.col(row, "version")?,
+                data: e.json(row, "data")?,
+                created_at: e.col(row, "created_at")?,
             })
         }
 
         fn lock_from_row(row: &DbRow) -> $crate::Result<rewind_core::LockHolder> {
-            let pid: i64 = col(row, "pid")?;
-            Ok(rewind_core::LockHolder {
-                environment: col(row, "env")?,
-                run_id: col(row, "run_id")?,
-                pid: u32::try_from(pid).map_err(|e| $crate::common::corrupt("lock pid", e))?,
-                host: col(row, "host")?,
-                actor: col(row, "actor")?,
-                since: col(row, "since")?,
-                heartbeat: col(row, "heartbeat")?,
-                token: col(row, "token")?,
-            })
+            let e = $crate::common::Entry::new(format!(
+                "the lock of {}",
+                $crate::common::loose_text(row, "env")
+            ));
+            let read = || -> $crate::Readable<rewind_core::LockHolder> {
+                let pid: i64 = e.col(row, "pid")?;
+                Ok(rewind_core::LockHolder {
+                    environment: e.col(row, "env")?,
+                    run_id: e.col(row, "run_id")?,
+                    pid: u32::try_from(pid).map_err(|_| {
+                        e.bad("pid", format!("holds {pid}, which is not a process id"))
+                    })?,
+                    host: e.col(row, "host")?,
+                    actor: e.col(row, "actor")?,
+                    since: e.col(row, "since")?,
+                    heartbeat: e.col(row, "heartbeat")?,
+                    token: e.col(row, "token")?,
+                })
+            };
+            read().map_err($crate::StoreError::Unreadable)
         }
 
-        fn audit_from_row(row: &DbRow) -> $crate::Result<rewind_core::AuditEntry> {
+        /// `position`: where the row came in the chain's order, for an entry whose own
+        /// `seq` cannot be read.
+        fn audit_from_row(
+            row: &DbRow,
+            position: usize,
+        ) -> $crate::Readable<rewind_core::AuditEntry> {
+            let seq = $crate::common::loose_i64(row, "seq");
+            let env = $crate::common::loose_text(row, "env");
+            let e = $crate::common::Entry {
+                what: match seq {
+                    Some(seq) => format!("audit entry #{seq} of {env}"),
+                    None => format!(
+                        "the audit entry of {env} at position {} (its seq cannot be read)",
+                        position + 1
+                    ),
+                },
+                seq,
+            };
             Ok(rewind_core::AuditEntry {
-                environment: col(row, "env")?,
-                seq: col(row, "seq")?,
-                at: col(row, "at")?,
-                actor: col(row, "actor")?,
-                action: col(row, "action")?,
-                release: col(row, "release")?,
-                run_id: col(row, "run_id")?,
-                details: $crate::common::parse_json(
-                    "audit details",
-                    &col::<String>(row, "details")?,
-                )?,
-                prev_hash: col(row, "prev_hash")?,
-                hash: col(row, "hash")?,
+                environment: e.col(row, "env")?,
+                seq: e.col(row, "seq")?,
+                at: e.col(row, "at")?,
+                actor: e.col(row, "actor")?,
+                action: e.col(row, "action")?,
+                release: e.col(row, "release")?,
+                run_id: e.col(row, "run_id")?,
+                details: e.json(row, "details")?,
+                prev_hash: e.col(row, "prev_hash")?,
+                hash: e.col(row, "hash")?,
             })
         }
 
@@ -599,16 +752,22 @@ macro_rules! impl_store {
                     .fetch_optional(&self.pool)
                     .await
                     .map_err($crate::common::query_err("reading a release"))?;
-                row.as_ref().map(release_from_row).transpose()
+                row.as_ref()
+                    .map(release_from_row)
+                    .transpose()
+                    .map_err($crate::StoreError::Unreadable)
             }
 
-            async fn releases(&self, env: &str) -> $crate::Result<Vec<rewind_core::Release>> {
+            async fn read_releases(
+                &self,
+                env: &str,
+            ) -> $crate::Result<Vec<$crate::Readable<rewind_core::Release>>> {
                 let rows = sqlx::query(sqlx::AssertSqlSafe($crate::common::release_all()))
                     .bind(env)
                     .fetch_all(&self.pool)
                     .await
                     .map_err($crate::common::query_err("reading releases"))?;
-                rows.iter().map(release_from_row).collect()
+                Ok(rows.iter().map(release_from_row).collect())
             }
 
             async fn create_run(
@@ -710,7 +869,10 @@ macro_rules! impl_store {
                     .fetch_optional(&self.pool)
                     .await
                     .map_err($crate::common::query_err("reading a run"))?;
-                row.as_ref().map(run_from_row).transpose()
+                row.as_ref()
+                    .map(run_from_row)
+                    .transpose()
+                    .map_err($crate::StoreError::Unreadable)
             }
 
             async fn unfinished_run(&self, env: &str) -> $crate::Result<Option<rewind_core::Run>> {
@@ -719,17 +881,24 @@ macro_rules! impl_store {
                     .fetch_optional(&self.pool)
                     .await
                     .map_err($crate::common::query_err("looking for an unfinished run"))?;
-                row.as_ref().map(run_from_row).transpose()
+                row.as_ref()
+                    .map(run_from_row)
+                    .transpose()
+                    .map_err($crate::StoreError::Unreadable)
             }
 
-            async fn runs(&self, env: &str, limit: i64) -> $crate::Result<Vec<rewind_core::Run>> {
+            async fn read_runs(
+                &self,
+                env: &str,
+                limit: i64,
+            ) -> $crate::Result<Vec<$crate::Readable<rewind_core::Run>>> {
                 let rows = sqlx::query(sqlx::AssertSqlSafe($crate::common::runs_recent()))
                     .bind(env)
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await
                     .map_err($crate::common::query_err("reading runs"))?;
-                rows.iter().map(run_from_row).collect()
+                Ok(rows.iter().map(run_from_row).collect())
             }
 
             async fn finish_run(
@@ -833,30 +1002,30 @@ macro_rules! impl_store {
                 Self::commit(tx, DOING).await
             }
 
-            async fn journal(
+            async fn read_journal(
                 &self,
                 run_id: &str,
-            ) -> $crate::Result<Vec<rewind_core::JournalEntry>> {
+            ) -> $crate::Result<Vec<$crate::Readable<rewind_core::JournalEntry>>> {
                 let rows = sqlx::query($crate::common::JOURNAL)
                     .bind(run_id)
                     .fetch_all(&self.pool)
                     .await
                     .map_err($crate::common::query_err("reading the journal"))?;
-                rows.iter().map(journal_from_row).collect()
+                Ok(rows.iter().map(journal_from_row).collect())
             }
 
-            async fn restore_points(
+            async fn read_restore_points(
                 &self,
                 env: &str,
                 run_id: Option<&str>,
-            ) -> $crate::Result<Vec<rewind_core::RestorePoint>> {
+            ) -> $crate::Result<Vec<$crate::Readable<rewind_core::RestorePoint>>> {
                 let rows = sqlx::query($crate::common::RESTORE_POINTS)
                     .bind(env)
                     .bind(run_id)
                     .fetch_all(&self.pool)
                     .await
                     .map_err($crate::common::query_err("reading restore points"))?;
-                rows.iter().map(restore_point_from_row).collect()
+                Ok(rows.iter().map(restore_point_from_row).collect())
             }
 
             async fn try_lock(
@@ -971,16 +1140,20 @@ macro_rules! impl_store {
                 Ok(e)
             }
 
-            async fn audit_entries(
+            async fn read_audit(
                 &self,
                 env: &str,
-            ) -> $crate::Result<Vec<rewind_core::AuditEntry>> {
+            ) -> $crate::Result<Vec<$crate::Readable<rewind_core::AuditEntry>>> {
                 let rows = sqlx::query($crate::common::AUDIT_ENTRIES)
                     .bind(env)
                     .fetch_all(&self.pool)
                     .await
                     .map_err($crate::common::query_err("reading the audit chain"))?;
-                rows.iter().map(audit_from_row).collect()
+                Ok(rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| audit_from_row(row, i))
+                    .collect())
             }
 
             async fn record(
@@ -1060,20 +1233,24 @@ macro_rules! impl_store {
                     .fetch_optional(&self.pool)
                     .await
                     .map_err($crate::common::query_err("reading the monitoring window"))?;
-                match row {
-                    Some(row) => Ok(Some(rewind_core::Watch {
-                        environment: col(&row, "env")?,
-                        release: col(&row, "release")?,
-                        started_at: col(&row, "started_at")?,
-                        window_secs: col(&row, "window_secs")?,
-                        baseline: $crate::common::parse_json(
-                            "watch baseline",
-                            &col::<String>(&row, "baseline")?,
-                        )?,
-                        status: col(&row, "status")?,
-                    })),
-                    None => Ok(None),
-                }
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let e = $crate::common::Entry::new(format!(
+                    "the monitoring window of release `{}` of {env}",
+                    $crate::common::loose_text(&row, "release")
+                ));
+                let read = || -> $crate::Readable<rewind_core::Watch> {
+                    Ok(rewind_core::Watch {
+                        environment: e.col(&row, "env")?,
+                        release: e.col(&row, "release")?,
+                        started_at: e.col(&row, "started_at")?,
+                        window_secs: e.col(&row, "window_secs")?,
+                        baseline: e.json(&row, "baseline")?,
+                        status: e.col(&row, "status")?,
+                    })
+                };
+                read().map(Some).map_err($crate::StoreError::Unreadable)
             }
 
             async fn open_incident(
@@ -1138,13 +1315,16 @@ macro_rules! impl_store {
                 Self::commit(tx, DOING).await
             }
 
-            async fn incidents(&self, env: &str) -> $crate::Result<Vec<rewind_core::Incident>> {
+            async fn read_incidents(
+                &self,
+                env: &str,
+            ) -> $crate::Result<Vec<$crate::Readable<rewind_core::Incident>>> {
                 let rows = sqlx::query($crate::common::INCIDENTS)
                     .bind(env)
                     .fetch_all(&self.pool)
                     .await
                     .map_err($crate::common::query_err("reading incidents"))?;
-                rows.iter().map(incident_from_row).collect()
+                Ok(rows.iter().map(incident_from_row).collect())
             }
 
             async fn audit_head(&self, env: &str) -> $crate::Result<Option<(i64, String)>> {
@@ -1162,6 +1342,49 @@ macro_rules! impl_store {
                     ))),
                     None => Ok(None),
                 }
+            }
+
+            async fn footprint(&self, env: &str) -> $crate::Result<$crate::Footprint> {
+                const DOING: &str = "reading what the store holds";
+                let row = sqlx::query($crate::common::FOOTPRINT)
+                    .bind(env)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                let e = $crate::common::Entry::new(format!("the audit head of {env}"));
+                // A hash that is not even text is kept as "?": it then matches nothing, and
+                // `audit verify` names the entry.
+                let pair = |seq: &str, hash: &str| -> $crate::Readable<Option<(i64, String)>> {
+                    let seq: Option<i64> = e.col(&row, seq)?;
+                    Ok(seq.map(|s| (s, $crate::common::loose_text(&row, hash))))
+                };
+                let read = || -> $crate::Readable<$crate::Footprint> {
+                    Ok($crate::Footprint {
+                        store_id: e
+                            .col::<_, Option<String>>(&row, "store_id")?
+                            .unwrap_or_default(),
+                        head: pair("head_seq", "head_hash")?,
+                        last: pair("last_seq", "last_hash")?,
+                        audit_entries: e.col(&row, "audit_entries")?,
+                        releases: e.col(&row, "releases")?,
+                        runs: e.col(&row, "runs")?,
+                    })
+                };
+                read().map_err($crate::StoreError::Unreadable)
+            }
+
+            async fn audit_hash_at(&self, env: &str, seq: i64) -> $crate::Result<Option<String>> {
+                let row = sqlx::query($crate::common::AUDIT_HASH_AT)
+                    .bind(env)
+                    .bind(seq)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::common::query_err("reading the audit chain"))?;
+                Ok(row.map(|r| $crate::common::loose_text(&r, "hash")))
+            }
+
+            async fn explain(&self, err: &$crate::StoreError) -> Option<$crate::StoreError> {
+                self.explain_error(err).await
             }
         }
     };

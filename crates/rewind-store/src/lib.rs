@@ -23,7 +23,7 @@ pub use postgres::PostgresStore;
 pub use redacted::Redacted;
 pub use sqlite::SqliteStore;
 
-/// What went wrong in the store. Every variant names what it was doing.
+/// What went wrong in the store. Every variant names what it was doing, or where.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Could not open or migrate the store. `location` never holds a password.
@@ -39,12 +39,37 @@ pub enum StoreError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    /// The PostgreSQL server does not answer (refused, unresolvable, timed out, gone).
+    #[error("the PostgreSQL state server at {location} is unreachable: {reason}")]
+    Unreachable { location: String, reason: String },
+    /// The PostgreSQL server answers but refuses the connection (login, database).
+    #[error("the PostgreSQL state server at {location} refused the connection: {reason}")]
+    Refused { location: String, reason: String },
+    /// The file is not a state store rewind can use: not SQLite, damaged, or another
+    /// program's database. rewind leaves such a file as it is.
+    #[error("{location} is not a usable rewind state store: {reason}")]
+    NotAStore { location: String, reason: String },
+    /// A newer rewind wrote the store: this one does not know its schema.
+    #[error(
+        "the state store at {location} was written by a newer rewind (schema version {found}; this rewind knows up to {known})"
+    )]
+    Newer {
+        location: String,
+        found: i64,
+        known: i64,
+    },
+    /// The command must write, and the store (or its directory) cannot be written.
+    #[error("the state store at {location} is read-only: {reason}")]
+    ReadOnly { location: String, reason: String },
     #[error("state store query failed while {doing}: {source}")]
     Query {
         doing: String,
         #[source]
         source: sqlx::Error,
     },
+    /// One stored row cannot be read (not UTF-8, not JSON, not the type it should be).
+    #[error("the state store holds an entry rewind cannot read: {0}")]
+    Unreadable(Unreadable),
     #[error("state store holds data this version cannot read ({what}): {detail}")]
     Corrupt { what: String, detail: String },
     #[error(
@@ -64,19 +89,100 @@ pub enum StoreError {
     NoSuchRun(String),
 }
 
+impl StoreError {
+    /// The driver error underneath, if any.
+    pub fn sqlx(&self) -> Option<&sqlx::Error> {
+        match self {
+            StoreError::Open { source, .. } | StoreError::Query { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// A stored row that could not be read, named so that a person can find it: which entry
+/// (table and key), which column, and what is wrong with the value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, thiserror::Error)]
+#[error("{entry}: column `{column}` {problem}")]
+pub struct Unreadable {
+    /// The entry, in words: "audit entry #5 of prod", "run 20261121T…-ab12cd".
+    pub entry: String,
+    pub column: String,
+    pub problem: String,
+    /// The entry's position where it has one (audit entries, journal lines, releases).
+    pub seq: Option<i64>,
+}
+
+/// A row as read: the value, or why it cannot be read.
+pub type Readable<T> = std::result::Result<T, Unreadable>;
+
+/// What the store holds for one environment, read in one statement (one snapshot): enough
+/// to tell an empty store from a used one, and a chain whose newest entries were removed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Footprint {
+    /// The store's identity: a random id the store was given when it was created.
+    pub store_id: String,
+    /// The head recorded apart from the chain (`audit_head`).
+    pub head: Option<(i64, String)>,
+    /// The chain's newest entry.
+    pub last: Option<(i64, String)>,
+    pub audit_entries: i64,
+    pub releases: i64,
+    pub runs: i64,
+}
+
+impl Footprint {
+    /// Nothing at all is recorded for the environment.
+    pub fn is_empty(&self) -> bool {
+        self.head.is_none() && self.last.is_none() && self.releases == 0 && self.runs == 0
+    }
+}
+
+/// Whether a command may write to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Only reads: nothing is created, migrated or written (SQLite opens the file
+    /// read-only; a store that does not exist yet reads as empty).
+    Read,
+    /// Creates and migrates the store as needed, and writes.
+    Write,
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Opens the store a configuration names: an SQLite file or a PostgreSQL database.
-/// `sync` applies to SQLite (PostgreSQL's own `synchronous_commit` is the server's business).
+/// Opens the store a configuration names: an SQLite file or a PostgreSQL database, for
+/// writing. `sync` applies to SQLite (PostgreSQL's own `synchronous_commit` is the server's
+/// business).
 pub async fn open(
     location: &rewind_core::config::StateLocation,
     sync: rewind_core::config::StateSync,
 ) -> Result<Box<dyn Store>> {
+    open_for(location, sync, Access::Write).await
+}
+
+/// [`open`], for reading only or for writing.
+pub async fn open_for(
+    location: &rewind_core::config::StateLocation,
+    sync: rewind_core::config::StateSync,
+    access: Access,
+) -> Result<Box<dyn Store>> {
     use rewind_core::config::StateLocation;
     Ok(match location {
-        StateLocation::Sqlite(path) => Box::new(SqliteStore::open_with(path, sync).await?),
+        StateLocation::Sqlite(path) => Box::new(match access {
+            Access::Write => SqliteStore::open_with(path, sync).await?,
+            Access::Read => SqliteStore::open_read_only(path).await?,
+        }),
+        // A PostgreSQL store is shared: reading it needs its schema current, as writing does.
         StateLocation::Postgres(url) => Box::new(PostgresStore::connect(url).await?),
     })
+}
+
+/// Whether an SQLite store would be created by opening it for writing (no file, or an empty
+/// one). PostgreSQL stores are never "new" here: their database must exist.
+pub fn is_new(location: &rewind_core::config::StateLocation) -> bool {
+    match location {
+        rewind_core::config::StateLocation::Sqlite(path) => sqlite::is_new_file(path),
+        rewind_core::config::StateLocation::Postgres(_) => false,
+    }
 }
 
 /// Outcome of trying to take an environment's lock.
@@ -105,8 +211,14 @@ pub trait Store: Send + Sync {
 
     async fn release(&self, env: &str, name: &str) -> Result<Option<Release>>;
 
-    /// Every release, oldest first (by `seq`).
-    async fn releases(&self, env: &str) -> Result<Vec<Release>>;
+    /// Every release, oldest first (by `seq`). Fails on the first unreadable row, naming it.
+    async fn releases(&self, env: &str) -> Result<Vec<Release>> {
+        strict(self.read_releases(env).await?)
+    }
+
+    /// Every release, oldest first, each readable or not: one damaged row does not hide
+    /// the others.
+    async fn read_releases(&self, env: &str) -> Result<Vec<Readable<Release>>>;
 
     // ---- runs ---------------------------------------------------------------------
 
@@ -126,8 +238,13 @@ pub trait Store: Send + Sync {
     /// there were ever more than one.
     async fn unfinished_run(&self, env: &str) -> Result<Option<Run>>;
 
-    /// Most recent runs first.
-    async fn runs(&self, env: &str, limit: i64) -> Result<Vec<Run>>;
+    /// Most recent runs first. Fails on the first unreadable row, naming it.
+    async fn runs(&self, env: &str, limit: i64) -> Result<Vec<Run>> {
+        strict(self.read_runs(env, limit).await?)
+    }
+
+    /// Most recent runs first, each readable or not.
+    async fn read_runs(&self, env: &str, limit: i64) -> Result<Vec<Readable<Run>>>;
 
     /// Sets a run's status (and error text), applies `effects`, and appends `audit` — in one
     /// transaction.
@@ -175,13 +292,28 @@ pub trait Store: Send + Sync {
         next: Option<(i64, &str, &str)>,
     ) -> Result<()>;
 
-    /// A run's journal, in order.
-    async fn journal(&self, run_id: &str) -> Result<Vec<JournalEntry>>;
+    /// A run's journal, in order. Fails on the first unreadable line, naming it.
+    async fn journal(&self, run_id: &str) -> Result<Vec<JournalEntry>> {
+        strict(self.read_journal(run_id).await?)
+    }
+
+    /// A run's journal, in order, each line readable or not.
+    async fn read_journal(&self, run_id: &str) -> Result<Vec<Readable<JournalEntry>>>;
 
     // ---- restore points ---------------------------------------------------------------
 
-    /// Restore points, newest first; `run_id` narrows them to one run.
-    async fn restore_points(&self, env: &str, run_id: Option<&str>) -> Result<Vec<RestorePoint>>;
+    /// Restore points, newest first; `run_id` narrows them to one run. Fails on the first
+    /// unreadable row, naming it.
+    async fn restore_points(&self, env: &str, run_id: Option<&str>) -> Result<Vec<RestorePoint>> {
+        strict(self.read_restore_points(env, run_id).await?)
+    }
+
+    /// Restore points, newest first, each readable or not.
+    async fn read_restore_points(
+        &self,
+        env: &str,
+        run_id: Option<&str>,
+    ) -> Result<Vec<Readable<RestorePoint>>>;
 
     // ---- locks ------------------------------------------------------------------------
 
@@ -208,8 +340,13 @@ pub trait Store: Send + Sync {
     /// Appends one entry to the environment's chain.
     async fn audit_append(&self, env: &str, entry: NewAudit) -> Result<AuditEntry>;
 
-    /// The whole chain, in order.
-    async fn audit_entries(&self, env: &str) -> Result<Vec<AuditEntry>>;
+    /// The whole chain, in order. Fails on the first unreadable entry, naming it.
+    async fn audit_entries(&self, env: &str) -> Result<Vec<AuditEntry>> {
+        strict(self.read_audit(env).await?)
+    }
+
+    /// The whole chain, in order, each entry readable or not.
+    async fn read_audit(&self, env: &str) -> Result<Vec<Readable<AuditEntry>>>;
 
     /// Applies ledger effects outside any run (e.g. a monitoring window that closes
     /// cleanly marks its release good) and appends `audit`, in one transaction.
@@ -249,10 +386,36 @@ pub trait Store: Send + Sync {
         audit: NewAudit,
     ) -> Result<()>;
 
-    /// Newest first.
-    async fn incidents(&self, env: &str) -> Result<Vec<Incident>>;
+    /// Newest first. Fails on the first unreadable row, naming it.
+    async fn incidents(&self, env: &str) -> Result<Vec<Incident>> {
+        strict(self.read_incidents(env).await?)
+    }
+
+    /// Newest first, each readable or not.
+    async fn read_incidents(&self, env: &str) -> Result<Vec<Readable<Incident>>>;
 
     /// The newest entry's position and hash, as recorded apart from the chain (so that
     /// removing the newest entries is detected).
     async fn audit_head(&self, env: &str) -> Result<Option<(i64, String)>>;
+
+    // ---- the store itself ---------------------------------------------------------------
+
+    /// What the store holds for `env`, in one snapshot.
+    async fn footprint(&self, env: &str) -> Result<Footprint>;
+
+    /// The stored hash of the audit entry at `seq`, if there is one (text, as stored).
+    async fn audit_hash_at(&self, env: &str, seq: i64) -> Result<Option<String>>;
+
+    /// Says what an error of this store means where the driver's words do not: a
+    /// PostgreSQL server that stopped answering (a fresh connection is tried, to give its
+    /// reason), an SQLite file that is damaged or read-only. `None`: the error says it
+    /// well enough.
+    async fn explain(&self, err: &StoreError) -> Option<StoreError>;
+}
+
+/// The rows, or the first unreadable one as an error.
+fn strict<T>(rows: Vec<Readable<T>>) -> Result<Vec<T>> {
+    rows.into_iter()
+        .map(|r| r.map_err(StoreError::Unreadable))
+        .collect()
 }

@@ -12,16 +12,37 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use crate::common::{self, impl_store};
 use crate::{Result, StoreError};
 
+/// How long the first connection may take before the server counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a query waits for a connection from the pool. A server that stops answering
+/// is noticed after this long (a refused connection is retried until then), and then
+/// `Store::explain` says why.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The state store in a PostgreSQL database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
     /// The URL with its password masked.
     location: String,
+    /// For a fresh connection that tells why the pool has none (holds the password: kept
+    /// out of `Debug`).
+    options: std::sync::Arc<PgConnectOptions>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PostgresStore {
-    /// Connects to `url` and migrates the database. Errors never show the password.
+    /// Connects to `url` and migrates the database. Errors never show the password; a
+    /// server that does not answer is reported at once (or after `CONNECT_TIMEOUT`), with
+    /// the reason.
     pub async fn connect(url: &str) -> Result<Self> {
         let location = rewind_core::redact::redact_url_passwords(url);
         let open_err = |e| StoreError::Open {
@@ -33,20 +54,26 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(open_err)?
             .application_name("rewind-state");
-        // One connection first, so a wrong address or password fails at once instead of
-        // after the pool's acquire timeout.
-        PgConnection::connect_with(&options)
+        // One connection first, so a wrong address or password fails at once (the pool
+        // would retry a refused connection until its acquire timeout).
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
             .await
-            .map_err(open_err)?
-            .close()
-            .await
-            .map_err(open_err)?;
+            .map_err(|_| StoreError::Unreachable {
+                location: location.clone(),
+                reason: format!(
+                    "no answer from {} within {}s",
+                    server(&options),
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            })?
+            .map_err(|e| connect_failure(&location, &options, scrub(e, url)))?;
+        first.close().await.map_err(open_err)?;
         let pool = PgPoolOptions::new()
             .max_connections(5)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
             .await
-            .map_err(open_err)?;
+            .map_err(|e| connect_failure(&location, &options, scrub(e, url)))?;
         let migrator = Migrator::new(common::POSTGRES_MIGRATIONS)
             .await
             .map_err(|source| StoreError::Migrate {
@@ -60,7 +87,60 @@ impl PostgresStore {
                 location: location.clone(),
                 source,
             })?;
-        Ok(PostgresStore { pool, location })
+        Ok(PostgresStore {
+            pool,
+            location,
+            options: std::sync::Arc::new(options),
+        })
+    }
+
+    /// Says why a query failed when the cause is the connection: a fresh connection is
+    /// tried (for at most `CONNECT_TIMEOUT`), and its failure is the reason.
+    async fn explain_error(&self, err: &StoreError) -> Option<StoreError> {
+        if !err.sqlx().is_some_and(is_connection_error) {
+            return None;
+        }
+        let doing = match err {
+            StoreError::Query { doing, .. } => format!(" (while {doing})"),
+            _ => String::new(),
+        };
+        let probe =
+            tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&self.options)).await;
+        Some(match probe {
+            Err(_) => StoreError::Unreachable {
+                location: self.location.clone(),
+                reason: format!(
+                    "no answer from {} within {}s{doing}",
+                    server(&self.options),
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            },
+            Ok(Err(e)) => {
+                let masked = self.location.clone();
+                match connect_failure(&masked, &self.options, e) {
+                    StoreError::Unreachable { location, reason } => StoreError::Unreachable {
+                        location,
+                        reason: format!("{reason}{doing}"),
+                    },
+                    StoreError::Refused { location, reason } => StoreError::Refused {
+                        location,
+                        reason: format!("{reason}{doing}"),
+                    },
+                    _ => return None,
+                }
+            }
+            // It answers again: the connection was lost on the way; say so.
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                StoreError::Unreachable {
+                    location: self.location.clone(),
+                    reason: format!(
+                        "the connection was lost{doing} ({}); the server answers again now",
+                        err.sqlx().map(|e| e.to_string()).unwrap_or_default()
+                    ),
+                }
+            }
+        })
     }
 
     async fn begin_write(&self, doing: &str) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
@@ -79,6 +159,74 @@ impl PostgresStore {
             .await
             .map_err(common::query_err("locking the environment's ledger"))?;
         Ok(())
+    }
+}
+
+/// `host:port` (or the socket directory) of the server, for messages.
+fn server(options: &PgConnectOptions) -> String {
+    format!("{}:{}", options.get_host(), options.get_port())
+}
+
+/// An error that says the connection failed or was lost, rather than a query's own.
+fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // 08: connection exception; 57P01–57P03: the server is shutting down, crashed, or
+        // is not accepting connections yet.
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
+/// A failed connection in words: unreachable (refused, unknown host, not answering,
+/// shutting down), or refused by the server (login, database, permissions).
+fn connect_failure(location: &str, options: &PgConnectOptions, e: sqlx::Error) -> StoreError {
+    let location = location.to_string();
+    match &e {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            StoreError::Unreachable {
+                location,
+                reason: format!(
+                    "connection refused: nothing listens at {} (is the server running?)",
+                    server(options)
+                ),
+            }
+        }
+        sqlx::Error::Io(io) => StoreError::Unreachable {
+            location,
+            reason: format!("{} ({io})", server(options)),
+        },
+        sqlx::Error::Tls(t) => StoreError::Unreachable {
+            location,
+            reason: format!("TLS with {} failed: {t}", server(options)),
+        },
+        sqlx::Error::PoolTimedOut => StoreError::Unreachable {
+            location,
+            reason: format!(
+                "no connection to {} within {}s",
+                server(options),
+                ACQUIRE_TIMEOUT.as_secs()
+            ),
+        },
+        sqlx::Error::Database(d) if is_connection_error(&e) => StoreError::Unreachable {
+            location,
+            reason: d.message().to_string(),
+        },
+        sqlx::Error::Database(d) => StoreError::Refused {
+            location,
+            reason: d.message().to_string(),
+        },
+        _ => StoreError::Open {
+            location,
+            source: e,
+        },
     }
 }
 

@@ -16,7 +16,7 @@ use rewind_core::{
     NewAudit, NewRelease, NewRun, Release, RestorePoint, Run, RunStatus, Step, Watch,
 };
 
-use crate::{LockAttempt, Result, Store, StoreError};
+use crate::{Footprint, LockAttempt, Readable, Result, Store, StoreError};
 
 /// A store that records nothing the redactor would hide.
 pub struct Redacted {
@@ -109,8 +109,8 @@ impl Store for Redacted {
         self.inner.release(env, name).await
     }
 
-    async fn releases(&self, env: &str) -> Result<Vec<Release>> {
-        self.inner.releases(env).await
+    async fn read_releases(&self, env: &str) -> Result<Vec<Readable<Release>>> {
+        self.inner.read_releases(env).await
     }
 
     async fn create_run(
@@ -149,8 +149,8 @@ impl Store for Redacted {
         self.inner.unfinished_run(env).await
     }
 
-    async fn runs(&self, env: &str, limit: i64) -> Result<Vec<Run>> {
-        self.inner.runs(env, limit).await
+    async fn read_runs(&self, env: &str, limit: i64) -> Result<Vec<Readable<Run>>> {
+        self.inner.read_runs(env, limit).await
     }
 
     async fn finish_run(
@@ -220,12 +220,16 @@ impl Store for Redacted {
             .await
     }
 
-    async fn journal(&self, run_id: &str) -> Result<Vec<JournalEntry>> {
-        self.inner.journal(run_id).await
+    async fn read_journal(&self, run_id: &str) -> Result<Vec<Readable<JournalEntry>>> {
+        self.inner.read_journal(run_id).await
     }
 
-    async fn restore_points(&self, env: &str, run_id: Option<&str>) -> Result<Vec<RestorePoint>> {
-        self.inner.restore_points(env, run_id).await
+    async fn read_restore_points(
+        &self,
+        env: &str,
+        run_id: Option<&str>,
+    ) -> Result<Vec<Readable<RestorePoint>>> {
+        self.inner.read_restore_points(env, run_id).await
     }
 
     async fn try_lock(&self, holder: &LockHolder) -> Result<LockAttempt> {
@@ -252,8 +256,8 @@ impl Store for Redacted {
         self.inner.audit_append(env, self.audit(entry)).await
     }
 
-    async fn audit_entries(&self, env: &str) -> Result<Vec<AuditEntry>> {
-        self.inner.audit_entries(env).await
+    async fn read_audit(&self, env: &str) -> Result<Vec<Readable<AuditEntry>>> {
+        self.inner.read_audit(env).await
     }
 
     async fn record(&self, env: &str, effects: &[LedgerEffect], audit: NewAudit) -> Result<()> {
@@ -323,11 +327,23 @@ impl Store for Redacted {
             .await
     }
 
-    async fn incidents(&self, env: &str) -> Result<Vec<Incident>> {
-        self.inner.incidents(env).await
+    async fn read_incidents(&self, env: &str) -> Result<Vec<Readable<Incident>>> {
+        self.inner.read_incidents(env).await
     }
 
     async fn audit_head(&self, env: &str) -> Result<Option<(i64, String)>> {
         self.inner.audit_head(env).await
+    }
+
+    async fn footprint(&self, env: &str) -> Result<Footprint> {
+        self.inner.footprint(env).await
+    }
+
+    async fn audit_hash_at(&self, env: &str, seq: i64) -> Result<Option<String>> {
+        self.inner.audit_hash_at(env, seq).await
+    }
+
+    async fn explain(&self, err: &StoreError) -> Option<StoreError> {
+        self.inner.explain(err).await
     }
 }

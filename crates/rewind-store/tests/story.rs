@@ -202,7 +202,12 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     let s: &dyn Store = &*store;
     let mut audits = 0usize;
 
-    // An empty store.
+    // An empty store: nothing recorded for the environment, but an identity of its own,
+    // the same through every handle.
+    let empty = s.footprint(ENV).await.unwrap();
+    assert!(empty.is_empty(), "{empty:?}");
+    assert!(!empty.store_id.is_empty());
+    assert_eq!(other.footprint(ENV).await.unwrap().store_id, empty.store_id);
     assert_eq!(s.current_release(ENV).await.unwrap(), None);
     assert!(s.deployed(ENV).await.unwrap().is_empty());
     assert!(s.releases(ENV).await.unwrap().is_empty());
@@ -592,6 +597,19 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     assert_eq!(chain[0].release.as_deref(), Some("v1"));
     assert!(chain.iter().all(|e| e.environment == ENV));
     assert!(s.audit_entries("staging").await.unwrap().is_empty());
+    // The footprint: one snapshot of the head, the chain's end and the counts.
+    let fp = s.footprint(ENV).await.unwrap();
+    let end = Some((direct.seq, direct.hash.clone()));
+    assert_eq!((fp.head.clone(), fp.last.clone()), (end.clone(), end));
+    assert_eq!(fp.audit_entries, audits as i64);
+    assert_eq!(fp.store_id, empty.store_id);
+    assert!(fp.releases >= 3 && fp.runs >= 3, "{fp:?}");
+    assert!(!fp.is_empty());
+    assert_eq!(
+        s.audit_hash_at(ENV, 1).await.unwrap().as_deref(),
+        Some(chain[0].hash.as_str())
+    );
+    assert_eq!(s.audit_hash_at(ENV, 10_000).await.unwrap(), None);
 
     // Concurrent writers on two handles never fork a chain nor a release sequence.
     let mut tasks = Vec::new();
@@ -742,6 +760,79 @@ async fn watches_and_incidents(s: &dyn Store) {
     assert_eq!(s.audit_head(env).await.unwrap().map(|h| h.0), Some(6));
 }
 
+/// Values changed outside rewind, one in each table that is read row by row: each is named
+/// (entry, column, what is wrong), and every other row still reads. `exec` runs SQL on the
+/// store's database; `utf8` adds a value that is not UTF-8 (SQLite only: PostgreSQL refuses
+/// to store one).
+async fn tampered_rows<F, Fut>(s: &dyn Store, exec: F, utf8: bool)
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let audits = s.read_audit(ENV).await.unwrap().len();
+    let runs = s.read_runs(ENV, 100).await.unwrap().len();
+    let releases = s.read_releases(ENV).await.unwrap().len();
+    let journal = s.read_journal("run-1").await.unwrap().len();
+    let points = s.read_restore_points(ENV, None).await.unwrap().len();
+    let incidents = s.read_incidents("watched").await.unwrap().len();
+    exec("UPDATE audit SET details = 'not json' WHERE env = 'prod' AND seq = 2").await;
+    exec("UPDATE runs SET steps = '[' WHERE id = 'run-2'").await;
+    exec("UPDATE releases SET components = 'x' WHERE env = 'prod' AND name = 'v2'").await;
+    exec("UPDATE journal SET event = 'exploded' WHERE run_id = 'run-1' AND seq = 1").await;
+    exec("UPDATE restore_points SET data = '{' WHERE id = (SELECT min(id) FROM restore_points WHERE env = 'prod')").await;
+    exec("UPDATE incidents SET evidence = 'x' WHERE env = 'watched'").await;
+    if utf8 {
+        exec("UPDATE audit SET actor = CAST(x'61ff62' AS TEXT) WHERE env = 'prod' AND seq = 4")
+            .await;
+    }
+
+    /// The one unreadable row of `rows`, after checking the others read.
+    fn bad<T>(rows: Vec<rewind_store::Readable<T>>, total: usize) -> Vec<rewind_store::Unreadable> {
+        assert_eq!(rows.len(), total, "every row is still there");
+        rows.into_iter().filter_map(|r| r.err()).collect()
+    }
+    let a = bad(s.read_audit(ENV).await.unwrap(), audits);
+    assert_eq!(a.len(), if utf8 { 2 } else { 1 }, "{a:?}");
+    assert_eq!((a[0].seq, a[0].column.as_str()), (Some(2), "details"));
+    assert!(a[0].entry.contains("audit entry #2 of prod"), "{a:?}");
+    assert!(a[0].problem.contains("not the JSON"), "{a:?}");
+    if utf8 {
+        assert_eq!((a[1].seq, a[1].column.as_str()), (Some(4), "actor"));
+        assert!(a[1].problem.contains("not valid UTF-8"), "{a:?}");
+    }
+    let r = bad(s.read_runs(ENV, 100).await.unwrap(), runs);
+    assert_eq!(r.len(), 1);
+    assert!(
+        r[0].entry.contains("run-2") && r[0].column == "steps",
+        "{r:?}"
+    );
+    let r = bad(s.read_releases(ENV).await.unwrap(), releases);
+    assert!(
+        r.len() == 1 && r[0].entry.contains("`v2`") && r[0].column == "components",
+        "{r:?}"
+    );
+    let r = bad(s.read_journal("run-1").await.unwrap(), journal);
+    assert!(
+        r.len() == 1 && r[0].seq == Some(1) && r[0].column == "event",
+        "{r:?}"
+    );
+    assert!(r[0].problem.contains("exploded"), "{r:?}");
+    let r = bad(s.read_restore_points(ENV, None).await.unwrap(), points);
+    assert!(r.len() == 1 && r[0].column == "data", "{r:?}");
+    let r = bad(s.read_incidents("watched").await.unwrap(), incidents);
+    assert!(!r.is_empty() && r[0].column == "evidence", "{r:?}");
+    // Reading strictly fails on the first, naming it.
+    match s.audit_entries(ENV).await {
+        Err(StoreError::Unreadable(u)) => assert_eq!(u.seq, Some(2)),
+        other => panic!("expected Unreadable, got {other:?}"),
+    }
+    let err = s.releases(ENV).await.unwrap_err().to_string();
+    assert!(
+        err.contains("release `v2` of prod") && err.contains("components"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_story() {
     let dir = tempfile::tempdir().unwrap();
@@ -754,12 +845,85 @@ async fn sqlite_story() {
         .await
         .expect("second handle");
     story(Arc::new(a), Arc::from(b)).await;
-    // Reopening an existing, migrated file works and sees the data.
+    // Reopening an existing, migrated file works and sees the data; read-only too.
     let again = SqliteStore::open(&path).await.expect("reopen");
     assert_eq!(
         again.current_release(ENV).await.unwrap().as_deref(),
         Some("v1")
     );
+    let reader = SqliteStore::open_read_only(&path).await.expect("read-only");
+    assert_eq!(
+        reader.footprint(ENV).await.unwrap(),
+        again.footprint(ENV).await.unwrap()
+    );
+    let url = format!("sqlite://{}", path.display());
+    tampered_rows(
+        &again,
+        |sql| {
+            let url = url.clone();
+            async move {
+                use sqlx::Connection as _;
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(sql).execute(&mut c).await.unwrap();
+                c.close().await.unwrap();
+            }
+        },
+        true,
+    )
+    .await;
+}
+
+/// Reading never creates or changes anything: a missing store reads as empty (and stays
+/// missing), another program's SQLite database is refused and left as it was, and so is one
+/// that is not SQLite at all.
+#[tokio::test]
+async fn sqlite_read_only_open_creates_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere/state.db");
+    let s = rewind_store::open_for(
+        &StateLocation::Sqlite(missing.clone()),
+        StateSync::Full,
+        rewind_store::Access::Read,
+    )
+    .await
+    .expect("a missing store reads as empty");
+    let fp = s.footprint(ENV).await.unwrap();
+    assert!(fp.is_empty() && fp.store_id.is_empty(), "{fp:?}");
+    assert!(s.releases(ENV).await.unwrap().is_empty());
+    assert!(!missing.exists() && !missing.parent().unwrap().exists());
+    assert!(rewind_store::is_new(&StateLocation::Sqlite(missing)));
+
+    // Another program's database: refused for reading and for writing, not migrated.
+    let other = dir.path().join("app.db");
+    {
+        use sqlx::Connection as _;
+        let url = format!("sqlite://{}?mode=rwc", other.display());
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE users (id INTEGER)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    }
+    let before = std::fs::read(&other).unwrap();
+    for access in [rewind_store::Access::Read, rewind_store::Access::Write] {
+        let err = rewind_store::open_for(
+            &StateLocation::Sqlite(other.clone()),
+            StateSync::Full,
+            access,
+        )
+        .await
+        .map(|_| ())
+        .expect_err("not a rewind store");
+        match &err {
+            StoreError::NotAStore { location, reason } => {
+                assert!(location.contains("app.db"), "{location}");
+                assert!(reason.contains("users"), "{reason}");
+            }
+            other => panic!("expected NotAStore, got {other:?}"),
+        }
+    }
+    assert!(std::fs::read(&other).unwrap() == before, "changed");
 }
 
 #[tokio::test]
@@ -771,13 +935,16 @@ async fn sqlite_file_that_is_not_a_database() {
         "this is not an SQLite database, just some text. ".repeat(100),
     )
     .unwrap();
+    let before = std::fs::read(&path).unwrap();
     let err = SqliteStore::open(&path).await.expect_err("not a database");
     match &err {
-        StoreError::Open { location, .. } => {
-            assert!(location.contains(&path.display().to_string()), "{location}")
+        StoreError::NotAStore { location, reason } => {
+            assert!(location.contains(&path.display().to_string()), "{location}");
+            assert!(reason.contains("not an SQLite database"), "{reason}");
         }
-        other => panic!("expected StoreError::Open, got {other:?}"),
+        other => panic!("expected StoreError::NotAStore, got {other:?}"),
     }
+    assert!(std::fs::read(&path).unwrap() == before, "changed");
     assert!(
         err.to_string().contains(&path.display().to_string()),
         "{err}"
@@ -788,14 +955,21 @@ async fn sqlite_file_that_is_not_a_database() {
 async fn postgres_errors_hide_the_password() {
     // Nothing listens on port 1: the connection fails, and must not show the password.
     let url = "postgres://rewind:hunter2secret@127.0.0.1:1/rewind?connect_timeout=2";
+    let started = std::time::Instant::now();
     let err = PostgresStore::connect(url).await.expect_err("no server");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     let text = format!("{err} / {err:?}");
     assert!(!text.contains("hunter2secret"), "{text}");
     match err {
-        StoreError::Open { location, .. } => {
-            assert!(location.contains("127.0.0.1:1"), "{location}")
+        StoreError::Unreachable { location, reason } => {
+            assert!(location.contains("127.0.0.1:1"), "{location}");
+            assert!(reason.contains("connection refused"), "{reason}");
         }
-        other => panic!("expected StoreError::Open, got {other:?}"),
+        other => panic!("expected StoreError::Unreachable, got {other:?}"),
     }
 }
 
@@ -848,6 +1022,19 @@ async fn postgres_story() {
         again.current_release(ENV).await.unwrap().as_deref(),
         Some("v1")
     );
+    tampered_rows(
+        &again,
+        |sql| {
+            let url = db_url.clone();
+            async move {
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::query(sql).execute(&mut c).await.unwrap();
+                c.close().await.unwrap();
+            }
+        },
+        false,
+    )
+    .await;
     drop(again);
 
     sqlx::query(sqlx::AssertSqlSafe(format!(

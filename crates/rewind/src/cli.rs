@@ -114,6 +114,17 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Go on with a state store that does not match what the environment's directories
+    /// record (an emptied, deleted, replaced or older store), and record that in its audit
+    /// log.
+    #[command(
+        after_help = "rewind refuses a state store that holds nothing (or less than it should) for an environment that\nwas recorded before: markers it writes beside the config file and in each release-dir root, release\ndirectories with a `current` symlink, database backups. The first fix is to put the state store\nback from a backup copy. When that is not possible, or you mean to start a new ledger over what is\nthere, `rewind adopt --yes` records an audit entry naming the evidence and what the store lacks,\nand rewrites the markers; the history before it is not brought back.\n\nWithout --yes it shows what it would record and changes nothing (exit 2)."
+    )]
+    Adopt {
+        /// Do it.
+        #[arg(short, long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]

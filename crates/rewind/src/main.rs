@@ -10,6 +10,7 @@ mod cli;
 mod commands;
 mod engine;
 mod error;
+mod guard;
 mod output;
 mod secrets;
 mod watch;

@@ -4,13 +4,25 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
+use rewind_core::plan::Ledger;
+use rewind_store::{Readable, Unreadable};
+
 use super::{Env, short_time};
 use crate::error::{CliResult, usage};
 use crate::output::Printer;
 
 pub async fn run(env: &Env, runs_limit: i64, printer: &Printer) -> CliResult<ExitCode> {
-    let ledger = env.ledger().await?;
-    let runs = env.store.runs(&env.name, runs_limit.max(0)).await?;
+    // Row by row: an entry that cannot be read is named, the others are shown.
+    let mut unreadable: Vec<Unreadable> = Vec::new();
+    let ledger = Ledger {
+        current: env.store.current_release(&env.name).await?,
+        deployed: env.store.deployed(&env.name).await?,
+        releases: readable(env.store.read_releases(&env.name).await?, &mut unreadable),
+    };
+    let runs = readable(
+        env.store.read_runs(&env.name, runs_limit.max(0)).await?,
+        &mut unreadable,
+    );
     let mut rel = super::table();
     rel.set_header(vec!["#", "release", "state", "recorded", "by", ""]);
     for r in ledger.releases.iter().rev() {
@@ -40,7 +52,7 @@ pub async fn run(env: &Env, runs_limit: i64, printer: &Printer) -> CliResult<Exi
             short_time(&r.created_at),
         ]);
     }
-    let incidents = env.store.incidents(&env.name).await?;
+    let incidents = readable(env.store.read_incidents(&env.name).await?, &mut unreadable);
     let mut it = super::table();
     it.set_header(vec![
         "incident", "release", "trigger", "status", "opened", "summary",
@@ -55,7 +67,13 @@ pub async fn run(env: &Env, runs_limit: i64, printer: &Printer) -> CliResult<Exi
             i.summary.chars().take(80).collect(),
         ]);
     }
-    if ledger.releases.is_empty() {
+    for u in &unreadable {
+        // The text result lists it; a JSON result has it under "unreadable", and stderr says it too.
+        if printer.json {
+            printer.warn(format!("{u}"));
+        }
+    }
+    if ledger.releases.is_empty() && unreadable.is_empty() {
         printer.text(format!(
             "no releases recorded in {} yet; `rewind deploy RELEASE` records the first",
             env.name
@@ -67,6 +85,14 @@ pub async fn run(env: &Env, runs_limit: i64, printer: &Printer) -> CliResult<Exi
         );
         if !incidents.is_empty() {
             text.push_str(&format!("\n\nincidents (newest first)\n{it}"));
+        }
+        if !unreadable.is_empty() {
+            text.push_str(
+                "\n\nentries that cannot be read (changed outside rewind, or the file is damaged):",
+            );
+            for u in &unreadable {
+                text.push_str(&format!("\n  {u}"));
+            }
         }
         printer.text(text);
     }
@@ -80,8 +106,16 @@ pub async fn run(env: &Env, runs_limit: i64, printer: &Printer) -> CliResult<Exi
             "updated_at": r.updated_at, "error": r.error,
         })).collect::<Vec<_>>(),
         "incidents": incidents,
+        "unreadable": unreadable,
     }));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rows that could be read; the others go to `unreadable`.
+fn readable<T>(rows: Vec<Readable<T>>, unreadable: &mut Vec<Unreadable>) -> Vec<T> {
+    rows.into_iter()
+        .filter_map(|r| r.map_err(|u| unreadable.push(u)).ok())
+        .collect()
 }
 
 /// `rewind history --run ID`: one run whole, with its journal.
@@ -95,7 +129,7 @@ pub async fn run_detail(env: &Env, id: &str, printer: &Printer) -> CliResult<Exi
         return Err(usage(format!("no run `{id}` in environment {}", env.name))
             .hint("`rewind history` lists the runs"));
     };
-    let journal = env.store.journal(&run.id).await?;
+    let rows = env.store.read_journal(&run.id).await?;
     let mut text = format!(
         "run {} — {} {} (from {}) by {}, {}{}\nstarted {}, last change {}\n\nsteps:\n",
         run.id,
@@ -115,7 +149,21 @@ pub async fn run_detail(env: &Env, id: &str, printer: &Printer) -> CliResult<Exi
         text.push_str(&format!("  {:>2}. {}\n", i + 1, s.title));
     }
     text.push_str("\njournal:\n");
-    for e in &journal {
+    let mut journal = Vec::new();
+    let mut unreadable = Vec::new();
+    for row in rows {
+        let e = match row {
+            Ok(e) => e,
+            Err(u) => {
+                // The text result lists it; a JSON result has it under "unreadable", and stderr says it too.
+                if printer.json {
+                    printer.warn(format!("{u}"));
+                }
+                text.push_str(&format!("  UNREADABLE {u}\n"));
+                unreadable.push(u);
+                continue;
+            }
+        };
         let step = e
             .step
             .map(|s| format!("{:>2}", s + 1))
@@ -123,13 +171,14 @@ pub async fn run_detail(env: &Env, id: &str, printer: &Printer) -> CliResult<Exi
         let first = e.message.lines().next().unwrap_or("");
         text.push_str(&format!(
             "  {} step {step} {:<7} {}\n",
-            &e.at[11..e.at.len().min(23)],
+            e.at.get(11..e.at.len().min(23)).unwrap_or(&e.at),
             e.event.as_str(),
             first
         ));
         for more in e.message.lines().skip(1) {
             text.push_str(&format!("  {:>30}{more}\n", ""));
         }
+        journal.push(e);
     }
     printer.text(text.trim_end());
     printer.json_value(&json!({
@@ -140,6 +189,7 @@ pub async fn run_detail(env: &Env, id: &str, printer: &Printer) -> CliResult<Exi
             "steps": run.steps,
         },
         "journal": journal,
+        "unreadable": unreadable,
     }));
     Ok(ExitCode::SUCCESS)
 }

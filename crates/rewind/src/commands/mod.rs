@@ -9,12 +9,13 @@ use rewind_core::config::{ComponentConfig, Config, StateLocation, WatchConfig};
 use rewind_core::plan::Ledger;
 use rewind_core::redact::Redactor;
 use rewind_core::{Run, secret};
-use rewind_store::Store;
+use rewind_store::{Access, Store, StoreError};
 
 use crate::cli::{Cli, Command};
 use crate::error::{CliError, CliResult, usage};
 use crate::output::Printer;
 
+mod adopt;
 mod audit;
 mod check;
 mod db;
@@ -27,23 +28,32 @@ mod status;
 mod watch;
 
 pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
+    use Access::{Read, Write};
+    let path = &cli.config;
     match cli.command {
-        Command::Init { force } => init::run(&cli.config, force, printer),
-        Command::Check => check::run(&cli.config, printer),
+        Command::Init { force } => init::run(path, force, printer),
+        Command::Check => check::run(path, printer),
         Command::Deploy(args) => {
-            deploy::run(&Env::load(&cli.config, printer).await?, args, printer).await
+            let env = Env::load(path, Write, printer).await?;
+            let r = deploy::run(&env, args, printer).await;
+            env.done(r, printer).await
         }
-        Command::Status => status::run(&Env::load(&cli.config, printer).await?, printer).await,
+        Command::Status => {
+            let env = Env::load(path, Read, printer).await?;
+            let r = status::run(&env, printer).await;
+            env.done(r, printer).await
+        }
         Command::History { runs, run } => {
-            let env = Env::load(&cli.config, printer).await?;
-            match run {
+            let env = Env::load(path, Read, printer).await?;
+            let r = match run {
                 Some(id) => history::run_detail(&env, &id, printer).await,
                 None => history::run(&env, runs, printer).await,
-            }
+            };
+            env.done(r, printer).await
         }
         Command::Plan(args) => {
-            let env = Env::load(&cli.config, printer).await?;
-            match args.deploy {
+            let env = Env::load(path, Read, printer).await?;
+            let r = match args.deploy {
                 Some(release) => {
                     let options = rewind_core::dbplan::DeployOptions {
                         accept_drift: args.accept_drift,
@@ -52,20 +62,47 @@ pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
                     deploy::plan(&env, &release, &args.artifacts, options, printer).await
                 }
                 None => rollback::plan(&env, args.target, printer).await,
-            }
+            };
+            env.done(r, printer).await
         }
         Command::Backup { command } => {
-            db::backup(&Env::load(&cli.config, printer).await?, command, printer).await
+            // Only a restore writes to the state store (its run); the others read it.
+            let access = match command {
+                crate::cli::BackupCommand::Restore { .. } => Write,
+                _ => Read,
+            };
+            let env = Env::load(path, access, printer).await?;
+            let r = db::backup(&env, command, printer).await;
+            env.done(r, printer).await
         }
         Command::Rollback(args) => {
-            rollback::rollback(&Env::load(&cli.config, printer).await?, args, printer).await
+            let env = Env::load(path, Write, printer).await?;
+            let r = rollback::rollback(&env, args, printer).await;
+            env.done(r, printer).await
         }
-        Command::Watch => watch::attach(&Env::load(&cli.config, printer).await?, printer).await,
+        Command::Watch => {
+            let env = Env::load(path, Write, printer).await?;
+            let r = watch::attach(&env, printer).await;
+            env.done(r, printer).await
+        }
         Command::Demo { fault, keep } => demo::run(&fault, keep, printer).await,
         Command::DemoService { args } => Ok(demo_service::run(args.into_iter())),
-        Command::Resume => rollback::resume(&Env::load(&cli.config, printer).await?, printer).await,
+        Command::Resume => {
+            let env = Env::load(path, Write, printer).await?;
+            let r = rollback::resume(&env, printer).await;
+            env.done(r, printer).await
+        }
         Command::Audit { command } => {
-            audit::run(&Env::load(&cli.config, printer).await?, command, printer).await
+            // The audit commands report a store that does not match the evidence instead of
+            // refusing: `audit log` shows what is there, `audit verify` fails with it.
+            let env = Env::open(path, Read, Guard::Report, printer).await?;
+            let r = audit::run(&env, command, printer).await;
+            env.done(r, printer).await
+        }
+        Command::Adopt { yes } => {
+            let env = Env::open(path, Write, Guard::Report, printer).await?;
+            let r = adopt::run(&env, yes, printer).await;
+            env.done(r, printer).await
         }
     }
 }
@@ -146,10 +183,35 @@ pub struct Env {
     pub redactor: Redactor,
     pub secrets: crate::secrets::Values,
     pub name: String,
+    /// Whether the command may write to the store.
+    pub access: Access,
+    /// What the comparison of the store with the environment's evidence found (only with
+    /// `Guard::Report`; with `Guard::Refuse` such a store is refused).
+    pub problem: Option<crate::guard::Problem>,
+}
+
+/// What `Env::open` does with a store that does not match the environment's evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Refuse it (every command but the audit commands and `adopt`).
+    Refuse,
+    /// Hand the problem to the command (`Env::problem`).
+    Report,
 }
 
 impl Env {
-    pub async fn load(path: &Path, printer: &Printer) -> CliResult<Env> {
+    /// Loads the config and opens its store for `access`; refuses a store that does not
+    /// match the environment's evidence (see `crate::guard`).
+    pub async fn load(path: &Path, access: Access, printer: &Printer) -> CliResult<Env> {
+        Self::open(path, access, Guard::Refuse, printer).await
+    }
+
+    pub async fn open(
+        path: &Path,
+        access: Access,
+        guard: Guard,
+        printer: &Printer,
+    ) -> CliResult<Env> {
         let config = load_config(path)?;
         let secrets = crate::secrets::Values::read(&config, true);
         let written = state_location(&config);
@@ -164,20 +226,48 @@ impl Env {
         };
         let redactor = crate::secrets::redactor(&config, &secrets, Some(&location));
         printer.set_redactor(redactor.clone());
-        let store = rewind_store::open(&location, config.environment.state_sync)
+        let sync = config.environment.state_sync;
+        let open = |access| {
+            let (location, redactor) = (&location, redactor.clone());
+            async move {
+                let store = rewind_store::open_for(location, sync, access)
+                    .await
+                    .map_err(store_error)?;
+                Ok::<Arc<dyn Store>, CliError>(Arc::new(rewind_store::Redacted::new(
+                    store, redactor,
+                )))
+            }
+        };
+        // The store is compared with the evidence before anything is written to it: an
+        // SQLite store is looked at read-only first (a missing or emptied file is not
+        // created when it is refused).
+        let sqlite = matches!(location, StateLocation::Sqlite(_));
+        let first = if sqlite { Access::Read } else { access };
+        let mut store = open(first).await?;
+        let problem = crate::guard::check(&config, store.as_ref())
             .await
-            .map_err(|e| {
-                CliError::new(crate::error::Class::Failed, e)
-                    .hint("check `state` in [environment] (or REWIND_STATE_URL)")
-            })?;
-        let store: Arc<dyn Store> = Arc::new(rewind_store::Redacted::new(store, redactor.clone()));
-        Ok(Env {
+            .map_err(store_error)?;
+        if let (Some(p), Guard::Refuse) = (&problem, guard) {
+            return Err(refusal(
+                p,
+                &config.environment.name,
+                &location.display_safe(),
+            ));
+        }
+        if first != access {
+            drop(store);
+            store = open(access).await?;
+        }
+        let env = Env {
             name: config.environment.name.clone(),
             config,
             store,
             redactor,
             secrets,
-        })
+            access,
+            problem,
+        };
+        Ok(env)
     }
 
     /// A component's config ready to act with: its `{secret:NAME}` references filled in.
@@ -225,6 +315,122 @@ impl Env {
             releases: self.store.releases(&self.name).await?,
         })
     }
+
+    /// Ends a command: a store error is said in words (a server that stopped answering, a
+    /// damaged or read-only file, an unreadable entry), and after a command that may have
+    /// written, the environment's markers are brought up to the store's head.
+    pub async fn done(
+        &self,
+        result: CliResult<ExitCode>,
+        printer: &Printer,
+    ) -> CliResult<ExitCode> {
+        let store_failed = result.as_ref().is_err_and(|e| {
+            e.error
+                .chain()
+                .any(|c| c.downcast_ref::<StoreError>().is_some())
+        });
+        let result = match result {
+            Err(e) => Err(self.refine(e).await),
+            ok => ok,
+        };
+        if self.access == Access::Write && self.problem.is_none() && !store_failed {
+            self.write_markers(printer).await;
+        }
+        result
+    }
+
+    /// Rewrites the markers from the store's head; a marker that cannot be written is a
+    /// warning (the store itself holds everything).
+    pub async fn write_markers(&self, printer: &Printer) {
+        let location = state_location(&self.config).display_safe();
+        match crate::guard::write_markers(&self.config, self.store.as_ref(), &location).await {
+            Ok(failed) => {
+                for f in failed {
+                    printer.warn(format!(
+                        "cannot write the environment marker {f}; an emptied or replaced state store is not noticed from there"
+                    ));
+                }
+            }
+            // The store itself failed (it is gone or unreadable): the command's own
+            // error, if any, says so.
+            Err(_) => {}
+        }
+    }
+
+    async fn refine(&self, err: CliError) -> CliError {
+        let Some(found) = err
+            .error
+            .chain()
+            .find_map(|c| c.downcast_ref::<StoreError>())
+        else {
+            return err;
+        };
+        let better = self.store.explain(found).await;
+        let hints = store_hints(better.as_ref().unwrap_or(found));
+        let mut out = match better {
+            Some(b) => CliError {
+                class: err.class,
+                error: anyhow::Error::new(b),
+                hints: err.hints,
+                detail: err.detail,
+            },
+            None => err,
+        };
+        for h in hints {
+            if !out.hints.contains(&h) {
+                out.hints.push(h);
+            }
+        }
+        out
+    }
+}
+
+/// The error for a store that does not match the environment's evidence.
+pub fn refusal(p: &crate::guard::Problem, env: &str, location: &str) -> CliError {
+    CliError::new(
+        crate::error::Class::Failed,
+        anyhow::anyhow!("{}", p.message(env, location)),
+    )
+    .hint(crate::guard::Problem::HINT_RESTORE)
+    .hint(crate::guard::Problem::HINT_ADOPT)
+    .detail(serde_json::json!({"store_mismatch": p}))
+}
+
+/// A store error as a CLI error, with what to do.
+fn store_error(e: StoreError) -> CliError {
+    let mut hints = store_hints(&e);
+    if hints.is_empty() {
+        hints.push("check `state` in [environment] (or REWIND_STATE_URL)".to_string());
+    }
+    let mut err = CliError::new(crate::error::Class::Failed, e);
+    for h in hints {
+        err = err.hint(h);
+    }
+    err
+}
+
+/// What to do about a store error, by kind.
+fn store_hints(e: &StoreError) -> Vec<String> {
+    let h: &[&str] = match e {
+        StoreError::NotAStore { .. } => &[
+            "restore the state store from a backup copy; to start a new ledger instead, point `state` in [environment] (or REWIND_STATE_URL) at a new file",
+        ],
+        StoreError::ReadOnly { .. } => &[
+            "make the file and its directory writable for this command; `status`, `history`, `plan`, `audit log` and `audit verify` only read and work on a read-only store",
+        ],
+        StoreError::Newer { .. } => &["use the rewind that wrote it, or a newer one"],
+        StoreError::Unreachable { .. } => &[
+            "start the PostgreSQL server (or fix the network), or check `state` in [environment] (or REWIND_STATE_URL); an interrupted run is finished by `rewind resume` once it answers",
+        ],
+        StoreError::Refused { .. } => &[
+            "check the user, password and database in the state URL (`state` in [environment] or REWIND_STATE_URL)",
+        ],
+        StoreError::Unreadable(_) => &[
+            "the entry was changed outside rewind, or the file is damaged: restore the state store from a backup copy; `rewind audit verify` lists every audit entry that cannot be read",
+        ],
+        _ => &[],
+    };
+    h.iter().map(|s| s.to_string()).collect()
 }
 
 /// The store location: `REWIND_STATE_URL` wins (so a password can stay out of the file),

@@ -12,7 +12,19 @@ use crate::error::CliResult;
 use crate::output::Printer;
 
 pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
-    let ledger = env.ledger().await?;
+    // Row by row: a release or incident that cannot be read is named; the rest is shown.
+    let mut unreadable: Vec<rewind_store::Unreadable> = Vec::new();
+    let ledger = rewind_core::plan::Ledger {
+        current: env.store.current_release(&env.name).await?,
+        deployed: env.store.deployed(&env.name).await?,
+        releases: env
+            .store
+            .read_releases(&env.name)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.map_err(|u| unreadable.push(u)).ok())
+            .collect(),
+    };
     let current = ledger.current.as_ref().and_then(|c| ledger.release(c));
     let last_good = ledger.last_good();
     let target = ledger
@@ -113,7 +125,13 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
     }
     let lock = env.store.lock_holder(&env.name).await?;
     let unfinished = env.store.unfinished_run(&env.name).await?;
-    let last_incident = env.store.incidents(&env.name).await?.into_iter().next();
+    let last_incident = env
+        .store
+        .read_incidents(&env.name)
+        .await?
+        .into_iter()
+        .filter_map(|r| r.map_err(|u| unreadable.push(u)).ok())
+        .next();
     let watch = env.store.active_watch(&env.name).await?;
     let location = super::state_location(&env.config);
 
@@ -184,8 +202,19 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
             i.summary
         ));
     }
+    if !unreadable.is_empty() {
+        text.push_str("\n\nentries that cannot be read (changed outside rewind, or the file is damaged); the rollback target above leaves them out:");
+        for u in &unreadable {
+            // The text result lists it; a JSON result has it under "unreadable", and stderr says it too.
+            if printer.json {
+                printer.warn(format!("{u}"));
+            }
+            text.push_str(&format!("\n  {u}"));
+        }
+    }
     printer.text(text);
     printer.json_value(&json!({
+        "unreadable": unreadable,
         "environment": env.name,
         "state": location.display_safe(),
         "current": current,

@@ -1,0 +1,15 @@
+-- The store's identity: a random id given once, when the store is created (or first
+-- migrated to this version). rewind writes it, with the audit chain's head, into a marker
+-- beside the store and in the environment's directories, so that an emptied, replaced or
+-- recreated store is recognised as not the one that recorded the environment.
+CREATE TABLE store_identity (
+    one        INTEGER PRIMARY KEY CHECK (one = 1),
+    id         TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+INSERT INTO store_identity (one, id, created_at)
+VALUES (
+    1,
+    md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text),
+    to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+);
