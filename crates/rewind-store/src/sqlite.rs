@@ -182,7 +182,10 @@ impl SqliteStore {
             // absent (every connection closed cleanly) and the directory cannot be written,
             // SQLite cannot open it even for reading. Nobody can be writing it then (a
             // writer would have created them), so it is opened as immutable.
-            Err(e) if sqlite_code(&e) == Some(SQLITE_CANTOPEN) && !wal_file(path).exists() => {
+            Err(e)
+                if matches!(sqlite_code(&e), Some(SQLITE_CANTOPEN | SQLITE_READONLY))
+                    && !wal_file(path).exists() =>
+            {
                 connect(options.immutable(true)).await.map_err(open_err)?
             }
             Err(e) => return Err(open_err(e)),

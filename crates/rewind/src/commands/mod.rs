@@ -100,7 +100,9 @@ pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
             env.done(r, printer).await
         }
         Command::Adopt { yes } => {
-            let env = Env::open(path, Write, Guard::Report, printer).await?;
+            // Without --yes it only shows what it would record: nothing is created or written.
+            let access = if yes { Write } else { Read };
+            let env = Env::open(path, access, Guard::Report, printer).await?;
             let r = adopt::run(&env, yes, printer).await;
             env.done(r, printer).await
         }
@@ -413,7 +415,7 @@ fn store_error(e: StoreError) -> CliError {
 fn store_hints(e: &StoreError) -> Vec<String> {
     let h: &[&str] = match e {
         StoreError::NotAStore { .. } => &[
-            "restore the state store from a backup copy; to start a new ledger instead, point `state` in [environment] (or REWIND_STATE_URL) at a new file",
+            "restore the state store from a backup copy (rewind changed nothing); to start a new ledger instead, move the file aside and run `rewind adopt --yes`, which records the restart in the new ledger's audit log",
         ],
         StoreError::ReadOnly { .. } => &[
             "make the file and its directory writable for this command; `status`, `history`, `plan`, `audit log` and `audit verify` only read and work on a read-only store",

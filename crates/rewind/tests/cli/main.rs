@@ -14,6 +14,7 @@ mod pitr;
 mod resume;
 mod secrets;
 mod sets;
+mod store;
 mod story;
 mod usage;
 mod watch;

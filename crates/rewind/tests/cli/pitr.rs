@@ -15,7 +15,7 @@ use crate::common::*;
 const SECRET: &str = "pitr-secret-4711";
 const STANZA: &str = "pitr";
 
-fn pg_bin() -> PathBuf {
+pub(crate) fn pg_bin() -> PathBuf {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -46,13 +46,13 @@ fn pgbackrest_bin() -> PathBuf {
     }
 }
 
-fn root_user() -> bool {
+pub(crate) fn root_user() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").unwrap().uid() == 0
 }
 
 /// As the `postgres` OS user when we are root (PostgreSQL refuses to run as root).
-fn as_pg(program: &Path) -> Command {
+pub(crate) fn as_pg(program: &Path) -> Command {
     if !root_user() {
         return Command::new(program);
     }
@@ -64,7 +64,7 @@ fn as_pg(program: &Path) -> Command {
 }
 
 #[track_caller]
-fn run_ok(cmd: &mut Command) {
+pub(crate) fn run_ok(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
