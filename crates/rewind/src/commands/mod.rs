@@ -345,17 +345,16 @@ impl Env {
     /// warning (the store itself holds everything).
     pub async fn write_markers(&self, printer: &Printer) {
         let location = state_location(&self.config).display_safe();
-        match crate::guard::write_markers(&self.config, self.store.as_ref(), &location).await {
-            Ok(failed) => {
-                for f in failed {
-                    printer.warn(format!(
-                        "cannot write the environment marker {f}; an emptied or replaced state store is not noticed from there"
-                    ));
-                }
+        // When the store itself fails here (it is gone or unreadable), the command's own
+        // error, if any, says so.
+        if let Ok(failed) =
+            crate::guard::write_markers(&self.config, self.store.as_ref(), &location).await
+        {
+            for f in failed {
+                printer.warn(format!(
+                    "cannot write the environment marker {f}; an emptied or replaced state store is not noticed from there"
+                ));
             }
-            // The store itself failed (it is gone or unreadable): the command's own
-            // error, if any, says so.
-            Err(_) => {}
         }
     }
 
