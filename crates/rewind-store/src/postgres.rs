@@ -29,6 +29,10 @@ pub struct PostgresStore {
     /// For a fresh connection that tells why the pool has none (holds the password: kept
     /// out of `Debug`).
     options: std::sync::Arc<PgConnectOptions>,
+    /// Set when a write could not get a connection: the next write asks the server
+    /// directly first, so that a server that is still down is said at once (the pool would
+    /// retry a refused connection for `ACQUIRE_TIMEOUT` again).
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -91,6 +95,7 @@ impl PostgresStore {
             pool,
             location,
             options: std::sync::Arc::new(options),
+            lost: Default::default(),
         })
     }
 
@@ -144,7 +149,26 @@ impl PostgresStore {
     }
 
     async fn begin_write(&self, doing: &str) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
-        self.pool.begin().await.map_err(common::query_err(doing))
+        use std::sync::atomic::Ordering;
+        if self.lost.load(Ordering::Relaxed) {
+            let probe =
+                tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&self.options))
+                    .await
+                    .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+            match probe {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                    self.lost.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(common::query_err(doing)(e)),
+            }
+        }
+        self.pool.begin().await.map_err(|e| {
+            if is_connection_error(&e) {
+                self.lost.store(true, Ordering::Relaxed);
+            }
+            common::query_err(doing)(e)
+        })
     }
 
     /// Holds the environment's advisory lock until the transaction ends. Taking it again in

@@ -831,6 +831,19 @@ where
         err.contains("release `v2` of prod") && err.contains("components"),
         "{err}"
     );
+
+    // The chain's newest entry removed: the footprint (one snapshot) shows the chain ending
+    // before the head recorded apart from it, and the store keeps its identity.
+    let before = s.footprint(ENV).await.unwrap();
+    let (head, _) = before.head.clone().expect("a head");
+    assert_eq!(before.last.as_ref().map(|l| l.0), Some(head));
+    exec("DELETE FROM audit WHERE env = 'prod' AND seq = (SELECT max(seq) FROM audit WHERE env = 'prod')").await;
+    let after = s.footprint(ENV).await.unwrap();
+    assert_eq!(after.head, before.head, "the head record stays");
+    assert_eq!(after.last.map(|l| l.0), Some(head - 1));
+    assert_eq!(after.audit_entries, before.audit_entries - 1);
+    assert_eq!(after.store_id, before.store_id);
+    assert_eq!(s.audit_hash_at(ENV, head).await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

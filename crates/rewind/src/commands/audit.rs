@@ -147,7 +147,10 @@ pub async fn run(env: &Env, command: AuditCommand, printer: &Printer) -> CliResu
                     }
                     m
                 }
-                None => format!("audit chain of {} cannot be verified", env.name),
+                None => format!(
+                    "audit chain of {} is not the chain rewind recorded",
+                    env.name
+                ),
             };
             if let Some(p) = &env.problem {
                 msg.push_str(&format!("\n{}", p.message(&env.name, &location)));

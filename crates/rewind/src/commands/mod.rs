@@ -66,10 +66,11 @@ pub async fn dispatch(cli: Cli, printer: &Printer) -> CliResult<ExitCode> {
             env.done(r, printer).await
         }
         Command::Backup { command } => {
-            // Only a restore writes to the state store (its run); the others read it.
+            // Only `list` just reads: the others record in the audit log (and a restore
+            // runs as a run).
             let access = match command {
-                crate::cli::BackupCommand::Restore { .. } => Write,
-                _ => Read,
+                crate::cli::BackupCommand::List { .. } => Read,
+                _ => Write,
             };
             let env = Env::load(path, access, printer).await?;
             let r = db::backup(&env, command, printer).await;

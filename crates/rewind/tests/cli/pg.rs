@@ -88,7 +88,7 @@ async fn the_story_on_a_postgresql_state_store() {
     let o = bad.run(&["status"]);
     o.code(1);
     assert!(
-        o.stderr.contains("cannot open the state store"),
+        o.stderr.contains("is unreachable: connection refused"),
         "{}",
         o.all()
     );
