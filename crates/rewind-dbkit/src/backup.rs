@@ -10,7 +10,6 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -426,12 +425,10 @@ pub(crate) async fn run_pg_tool(program: &Path, url: &PgUrl, args: Vec<OsString>
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    // A child of its own process group that dies with rewind (see `rewind_proc`): a killed
+    // backup leaves no pg_dump writing on.
+    let mut cmd = rewind_proc::Command::new(program);
+    cmd.args(&args);
     if let Some(p) = url.password() {
         cmd.env("PGPASSWORD", p);
     }
@@ -447,7 +444,7 @@ pub(crate) async fn run_pg_tool(program: &Path, url: &PgUrl, args: Vec<OsString>
     let out = cmd
         .output()
         .await
-        .map_err(io(format!("running {}", program.display())))?;
+        .map_err(|e| io(format!("running {}", program.display()))(e.into_io()))?;
     if out.status.success() {
         return Ok(());
     }

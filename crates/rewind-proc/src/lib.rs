@@ -214,6 +214,7 @@ impl Command {
         let (status_r, status_w) = status_pipe().map_err(Error::Start)?;
         let status_fd = status_w.as_raw_fd();
 
+        #[allow(clippy::disallowed_methods)] // the one place that may: this is rewind_proc
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(&self.args)
             .stdin(Stdio::piped())
