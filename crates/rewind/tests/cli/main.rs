@@ -8,6 +8,7 @@
 mod common;
 
 mod audit;
+mod backup_debris;
 mod children;
 mod config;
 mod crash;
