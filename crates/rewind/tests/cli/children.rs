@@ -155,41 +155,136 @@ fn a_deploy_killed_mid_copy_leaves_no_copy_running_and_resumes() {
     assert_eq!(killed.signal, Some(9), "{}", killed.all());
     assert_resumes(&f, "crash point during the copy");
 
-    // Real kills by timing, at several points of the copy.
-    for (round, files) in [1, 100, 400].into_iter().enumerate() {
-        let f = base.copy();
-        let artifact = format!("web={}", f.path("art/big").display());
-        let ctx = format!("timed kill {round} (after {files} files)");
-        let mut child = f
-            .cmd(&["deploy", "big", "--artifact", &artifact])
-            .env("REWIND_TEST_MARK", mark(&f))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let releases = f.path("srv/releases");
-        let until = Instant::now() + Duration::from_secs(20);
-        let copying = loop {
-            let staging = std::fs::read_dir(&releases)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .find(|e| e.file_name().to_string_lossy().starts_with(".rewind-staging-"));
-            if let Some(s) = staging
-                && count_files(&s.path()) >= files
-            {
-                break true;
+    // Real kills from outside at several moments of the copy. The `cp` is stopped
+    // (SIGSTOP) just before rewind is killed: a copy that would otherwise finish in a few
+    // milliseconds stays alive unless something kills it, so a `cp` that outlives rewind
+    // is seen every time, not only when it happens to be slow.
+    for (round, delay_ms) in [0u64, 2, 5, 10, 20, 40].into_iter().enumerate() {
+        let mut attempt = 0;
+        let (f, ctx, files) = loop {
+            attempt += 1;
+            assert!(
+                attempt <= 10,
+                "round {round}: never caught the copy under way"
+            );
+            let f = base.copy();
+            let artifact = format!("web={}", f.path("art/big").display());
+            let mut child = f
+                .cmd(&["deploy", "big", "--artifact", &artifact])
+                .env("REWIND_TEST_MARK", mark(&f))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let until = Instant::now() + Duration::from_secs(20);
+            let cp = loop {
+                if let Some((pid, _)) = processes_of(f.dir.path())
+                    .into_iter()
+                    .find(|(_, c)| c.starts_with("cp "))
+                {
+                    break Some(pid);
+                }
+                if Instant::now() > until || child.try_wait().unwrap().is_some() {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let stopped = cp.is_some_and(|pid| {
+                std::process::Command::new("kill")
+                    .args(["-STOP", &pid.to_string()])
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .unwrap()
+                    .success()
+            });
+            child.kill().unwrap();
+            child.wait().unwrap();
+            if stopped {
+                let files = staging_files(&f);
+                let ctx = format!("kill {round} ({delay_ms} ms into the copy)");
+                break (f, ctx, files);
             }
-            if Instant::now() > until || child.try_wait().unwrap().is_some() {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+            // The copy was over before it could be stopped: the deploy went on (or was
+            // killed later than wanted). Start again from a fresh copy of the fixture.
+            let _ = survivors(f.dir.path());
         };
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(copying, "{ctx}: the copy was never seen under way");
-        assert_resumes(&f, &ctx);
+        assert_resumes(&f, &format!("{ctx}, {files} files copied"));
     }
+}
+
+/// Files in the staging directory of a copy under way (0 when there is none).
+fn staging_files(f: &Fixture) -> usize {
+    std::fs::read_dir(f.path("srv/releases"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".rewind-staging-")
+        })
+        .map(|e| count_files(&e.path()))
+        .sum()
+}
+
+/// A leftover that something still writes into (a process of a run killed a moment ago,
+/// which rewind cannot kill) does not fail the deploy that sweeps it: it is moved aside,
+/// and removed by a later run once nothing writes into it any more.
+#[test]
+fn a_leftover_still_being_written_does_not_fail_the_step() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let f = Fixture::new();
+    f.deploy("v1").ok();
+    let leftover = f.path("srv/releases/.rewind-staging-v2-4242-1-0");
+    std::fs::create_dir(&leftover).unwrap();
+    // The writer holds the directory open and writes through it, as a `cp` does: it goes
+    // on writing wherever the directory is moved.
+    let held = std::fs::File::open(&leftover).unwrap();
+    let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&held));
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, written) = (stop.clone(), written.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // New names all the time (500 at once): a directory that is being emptied
+                // keeps gaining entries.
+                if std::fs::write(format!("{through}/f{n}"), b"x").is_ok() {
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+                if n >= 500 {
+                    let _ = std::fs::remove_file(format!("{through}/f{}", n - 500));
+                }
+                n += 1;
+            }
+            drop(held);
+        })
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while written.load(Ordering::Relaxed) < 1_000 {
+        assert!(Instant::now() < until, "the writer does not write");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let art = format!("web={}", f.path("art/v2").display());
+    let before = written.load(Ordering::Relaxed);
+    let out = f.run(&["deploy", "v2", "--artifact", &art]);
+    let during = written.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    out.ok();
+    assert!(during > 0, "the writer did not write while the deploy ran");
+    assert_eq!(f.current(), "releases/v2");
+    assert!(!leftover.exists(), "the leftover was not moved aside");
+
+    // Nothing writes into it any more: the next run removes it.
+    let art = format!("web={}", f.path("art/v3").display());
+    f.run(&["deploy", "v3", "--artifact", &art]).ok();
+    assert!(leftovers(&f).is_empty(), "{:?}", leftovers(&f));
 }
 
 fn watch_config(f: &Fixture, checks: &str) {
