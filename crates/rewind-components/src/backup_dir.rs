@@ -133,10 +133,8 @@ pub fn is_id(s: &str) -> bool {
         None => (time, None),
     };
     let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-    let hms_ok = hms.len() == 15
-        && hms.as_bytes()[8] == b'T'
-        && digits(&hms[..8])
-        && digits(&hms[9..]);
+    let hms_ok =
+        hms.len() == 15 && hms.as_bytes()[8] == b'T' && digits(&hms[..8]) && digits(&hms[9..]);
     hms_ok
         && frac.is_none_or(digits)
         && hash.len() == 6

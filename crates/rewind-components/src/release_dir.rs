@@ -265,10 +265,7 @@ impl ReleaseDir {
             ));
         }
         self.sweep_leftovers();
-        let tmp = self
-            .cfg
-            .root
-            .join(format!(".rewind-current-{}", unique()));
+        let tmp = self.cfg.root.join(format!(".rewind-current-{}", unique()));
         let rel = Path::new("releases").join(release);
         std::os::unix::fs::symlink(&rel, &tmp)
             .map_err(|e| self.io(format!("creating symlink {}", tmp.display()), e))?;

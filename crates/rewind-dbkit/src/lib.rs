@@ -20,8 +20,8 @@ pub mod pitr;
 
 pub use backup::{
     BackupInfo, BackupKind, PARTIAL_MARK, PgBackup, PgUrl, Progress, VerifyReport, partial_path,
-    pg_backup, pg_dump, pg_restore, pg_verify, pg_verify_with, sqlite_file_counts, sqlite_file_record, sqlite_restore,
-    sqlite_snapshot, sqlite_verify, sqlite_verify_with,
+    pg_backup, pg_dump, pg_restore, pg_verify, pg_verify_with, sqlite_file_counts,
+    sqlite_file_record, sqlite_restore, sqlite_snapshot, sqlite_verify, sqlite_verify_with,
 };
 pub use catalog::{Catalog, CatalogDiff};
 pub use error::{Error, Result};

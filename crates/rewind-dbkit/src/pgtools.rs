@@ -14,8 +14,8 @@
 //! in `PATH` is skipped: it runs one of the `/usr/lib/postgresql` binaries, which are
 //! candidates themselves.
 
-use std::path::{Path, PathBuf};
 use sqlx::PgConnection;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result, db};
 

@@ -244,9 +244,8 @@ impl Command {
         let status_rx =
             tokio::net::unix::pipe::Receiver::from_owned_fd(status_r).map_err(Error::Wait)?;
 
-        let over = async {
-            tokio::join!(read_all(stdout), read_all(stderr), read_status(status_rx))
-        };
+        let over =
+            async { tokio::join!(read_all(stdout), read_all(stderr), read_status(status_rx)) };
         let over = match limit {
             None => Some(over.await),
             Some(limit) => tokio::time::timeout(limit, over).await.ok(),
@@ -437,7 +436,14 @@ fn supervise(plan: &Exec, status_fd: RawFd) -> io::Result<()> {
         }
         if command == 0 {
             // The command: dies with the supervisor, reads nothing, becomes the program.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return report_exec_failure(exec[1]);
             }
             if libc::getppid() != me {
@@ -452,7 +458,11 @@ fn supervise(plan: &Exec, status_fd: RawFd) -> io::Result<()> {
             if null != 0 {
                 libc::close(null);
             }
-            libc::execvpe(plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+            libc::execvpe(
+                plan.program.as_ptr(),
+                plan.argv.as_ptr(),
+                plan.envp.as_ptr(),
+            );
             return report_exec_failure(exec[1]);
         }
 

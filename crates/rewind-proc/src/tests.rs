@@ -35,11 +35,7 @@ fn marked(mark: &str) -> Vec<u32> {
                     .and_then(|i| s[i + 1..].split_whitespace().next().map(str::to_string))
             })
             .is_none_or(|st| st == "Z" || st == "X");
-        if !zombie
-            && env
-                .split(|b| *b == 0)
-                .any(|kv| kv == needle.as_bytes())
-        {
+        if !zombie && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
             found.push(pid);
         }
     }
@@ -88,10 +84,7 @@ async fn output_status_and_environment() {
     // `cat` reads /dev/null: nothing, at once.
     assert_eq!(
         stdout,
-        format!(
-            "out\nhello\n{}\n",
-            dir.canonicalize().unwrap().display()
-        )
+        format!("out\nhello\n{}\n", dir.canonicalize().unwrap().display())
     );
     assert_eq!(out.stderr, b"err\n");
 
@@ -118,7 +111,10 @@ async fn a_program_that_cannot_start_is_an_error_at_once() {
         Error::Start(io) => assert_eq!(io.kind(), io::ErrorKind::NotFound, "{io}"),
         other => panic!("{other}"),
     }
-    let e = Command::new(std::env::temp_dir()).output().await.unwrap_err();
+    let e = Command::new(std::env::temp_dir())
+        .output()
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::Start(_)), "{e}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
@@ -196,7 +192,12 @@ fn a_killed_parent_takes_its_commands_with_it() {
     let m = mark();
     #[allow(clippy::disallowed_methods)] // the parent must be a process of its own
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "tests::parent_role", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "tests::parent_role",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("REWIND_PROC_PARENT_ROLE", &m)
         .output()
         .unwrap();

@@ -84,8 +84,15 @@ impl Db {
             .flat_map(|id| [format!("{id}.json"), format!("{id}.{}", self.ext)])
             .collect();
         want.insert(".rewind-backups.lock".into());
-        assert_eq!(self.names(), want, "{ctx}: debris left in the backup directory");
-        assert!(listed.len() <= KEEP, "{ctx}: {listed:?} beyond keep-backups");
+        assert_eq!(
+            self.names(),
+            want,
+            "{ctx}: debris left in the backup directory"
+        );
+        assert!(
+            listed.len() <= KEEP,
+            "{ctx}: {listed:?} beyond keep-backups"
+        );
         listed
     }
 }
@@ -206,13 +213,13 @@ fn killed_backups_leave_no_debris(db: &Db) {
             .unwrap();
         let until = Instant::now() + Duration::from_secs(60);
         let grown = loop {
-            let partial = std::fs::read_dir(db.dir()).unwrap().flatten().find(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .contains(".rewind-partial")
-            });
+            let partial = std::fs::read_dir(db.dir())
+                .unwrap()
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().contains(".rewind-partial"));
             if let Some(p) = partial
-                && p.metadata().is_ok_and(|m| m.len() > (round + 1) * (1 << 20))
+                && p.metadata()
+                    .is_ok_and(|m| m.len() > (round + 1) * (1 << 20))
             {
                 break true;
             }
@@ -294,7 +301,14 @@ fn a_live_writer_is_left_alone_and_progress_is_this_backups(db: &Db) {
         .unwrap_or_else(|| panic!("{}", made.all()));
     // "db: backup ID — 61.2 MB in 1.20s, level …"
     let id = line.split_whitespace().nth(2).unwrap();
-    let shown = parse_bytes(line.split('—').nth(1).unwrap().split(" in ").next().unwrap());
+    let shown = parse_bytes(
+        line.split('—')
+            .nth(1)
+            .unwrap()
+            .split(" in ")
+            .next()
+            .unwrap(),
+    );
     let file = db.dir().join(format!("{id}.{}", db.ext));
     let size = std::fs::metadata(&file).unwrap().len() as f64;
     assert!(
@@ -306,7 +320,11 @@ fn a_live_writer_is_left_alone_and_progress_is_this_backups(db: &Db) {
         .stderr
         .lines()
         .filter_map(|l| l.trim().strip_prefix("db: "))
-        .filter_map(|l| l.split(" written").next().filter(|_| l.contains(" written")))
+        .filter_map(|l| {
+            l.split(" written")
+                .next()
+                .filter(|_| l.contains(" written"))
+        })
         .map(parse_bytes)
         .collect();
     assert!(
@@ -323,7 +341,10 @@ fn a_live_writer_is_left_alone_and_progress_is_this_backups(db: &Db) {
     }
     let listed = db.listed();
     assert!(listed.contains(&id.to_string()), "{listed:?}");
-    assert!(theirs.exists(), "`backup list` took a live writer's partial file");
+    assert!(
+        theirs.exists(),
+        "`backup list` took a live writer's partial file"
+    );
 
     // The writer is gone: its partial file is debris now.
     drop(lock);
