@@ -144,6 +144,53 @@ impl ReleaseDir {
         let _ = std::fs::remove_dir(&trash);
     }
 
+    /// Reads a `.tar.gz` artifact through to its end (`tar -tzf`, within the command
+    /// timeout) without unpacking it: a truncated or corrupt archive is refused before the
+    /// release is recorded, as a missing artifact is, not half-way through staging it.
+    async fn check_tarball(&self, cx: &Ctx, artifact: &str) -> Result<()> {
+        let mut list = rewind_proc::Command::new("tar");
+        list.args(["-tzf", artifact])
+            .stdout(rewind_proc::Sink::Null);
+        let out = match list.output_within(self.cfg.command_timeout).await {
+            Ok(out) => out,
+            Err(rewind_proc::Error::TimedOut(d)) => {
+                return Err(ComponentError::failed(
+                    &self.name,
+                    format!(
+                        "artifact {artifact} could not be read through within {} (command-timeout); check the archive, or raise command-timeout",
+                        rewind_core::units::format_duration(d)
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(self.io(format!("reading artifact {artifact} with tar"), e.into_io()));
+            }
+        };
+        if out.status.success() {
+            return Ok(());
+        }
+        let why = cx.redactor.redact(
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+                .as_str(),
+        );
+        Err(ComponentError::failed(
+            &self.name,
+            format!(
+                "artifact {artifact} is not a readable .tar.gz ({}); build or download it again",
+                if why.is_empty() {
+                    "tar -tzf failed".to_string()
+                } else {
+                    why
+                }
+            ),
+        ))
+    }
+
     async fn stage(&self, cx: &Ctx, release: &str, artifact: Option<&str>) -> Result<Outcome> {
         let dest = self.release_path(release);
         if dest.is_dir() {
@@ -435,7 +482,7 @@ impl Component for ReleaseDir {
         })
     }
 
-    async fn precheck(&self, _cx: &Ctx, action: &Action) -> Result<()> {
+    async fn precheck(&self, cx: &Ctx, action: &Action) -> Result<()> {
         match action {
             Action::Switch { release, .. } => {
                 // `current` must be a symlink we may replace, and the release must be on
@@ -478,6 +525,7 @@ impl Component for ReleaseDir {
                             format!("artifact {a} is neither a directory nor a .tar.gz/.tgz file"),
                         ))
                     }
+                    Some(a) if is_tarball(Path::new(a)) => self.check_tarball(cx, a).await,
                     Some(_) => Ok(()),
                 }
             }
