@@ -26,7 +26,7 @@ use rewind_dbkit::{BackupInfo, BackupKind, Catalog, Inspect, PgRestoreOptions, P
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::{Component, ComponentError, Ctx, Outcome, Result, Snapshot, crash, proc};
+use crate::{Component, ComponentError, Ctx, Outcome, Result, Snapshot, backup_dir, crash, proc};
 
 /// A backup rewind made, as its `.json` sidecar records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -868,9 +868,32 @@ impl Database {
     /// Takes a full backup into the backup directory, with its sidecar, and prunes old ones
     /// (beyond `keep-backups`, never those in `protect`).
     pub async fn backup(&self, reason: &str, level: &str) -> Result<BackupMeta> {
+        self.backup_with_progress(reason, level, &tokio::sync::watch::Sender::new(0))
+            .await
+    }
+
+    /// [`Database::backup`], sending the size of the file being written to `progress` about
+    /// twice a second: this backup's own partial file, nothing else in the directory.
+    ///
+    /// The directory's lock and the order of the renames are in [`crate::backup_dir`]: what a
+    /// killed writer left is swept first (unless another writer is at work), and the backup
+    /// is listed only once its file and its description are both in place.
+    pub async fn backup_with_progress(
+        &self,
+        reason: &str,
+        level: &str,
+        progress: &tokio::sync::watch::Sender<u64>,
+    ) -> Result<BackupMeta> {
         let dir = &self.cfg.backup_dir;
         std::fs::create_dir_all(dir).map_err(|e| {
             ComponentError::io(&self.name, format!("creating {}", dir.display()), e)
+        })?;
+        let (_writing, _swept) = backup_dir::begin_writing(dir).await.map_err(|e| {
+            ComponentError::io(
+                &self.name,
+                format!("locking {}", dir.join(backup_dir::LOCK).display()),
+                e,
+            )
         })?;
         let now = jiff::Timestamp::now();
         let id = format!(
@@ -879,29 +902,53 @@ impl Database {
             &blake3::hash(format!("{}{}", now.as_nanosecond(), std::process::id()).as_bytes())
                 .to_hex()[..6]
         );
-        let (info, row_counts, catalog) = if self.postgres {
-            let file = dir.join(format!("{id}.dump"));
-            let b = rewind_dbkit::pg_backup(&self.url()?, &file, self.cfg.pg_bin.as_deref())
-                .await
-                .map_err(|e| self.fail(e))?;
-            (b.info, b.row_counts, b.catalog)
-        } else {
-            let db = self.sqlite_path().expect("sqlite component");
-            if !db.exists() {
-                return Err(self.fail(format!(
-                    "{} does not exist yet: nothing to back up",
-                    db.display()
-                )));
+        let file = dir.join(format!(
+            "{id}.{}",
+            if self.postgres { "dump" } else { "sqlite" }
+        ));
+        let partial = rewind_dbkit::partial_path(&file);
+        let step = format!("{}.backup", self.name);
+        let write = async {
+            if self.postgres {
+                let b = rewind_dbkit::pg_backup(&self.url()?, &file, self.cfg.pg_bin.as_deref())
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                Ok((b.info, b.row_counts, b.catalog))
+            } else {
+                let db = self.sqlite_path().expect("sqlite component");
+                if !db.exists() {
+                    return Err(self.fail(format!(
+                        "{} does not exist yet: nothing to back up",
+                        db.display()
+                    )));
+                }
+                let info = rewind_dbkit::sqlite_snapshot(db, &file)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                let (counts, catalog) = rewind_dbkit::sqlite_file_record(&file)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                Ok((info, counts, catalog))
             }
-            let file = dir.join(format!("{id}.sqlite"));
-            let info = rewind_dbkit::sqlite_snapshot(db, &file)
-                .await
-                .map_err(|e| self.fail(e))?;
-            let (counts, catalog) = rewind_dbkit::sqlite_file_record(&file)
-                .await
-                .map_err(|e| self.fail(e))?;
-            (info, counts, catalog)
         };
+        tokio::pin!(write);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        let size = || std::fs::metadata(&partial).map(|m| m.len()).ok();
+        let (info, row_counts, catalog) = loop {
+            tokio::select! {
+                done = &mut write => break done?,
+                _ = tick.tick() => {
+                    if let Some(n) = size() {
+                        progress.send_replace(n);
+                    }
+                }
+                _ = crash::during(&step, || size().is_some_and(|n| n > 0)) => {
+                    unreachable!("crash::during never finishes")
+                }
+            }
+        };
+        progress.send_replace(info.bytes);
+        crash::point("mid", &step);
         let meta = BackupMeta {
             id: id.clone(),
             component: self.name.clone(),
@@ -921,18 +968,27 @@ impl Database {
         let sidecar = dir.join(format!("{id}.json"));
         let tmp = dir.join(format!(".{id}.json.partial"));
         let text = serde_json::to_string_pretty(&meta).expect("serializable");
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, &sidecar))
-            .map_err(|e| {
-                ComponentError::io(&self.name, format!("writing {}", sidecar.display()), e)
-            })?;
+        let write_meta = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, text.as_bytes())?;
+            f.sync_all()?;
+            crash::point("after-action", &step);
+            std::fs::rename(&tmp, &sidecar)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write_meta().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            ComponentError::io(&self.name, format!("writing {}", sidecar.display()), e)
+        })?;
         self.prune_backups()?;
         Ok(meta)
     }
 
-    /// Every complete backup in the backup directory, oldest first.
+    /// Every complete backup in the backup directory, oldest first. What killed writers
+    /// left there is swept first, when no writer is at work (see [`crate::backup_dir`]).
     pub fn list_backups(&self) -> Result<Vec<BackupMeta>> {
         let dir = &self.cfg.backup_dir;
+        backup_dir::sweep(dir);
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -966,15 +1022,17 @@ impl Database {
         Ok(out)
     }
 
-    /// Removes the oldest backups beyond `keep-backups`.
+    /// Removes the oldest backups beyond `keep-backups`: the description first, so a prune
+    /// cut short leaves a file without one, which the next sweep removes (never a listed
+    /// backup without its file).
     pub fn prune_backups(&self) -> Result<Vec<String>> {
         let all = self.list_backups()?;
         let keep = self.cfg.keep_backups as usize;
         let mut removed = Vec::new();
         if all.len() > keep {
             for old in &all[..all.len() - keep] {
-                let _ = std::fs::remove_file(&old.file);
                 let _ = std::fs::remove_file(self.cfg.backup_dir.join(format!("{}.json", old.id)));
+                let _ = std::fs::remove_file(&old.file);
                 removed.push(old.id.clone());
             }
         }

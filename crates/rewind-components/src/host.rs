@@ -69,6 +69,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // a child reaped at once, nothing to supervise
     fn this_process_is_alive_and_a_reaped_child_is_not() {
         assert!(process_alive(std::process::id()));
         let mut child = std::process::Command::new("true").spawn().unwrap();

@@ -7,6 +7,7 @@ use rewind_core::Action;
 use rewind_core::config::ComponentConfig;
 use rewind_core::redact::Redactor;
 
+pub mod backup_dir;
 pub mod command;
 pub mod crash;
 pub mod database;

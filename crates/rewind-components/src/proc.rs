@@ -1,11 +1,9 @@
 //! Running the user's shell commands: `sh -c`, output captured (and redacted), a time limit
-//! that kills the whole process group, and `{release}` filled in.
+//! that kills the whole process group, and `{release}` filled in. The process model (own
+//! group, killed with rewind, parent-death signal) is `rewind_proc`'s.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
-
-use tokio::io::AsyncReadExt;
 
 use crate::{ComponentError, Result};
 
@@ -33,8 +31,10 @@ pub fn fill(template: &str, release: &str, component: &str) -> String {
         .replace("{component}", component)
 }
 
-/// Runs `command` with `sh -c` in `dir`, with extra environment variables, killing its process
-/// group when `timeout` passes.
+/// Runs `command` with `sh -c` in `dir`, with extra environment variables. Through
+/// [`rewind_proc`]: the command and everything it starts form one process group, killed
+/// whole when `timeout` passes, when the caller drops this future (a step cancelled, a
+/// monitoring window over), or when rewind dies.
 pub async fn run_shell(
     component: &str,
     command: &str,
@@ -43,18 +43,12 @@ pub async fn run_shell(
     timeout: Duration,
     redactor: &rewind_core::redact::Redactor,
 ) -> Result<CommandOutput> {
-    let mut cmd = tokio::process::Command::new(if std::path::Path::new("/bin/sh").exists() {
+    let mut cmd = rewind_proc::Command::new(if Path::new("/bin/sh").exists() {
         "/bin/sh"
     } else {
         "sh"
     });
-    cmd.arg("-c")
-        .arg(command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+    cmd.arg("-c").arg(command);
     if let Some(d) = dir {
         cmd.current_dir(d);
     }
@@ -62,61 +56,46 @@ pub async fn run_shell(
         cmd.env(k, v);
     }
     let shown = redactor.redact(command);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| ComponentError::io(component, format!("cannot start `{shown}`"), e))?;
-    let pid = child.id();
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let read_out = async {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf).await;
-        buf
-    };
-    let read_err = async {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf).await;
-        buf
-    };
-    let work = async {
-        let (out, err, status) = tokio::join!(read_out, read_err, child.wait());
-        (out, err, status)
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok((out, err, status)) => {
-            let status = status
-                .map_err(|e| ComponentError::io(component, format!("waiting for `{shown}`"), e))?;
-            let stdout = String::from_utf8_lossy(&out).to_string();
-            let mut output = stdout.clone();
-            let err = String::from_utf8_lossy(&err);
-            if !err.is_empty() {
-                if !output.is_empty() && !output.ends_with('\n') {
-                    output.push('\n');
-                }
-                output.push_str(&err);
-            }
-            Ok(CommandOutput {
-                status: status.code(),
-                output: redactor.redact(output.trim_end()),
-                stdout: redactor.redact(stdout.trim()),
-            })
-        }
-        Err(_) => {
-            if let Some(pid) = pid {
-                // Kill the whole group: a shell's children would otherwise live on.
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", &format!("-{pid}")])
-                    .status();
-            }
-            Err(ComponentError::failed(
+    let out = match cmd.output_within(timeout).await {
+        Ok(out) => out,
+        Err(rewind_proc::Error::TimedOut(_)) => {
+            return Err(ComponentError::failed(
                 component,
                 format!(
-                    "`{shown}` did not finish within {}; it was killed (raise command-timeout if it needs longer)",
+                    "`{shown}` did not finish within {}; it was killed with everything it started (raise command-timeout if it needs longer)",
                     rewind_core::units::format_duration(timeout)
                 ),
-            ))
+            ));
         }
+        Err(rewind_proc::Error::Start(e)) => {
+            return Err(ComponentError::io(
+                component,
+                format!("cannot start `{shown}`"),
+                e,
+            ));
+        }
+        Err(rewind_proc::Error::Wait(e)) => {
+            return Err(ComponentError::io(
+                component,
+                format!("waiting for `{shown}`"),
+                e,
+            ));
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut output = stdout.clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !err.is_empty() {
+        if !output.is_empty() && !output.ends_with('\n') {
+            output.push('\n');
+        }
+        output.push_str(&err);
     }
+    Ok(CommandOutput {
+        status: out.status.code(),
+        output: redactor.redact(output.trim_end()),
+        stdout: redactor.redact(stdout.trim()),
+    })
 }
 
 /// Fails with the command's output when it did not exit 0.

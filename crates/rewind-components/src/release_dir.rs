@@ -3,6 +3,12 @@
 //! Staging copies into a hidden directory and renames it into place, and switching creates a
 //! new symlink and renames it over `current`, so a crash at any instant leaves either the old
 //! or the new state, never a half-copied release or a missing `current`.
+//!
+//! The copy (`cp -a` or `tar -xzf`) is a child process that dies with rewind (see
+//! `rewind_proc`). What a killed run left (a staging directory, a temporary symlink, a
+//! release half deleted) is renamed into `<root>/.rewind-trash` by the next run and removed
+//! from there as far as possible: moving a leftover aside cannot fail because something
+//! still writes into it, so a leftover never fails a step.
 
 use std::path::{Path, PathBuf};
 
@@ -77,30 +83,112 @@ impl ReleaseDir {
         ]
     }
 
-    /// Removes what a killed run left behind: half-copied staging directories, half-deleted
-    /// releases, temporary symlinks.
-    fn sweep_leftovers(&self) -> Result<()> {
+    /// Where leftovers go before they are removed: `<root>/.rewind-trash`.
+    fn trash_dir(&self) -> PathBuf {
+        self.cfg.root.join(TRASH)
+    }
+
+    /// Clears away what a killed run left behind: half-copied staging directories,
+    /// half-deleted releases, temporary symlinks. Each is first renamed into the trash, which
+    /// works even while something still writes into it (a child of a run killed a moment
+    /// ago); then the trash is emptied as far as it can be. What cannot be removed yet stays
+    /// in the trash for the next sweep: a leftover never fails a step (every temporary name
+    /// is unique, so none can be in the way).
+    fn sweep_leftovers(&self) {
         for dir in [self.releases_dir(), self.cfg.root.clone()] {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
-                if name.starts_with(".rewind-") {
-                    let path = entry.path();
-                    let ft = entry
-                        .file_type()
-                        .map_err(|e| self.io(format!("reading {}", path.display()), e))?;
-                    let res = if ft.is_dir() {
-                        std::fs::remove_dir_all(&path)
-                    } else {
-                        std::fs::remove_file(&path)
-                    };
-                    res.map_err(|e| self.io(format!("removing leftover {}", path.display()), e))?;
+                if name.starts_with(".rewind-") && name != TRASH {
+                    let _ = self.discard(&entry.path());
                 }
             }
         }
+        self.empty_trash();
+    }
+
+    /// Moves `path` into the trash; where that cannot be done (the trash cannot be made, or
+    /// lies on another filesystem), renames it to a unique hidden name beside itself and
+    /// tries to remove it there.
+    fn discard(&self, path: &Path) -> std::io::Result<()> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let trash = self.trash_dir();
+        let _ = std::fs::create_dir(&trash);
+        if std::fs::rename(path, trash.join(format!("{name}-{}", unique()))).is_ok() {
+            return Ok(());
+        }
+        let aside = if name.starts_with(".rewind-") {
+            path.to_path_buf()
+        } else {
+            let aside = path.with_file_name(format!(".rewind-deleting-{name}-{}", unique()));
+            std::fs::rename(path, &aside)?;
+            aside
+        };
+        let _ = remove_any(&aside);
         Ok(())
+    }
+
+    /// Removes what the trash holds, best effort, and the trash itself once empty.
+    fn empty_trash(&self) {
+        let trash = self.trash_dir();
+        if let Ok(entries) = std::fs::read_dir(&trash) {
+            for entry in entries.flatten() {
+                let _ = remove_any(&entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&trash);
+    }
+
+    /// Reads a `.tar.gz` artifact through to its end (`tar -tzf`, within the command
+    /// timeout) without unpacking it: a truncated or corrupt archive is refused before the
+    /// release is recorded, as a missing artifact is, not half-way through staging it.
+    async fn check_tarball(&self, cx: &Ctx, artifact: &str) -> Result<()> {
+        let mut list = rewind_proc::Command::new("tar");
+        list.args(["-tzf", artifact])
+            .stdout(rewind_proc::Sink::Null);
+        let out = match list.output_within(self.cfg.command_timeout).await {
+            Ok(out) => out,
+            Err(rewind_proc::Error::TimedOut(d)) => {
+                return Err(ComponentError::failed(
+                    &self.name,
+                    format!(
+                        "artifact {artifact} could not be read through within {} (command-timeout); check the archive, or raise command-timeout",
+                        rewind_core::units::format_duration(d)
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(self.io(format!("reading artifact {artifact} with tar"), e.into_io()));
+            }
+        };
+        if out.status.success() {
+            return Ok(());
+        }
+        let why = cx.redactor.redact(
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+                .as_str(),
+        );
+        Err(ComponentError::failed(
+            &self.name,
+            format!(
+                "artifact {artifact} is not a readable .tar.gz ({}); build or download it again",
+                if why.is_empty() {
+                    "tar -tzf failed".to_string()
+                } else {
+                    why
+                }
+            ),
+        ))
     }
 
     async fn stage(&self, cx: &Ctx, release: &str, artifact: Option<&str>) -> Result<Outcome> {
@@ -124,12 +212,10 @@ impl ReleaseDir {
         let src = Path::new(artifact);
         std::fs::create_dir_all(self.releases_dir())
             .map_err(|e| self.io(format!("creating {}", self.releases_dir().display()), e))?;
-        self.sweep_leftovers()?;
+        self.sweep_leftovers();
         let staging = self
             .releases_dir()
-            .join(format!(".rewind-staging-{release}-{}", std::process::id()));
-        std::fs::create_dir(&staging)
-            .map_err(|e| self.io(format!("creating {}", staging.display()), e))?;
+            .join(format!(".rewind-staging-{release}-{}", unique()));
         let (prog, args): (&str, Vec<String>) = if src.is_dir() {
             (
                 "cp",
@@ -163,13 +249,26 @@ impl ReleaseDir {
                 format!("artifact {} does not exist", src.display()),
             ));
         };
-        let out = tokio::process::Command::new(prog)
-            .args(&args)
-            .output()
-            .await
-            .map_err(|e| self.io(format!("running {prog}"), e))?;
+        std::fs::create_dir(&staging)
+            .map_err(|e| self.io(format!("creating {}", staging.display()), e))?;
+        // The copy runs as a child in its own process group: if rewind is killed now, the
+        // copy dies with it (see `rewind_proc`) instead of writing on into the staging
+        // directory that the next run sweeps away.
+        let mut copy = rewind_proc::Command::new(prog);
+        copy.args(&args).stdout(rewind_proc::Sink::Null);
+        let step = format!("{}.stage", self.name);
+        let out = tokio::select! {
+            out = copy.output() => out,
+            _ = crash::during(&step, || has_entries(&staging)) => {
+                unreachable!("crash::during never finishes")
+            }
+        }
+        .map_err(|e| self.io(format!("running {prog}"), e.into_io()))?;
         if !out.status.success() {
-            let _ = std::fs::remove_dir_all(&staging);
+            // Aside first, removed as far as it can be: a failed copy's leftovers never
+            // hide the copy's own error.
+            let _ = self.discard(&staging);
+            self.empty_trash();
             return Err(ComponentError::failed(
                 &self.name,
                 format!(
@@ -212,11 +311,8 @@ impl ReleaseDir {
                 ),
             ));
         }
-        self.sweep_leftovers()?;
-        let tmp = self
-            .cfg
-            .root
-            .join(format!(".rewind-current-{}", std::process::id()));
+        self.sweep_leftovers();
+        let tmp = self.cfg.root.join(format!(".rewind-current-{}", unique()));
         let rel = Path::new("releases").join(release);
         std::os::unix::fs::symlink(&rel, &tmp)
             .map_err(|e| self.io(format!("creating symlink {}", tmp.display()), e))?;
@@ -262,7 +358,7 @@ impl ReleaseDir {
     }
 
     fn prune(&self, protect: &[String], known: &[String]) -> Result<Outcome> {
-        self.sweep_leftovers()?;
+        self.sweep_leftovers();
         let current = self.current_release()?;
         // Only releases the ledger knows are counted and removed, oldest first: a directory
         // somebody put there by hand is left alone.
@@ -287,17 +383,14 @@ impl ReleaseDir {
                 continue;
             }
             let path = self.release_path(r);
-            // Rename first so a crash mid-delete never leaves half a release under its name.
-            let doomed = self
-                .releases_dir()
-                .join(format!(".rewind-deleting-{r}-{}", std::process::id()));
-            std::fs::rename(&path, &doomed)
+            // Renamed away first, so a crash mid-delete never leaves half a release under
+            // its name; what cannot be removed at once goes with the next sweep.
+            self.discard(&path)
                 .map_err(|e| self.io(format!("moving {} aside", path.display()), e))?;
-            std::fs::remove_dir_all(&doomed)
-                .map_err(|e| self.io(format!("removing {}", doomed.display()), e))?;
             removed.push(r.clone());
             excess -= 1;
         }
+        self.empty_trash();
         if removed.is_empty() {
             Ok(Outcome::Skipped(
                 "nothing to remove (the rest are protected)".into(),
@@ -306,6 +399,39 @@ impl ReleaseDir {
             Ok(Outcome::Done(format!("removed {}", removed.join(", "))))
         }
     }
+}
+
+/// The trash's name in the app root.
+const TRASH: &str = ".rewind-trash";
+
+/// A suffix no other temporary name of this or an earlier run has: the process id (unique
+/// among live processes) and the time in nanoseconds (a reused pid of a dead run differs).
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Removes a file, a symlink or a whole directory.
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
 }
 
 fn is_tarball(p: &Path) -> bool {
@@ -356,7 +482,7 @@ impl Component for ReleaseDir {
         })
     }
 
-    async fn precheck(&self, _cx: &Ctx, action: &Action) -> Result<()> {
+    async fn precheck(&self, cx: &Ctx, action: &Action) -> Result<()> {
         match action {
             Action::Switch { release, .. } => {
                 // `current` must be a symlink we may replace, and the release must be on
@@ -399,6 +525,7 @@ impl Component for ReleaseDir {
                             format!("artifact {a} is neither a directory nor a .tar.gz/.tgz file"),
                         ))
                     }
+                    Some(a) if is_tarball(Path::new(a)) => self.check_tarball(cx, a).await,
                     Some(_) => Ok(()),
                 }
             }

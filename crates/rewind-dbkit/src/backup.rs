@@ -1,8 +1,9 @@
 //! Backups as restore points: SQLite snapshots (`VACUUM INTO`) and PostgreSQL dumps
 //! (`pg_dump -Fc`), their restore, and their verification in a scratch database.
 //!
-//! Every backup is written to a temporary file beside its destination, flushed to disk and
-//! renamed into place, so a backup file that exists is complete. Its BLAKE3 checksum is kept
+//! Every backup is written to a partial file beside its destination ([`partial_path`]),
+//! flushed to disk and renamed into place, so a backup file that exists is complete. pg_dump
+//! and pg_restore run through `rewind_proc`: killed with rewind, they write no further. Its BLAKE3 checksum is kept
 //! in [`BackupInfo`] and checked again before a restore.
 
 use std::collections::BTreeMap;
@@ -10,7 +11,6 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -113,7 +113,9 @@ pub async fn sqlite_snapshot(db_path: &Path, dest: &Path) -> Result<BackupInfo> 
     if dest.exists() {
         return Err(Error::Invalid(format!("{} already exists", dest.display())));
     }
-    let tmp = temp_beside(dest, "partial");
+    let tmp = partial_path(dest);
+    // `VACUUM INTO` refuses a file that exists; one by this name can only be a dead writer's.
+    let _ = std::fs::remove_file(&tmp);
     let tmp_str = tmp
         .to_str()
         .ok_or_else(|| Error::Invalid(format!("{} is not valid UTF-8", tmp.display())))?
@@ -426,12 +428,10 @@ pub(crate) async fn run_pg_tool(program: &Path, url: &PgUrl, args: Vec<OsString>
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    // A child of its own process group that dies with rewind (see `rewind_proc`): a killed
+    // backup leaves no pg_dump writing on.
+    let mut cmd = rewind_proc::Command::new(program);
+    cmd.args(&args);
     if let Some(p) = url.password() {
         cmd.env("PGPASSWORD", p);
     }
@@ -447,7 +447,7 @@ pub(crate) async fn run_pg_tool(program: &Path, url: &PgUrl, args: Vec<OsString>
     let out = cmd
         .output()
         .await
-        .map_err(io(format!("running {}", program.display())))?;
+        .map_err(|e| io(format!("running {}", program.display()))(e.into_io()))?;
     if out.status.success() {
         return Ok(());
     }
@@ -486,7 +486,7 @@ pub async fn pg_dump(url: &str, dest: &Path) -> Result<BackupInfo> {
         return Err(Error::Invalid(format!("{} already exists", dest.display())));
     }
     let (_, tools) = tools_for(&url, None).await?;
-    let tmp = temp_beside(dest, "partial");
+    let tmp = partial_path(dest);
     let args: Vec<OsString> = vec![
         "--format=custom".into(),
         "--no-password".into(),
@@ -662,6 +662,21 @@ pub async fn pg_verify_with(
 }
 
 // ---- files --------------------------------------------------------------------------------
+
+/// What every partial backup file's name holds: `.<name>.rewind-partial`, beside `<name>`.
+pub const PARTIAL_MARK: &str = ".rewind-partial";
+
+/// Where the backup that becomes `dest` is written until it is complete (then it is renamed
+/// to `dest`): the same name each time, so that a caller can watch it grow, and a sweep can
+/// tell it from a finished backup. `dest` is new for every backup (its name is the backup's
+/// id), so no two writers share it.
+pub fn partial_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}{PARTIAL_MARK}"))
+}
 
 /// A fresh, unused name in the directory of `path`.
 fn temp_beside(path: &Path, what: &str) -> PathBuf {
@@ -988,7 +1003,7 @@ pub async fn pg_backup(url: &str, dest: &Path, pg_bin: Option<&Path>) -> Result<
         row_counts.insert(format!("{schema}.{table}"), n);
     }
     let described = crate::catalog::pg_describe(&mut conn).await?;
-    let tmp = temp_beside(dest, "partial");
+    let tmp = partial_path(dest);
     let args: Vec<OsString> = vec![
         "--format=custom".into(),
         "--no-password".into(),

@@ -19,9 +19,9 @@ pub mod pgtools;
 pub mod pitr;
 
 pub use backup::{
-    BackupInfo, BackupKind, PgBackup, PgUrl, Progress, VerifyReport, pg_backup, pg_dump,
-    pg_restore, pg_verify, pg_verify_with, sqlite_file_counts, sqlite_file_record, sqlite_restore,
-    sqlite_snapshot, sqlite_verify, sqlite_verify_with,
+    BackupInfo, BackupKind, PARTIAL_MARK, PgBackup, PgUrl, Progress, VerifyReport, partial_path,
+    pg_backup, pg_dump, pg_restore, pg_verify, pg_verify_with, sqlite_file_counts,
+    sqlite_file_record, sqlite_restore, sqlite_snapshot, sqlite_verify, sqlite_verify_with,
 };
 pub use catalog::{Catalog, CatalogDiff};
 pub use error::{Error, Result};

@@ -14,10 +14,8 @@
 //! in `PATH` is skipped: it runs one of the `/usr/lib/postgresql` binaries, which are
 //! candidates themselves.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-
 use sqlx::PgConnection;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result, db};
 
@@ -166,12 +164,11 @@ async fn probe(dir: &Path) -> std::result::Result<PgTools, String> {
     if !dir.join("pg_restore").is_file() {
         return Err(format!("{}: no pg_restore there", dir.display()));
     }
-    let out = tokio::process::Command::new(&dump)
+    let out = rewind_proc::Command::new(&dump)
         .arg("--version")
-        .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| format!("{}: cannot run it: {e}", dump.display()))?;
+        .map_err(|e| format!("{}: cannot run it: {}", dump.display(), e.into_io()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let version = parse_version(&text)
         .ok_or_else(|| format!("{}: unexpected --version output {text:?}", dump.display()))?;

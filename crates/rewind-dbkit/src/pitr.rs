@@ -9,7 +9,6 @@
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -631,12 +630,11 @@ impl Runner {
                 switch_to: Some(user.to_string()),
             });
         }
-        let out = tokio::process::Command::new("id")
+        let out = rewind_proc::Command::new("id")
             .args(["-u", "--", user])
-            .stdin(Stdio::null())
             .output()
             .await
-            .map_err(io("running id"))?;
+            .map_err(|e| io("running id")(e.into_io()))?;
         let uid = String::from_utf8_lossy(&out.stdout).trim().parse::<u32>();
         match (out.status.success(), uid, euid) {
             (true, Ok(uid), Some(me)) if uid == me => Ok(Runner { switch_to: None }),
@@ -648,22 +646,18 @@ impl Runner {
         }
     }
 
-    fn command(&self, program: &Path, args: &[OsString]) -> tokio::process::Command {
+    fn command(&self, program: &Path, args: &[OsString]) -> rewind_proc::Command {
         let mut cmd = match &self.switch_to {
             Some(user) => {
-                let mut c = tokio::process::Command::new("runuser");
+                let mut c = rewind_proc::Command::new("runuser");
                 c.args(["-u", user.as_str(), "--"]).arg(program);
                 // The other user may not be allowed into rewind's working directory.
                 c.current_dir("/");
                 c
             }
-            None => tokio::process::Command::new(program),
+            None => rewind_proc::Command::new(program),
         };
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        cmd.args(args);
         cmd
     }
 
@@ -707,6 +701,7 @@ impl Runner {
             .command(&program, &Self::pgbackrest_args(cfg, args))
             .output()
             .await
+            .map_err(rewind_proc::Error::into_io)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Error::ProgramMissing {
                     program: program.display().to_string(),
@@ -726,7 +721,7 @@ impl Runner {
             .command(Path::new("/bin/sh"), &args)
             .output()
             .await
-            .map_err(io(format!("running {what}")))?;
+            .map_err(|e| io(format!("running {what}"))(e.into_io()))?;
         finish(&format!("{what} `{command}`"), out, url)
     }
 }

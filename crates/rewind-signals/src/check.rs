@@ -1,5 +1,7 @@
 //! Command checks: a shell command every interval; exit 0 passes. Used for named functional
-//! checks and for "database unreachable" (`pg_isready`, or a query through a CLI).
+//! checks and for "database unreachable" (`pg_isready`, or a query through a CLI). A check
+//! runs in its own process group, killed when it times out, when the window stops, and when
+//! rewind exits or dies (`rewind_proc`).
 
 use std::time::Instant;
 
@@ -17,15 +19,22 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let out = rewind_components::proc::run_shell(
-            &cfg.name,
-            &cfg.command,
-            None,
-            &[],
-            cfg.timeout,
-            &redactor,
-        )
-        .await;
+        if *stop.borrow() {
+            return;
+        }
+        // A check still running when the window ends is dropped, and its whole process
+        // group killed with it (see `rewind_proc`): nothing of it outlives the window.
+        let out = tokio::select! {
+            out = rewind_components::proc::run_shell(
+                &cfg.name,
+                &cfg.command,
+                None,
+                &[],
+                cfg.timeout,
+                &redactor,
+            ) => out,
+            _ = stop.changed() => return,
+        };
         let kind = match out {
             Ok(o) => SampleKind::Check {
                 ok: o.success(),

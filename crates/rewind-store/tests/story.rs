@@ -3,6 +3,9 @@
 //! The PostgreSQL half needs a server: `REWIND_TEST_PG_URL` names one (any database on it;
 //! the test creates a fresh database of its own). `scripts/test` starts one.
 
+// The test starts processes of its own directly (clippy.toml is for rewind itself).
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! Starts the real binary on a free port against a temporary release directory and talks
 //! to it over plain TCP.
 
+// The test starts the service directly (clippy.toml is for rewind itself).
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -320,31 +320,30 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// Shows the size of the partial backup file growing while `work` runs (a TTY line, or
-/// nothing when quiet).
-async fn with_progress<T>(
+/// Takes a backup of `db`, showing the size of its partial file as it grows (only this
+/// backup's: not another writer's, not a killed writer's leftovers), or nothing when quiet.
+async fn backup_showing_progress(
     printer: &Printer,
-    dir: &std::path::Path,
-    what: &str,
-    work: impl std::future::Future<Output = T>,
-) -> T {
+    name: &str,
+    db: &Database,
+    reason: &str,
+    level: &str,
+) -> rewind_components::Result<BackupMeta> {
+    let (tx, mut rx) = tokio::sync::watch::channel(0u64);
+    let work = db.backup_with_progress(reason, level, &tx);
     tokio::pin!(work);
     let started = std::time::Instant::now();
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
         tokio::select! {
             r = &mut work => return r,
-            _ = tick.tick() => {
-                let bytes: u64 = std::fs::read_dir(dir)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter(|e| e.file_name().to_string_lossy().contains("rewind-partial"))
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum();
+            Ok(()) = rx.changed() => {
+                let bytes = *rx.borrow_and_update();
                 if started.elapsed().as_millis() > 400 {
-                    printer.note(format!("  {what}: {} written ({:.1}s)", human_bytes(bytes), started.elapsed().as_secs_f64()));
+                    printer.note(format!(
+                        "  {name}: {} written ({:.1}s)",
+                        human_bytes(bytes),
+                        started.elapsed().as_secs_f64()
+                    ));
                 }
             }
         }
@@ -365,11 +364,12 @@ async fn create(env: &Env, component: Option<String>, printer: &Printer) -> CliR
             db.location()
         ));
         let started = std::time::Instant::now();
-        let meta = with_progress(
+        let meta = backup_showing_progress(
             printer,
-            &db.config().backup_dir,
             &name,
-            db.backup("by hand (rewind backup create)", &level),
+            &db,
+            "by hand (rewind backup create)",
+            &level,
         )
         .await
         .map_err(component_err)?;

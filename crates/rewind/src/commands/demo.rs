@@ -5,7 +5,7 @@
 //! as a user would type it; at the end the timeline and the evidence come from the audit log.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -22,8 +22,10 @@ struct Demo {
 impl Drop for Demo {
     fn drop(&mut self) {
         // Stop the demo service whatever happened, then remove the directory.
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("app/shop.pid")) {
-            let _ = Command::new("kill").arg(pid.trim()).status();
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("app/shop.pid"))
+            && let Ok(pid) = pid.trim().parse()
+        {
+            rewind_proc::terminate(pid);
         }
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -150,19 +152,19 @@ rate = 5
     say(&printer.bold(&format!("rewind demo — fault in v2: {fault_text}")));
     say(&format!("environment in {}\n", dir.display()));
 
-    let run = |args: &[&str]| -> (Option<i32>, String) {
+    let run = async |args: &[&str]| -> (Option<i32>, String) {
         say(&format!("{} rewind {}", printer.bold("$"), args.join(" ")));
-        let out = Command::new(&demo.exe)
+        let out = rewind_proc::Command::new(&demo.exe)
             .args(args)
             .current_dir(&dir)
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
             .stderr(if printer.quiet {
-                Stdio::null()
+                rewind_proc::Sink::Null
             } else {
-                Stdio::inherit()
+                rewind_proc::Sink::Inherit
             })
-            .output();
+            .output()
+            .await;
         match out {
             Ok(o) => {
                 let stdout = String::from_utf8_lossy(&o.stdout).to_string();
@@ -182,21 +184,21 @@ rate = 5
     };
 
     let mut problems = Vec::new();
-    let (c, _) = run(&["check"]);
+    let (c, _) = run(&["check"]).await;
     if c != Some(0) {
         problems.push("the demo config did not pass `rewind check`".to_string());
     }
-    let (c, _) = run(&["deploy", "v1", "--artifact", "shop=build/v1"]);
+    let (c, _) = run(&["deploy", "v1", "--artifact", "shop=build/v1"]).await;
     if c != Some(0) {
         problems.push("deploying v1 failed".to_string());
     }
-    let (c, _) = run(&["deploy", "v2", "--artifact", "shop=build/v2", "--watch"]);
+    let (c, _) = run(&["deploy", "v2", "--artifact", "shop=build/v2", "--watch"]).await;
     if c != Some(1) {
         problems.push(format!(
             "the faulty v2 was not rolled back (deploy --watch exited {c:?}, expected 1)"
         ));
     }
-    run(&["status"]);
+    run(&["status"]).await;
     // The column v2 dropped is back, with its values: the database was restored.
     match gift_notes(&dir.join("app/shop.db")).await {
         Ok(2) => {}
@@ -205,13 +207,13 @@ rate = 5
         )),
         Err(e) => problems.push(format!("the database was not restored: {e}")),
     }
-    let (c, _) = run(&["audit", "verify"]);
+    let (c, _) = run(&["audit", "verify"]).await;
     if c != Some(0) {
         problems.push("the audit chain does not verify".to_string());
     }
 
     // The timeline and the evidence, from the audit log.
-    let (_, log) = run(&["--json", "audit", "log"]);
+    let (_, log) = run(&["--json", "audit", "log"]).await;
     let entries: Vec<Value> = serde_json::from_str::<Value>(&log)
         .ok()
         .and_then(|v| v["entries"].as_array().cloned())

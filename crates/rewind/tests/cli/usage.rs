@@ -93,3 +93,80 @@ fn audit_log_last_zero_is_refused_not_read_as_empty() {
     one.ok();
     assert_eq!(one.json()["entries"].as_array().unwrap().len(), 1);
 }
+
+/// A `.tar.gz` artifact that cannot be read through (cut short, or not gzip at all) is
+/// refused before anything starts, by `deploy` and by `plan --deploy`, like a missing one:
+/// no release recorded, no run, nothing staged, `current` untouched. A good one still goes.
+#[test]
+fn a_corrupt_tarball_artifact_is_refused_before_anything_starts() {
+    let f = Fixture::new();
+    f.deploy("v1").ok();
+    let good = f.path("v2.tar.gz");
+    let st = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&good)
+        .arg("-C")
+        .arg(f.path("art/v2"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bytes = std::fs::read(&good).unwrap();
+    // Cut short: the gzip stream ends in the middle.
+    let cut = f.path("cut.tar.gz");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    // Not an archive at all, under an archive's name.
+    let text = f.path("notes.tgz");
+    std::fs::write(&text, "this is not an archive\n").unwrap();
+    let runs_before = f.run(&["--json", "history"]).json()["runs"].clone();
+    assert_eq!(
+        runs_before.as_array().map(Vec::len),
+        Some(1),
+        "{runs_before}"
+    );
+
+    for bad in [&cut, &text] {
+        let art = format!("web={}", bad.display());
+        let deploy = f.run(&["deploy", "v2", "--artifact", &art]);
+        deploy.code(2);
+        assert!(
+            deploy.stderr.contains("cannot start; nothing was changed")
+                && deploy.stderr.contains(&format!(
+                    "artifact {} is not a readable .tar.gz",
+                    bad.display()
+                )),
+            "{}",
+            deploy.all()
+        );
+        let plan = f.run(&["plan", "--deploy", "v2", "--artifact", &art]);
+        plan.code(2);
+        assert!(plan.stdout.contains("would REFUSE"), "{}", plan.all());
+        assert!(
+            plan.stderr.contains("is not a readable .tar.gz"),
+            "{}",
+            plan.all()
+        );
+    }
+    // Nothing was recorded, run or staged.
+    let (current, releases) = f.ledger();
+    assert_eq!(current.as_deref(), Some("v1"));
+    assert_eq!(releases.len(), 1, "{releases:?}");
+    assert_eq!(
+        f.run(&["--json", "history"]).json()["runs"],
+        runs_before,
+        "a run was started"
+    );
+    assert_eq!(f.current(), "releases/v1");
+    let on_disk: Vec<String> = std::fs::read_dir(f.path("srv/releases"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(on_disk, ["v1"], "something was staged");
+
+    // The good archive is planned and deployed.
+    let art = format!("web={}", good.display());
+    f.run(&["plan", "--deploy", "v2", "--artifact", &art]).ok();
+    f.run(&["deploy", "v2", "--artifact", &art]).ok();
+    assert_eq!(f.current(), "releases/v2");
+}
