@@ -494,8 +494,8 @@ impl Component for ReleaseDir {
                     Err(ComponentError::failed(
                         &self.name,
                         format!(
-                            "{} is no longer on disk (pruned or removed by hand); deploy it again with --artifact, or choose another release with --to",
-                            self.release_path(release).display()
+                            "{path} is no longer on disk (pruned or removed by hand): put the release back there (for a .tar.gz: mkdir -p {path} && tar -xzf ARTIFACT -C {path}) and run the command again, or choose another release with --to",
+                            path = self.release_path(release).display()
                         ),
                     ))
                 }
@@ -526,6 +526,19 @@ impl Component for ReleaseDir {
                         ))
                     }
                     Some(a) if is_tarball(Path::new(a)) => self.check_tarball(cx, a).await,
+                    Some(a)
+                        if std::fs::read_dir(a)
+                            .map(|mut d| d.next().is_none())
+                            .unwrap_or(false) =>
+                    {
+                        Err(ComponentError::failed(
+                            &self.name,
+                            format!(
+                                "artifact {a} is an empty directory: point --artifact {}=PATH at the built release",
+                                self.name
+                            ),
+                        ))
+                    }
                     Some(_) => Ok(()),
                 }
             }

@@ -66,15 +66,18 @@ impl Redactor {
         }
     }
 
-    /// Adds a value the user declared secret: masked whatever its length. Its percent-encoded
-    /// form (as it is written inside a URL) is masked too.
+    /// Adds a value the user declared secret (see [`MIN_DECLARED_LEN`]: shorter values are
+    /// refused where they are read). Its encoded forms are masked too: percent-encoded with
+    /// upper- and lower-case hex (as written inside a URL) and form-encoded (`+` for a space).
     pub fn add_declared(&mut self, value: impl Into<String>) {
         let v = value.into();
         if v.is_empty() {
             return;
         }
-        let encoded = percent_encode(&v);
-        for v in [v, encoded] {
+        let upper = percent_encode(&v);
+        let lower = lowercase_hex(&upper);
+        let form = percent_encode(&v.replace(' ', "\u{1}")).replace("%01", "+");
+        for v in [v, upper, lower, form] {
             if !self.secrets.contains(&v) {
                 self.secrets.push(v);
             }
@@ -93,14 +96,18 @@ impl Redactor {
     }
 
     /// Returns `text` with every secret and URL password replaced by `***`.
+    ///
+    /// Known values go first, whole: a rule that finds a password by its shape (a URL's
+    /// `user:password@`) could otherwise cut a known value at a character it holds (an `@`)
+    /// and leave the rest of it in the clear.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = redact_url_passwords(text);
+        let mut out = text.to_string();
         for s in &self.secrets {
             if out.contains(s.as_str()) {
                 out = out.replace(s.as_str(), MASK);
             }
         }
-        out
+        redact_url_passwords(&out)
     }
 
     /// A JSON value with every string in it (object keys too) redacted.
@@ -121,9 +128,29 @@ impl Redactor {
     }
 }
 
+/// The shortest value `[secrets]` accepts, in bytes. Every occurrence of a secret is masked in
+/// what rewind prints and stores; a shorter value ("e", "1", "30s") would mask ordinary words
+/// and numbers everywhere and protect nothing.
+pub const MIN_DECLARED_LEN: usize = 4;
+
+/// `%2f` for `%2F`: the same escape with lower-case hex digits.
+fn lowercase_hex(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut chars = encoded.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '%' {
+            for h in chars.by_ref().take(2) {
+                out.push(h.to_ascii_lowercase());
+            }
+        }
+    }
+    out
+}
+
 /// `value` as it is written inside a URL: everything but the unreserved characters of RFC 3986
 /// percent-encoded.
-fn percent_encode(value: &str) -> String {
+pub(crate) fn percent_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -237,37 +264,94 @@ fn mask_authorization(text: &str) -> String {
     out
 }
 
-/// Masks the value of `password=` (and `sslpassword=`) in URL query strings and connection
-/// strings: `?password=s3cret&…` → `?password=***&…`.
+/// The words that make a key's value secret in `KEY=value`, `"KEY": "value"` and
+/// `KEY: value`: `PGPASSWORD=…`, `db_password=…`, `--token=…`, `"api_key": "…"`.
+const SECRET_KEY_WORDS: &str =
+    r"pass(?:word|wd)|secret|token|api[_-]?key|private[_-]?key|access[_-]?key|credentials?";
+
+/// `KEY=value`, with a key holding one of [`SECRET_KEY_WORDS`] that starts the text, a line or
+/// follows a separator (so `password=` at the start of any line is found).
+static KEY_EQUALS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(&format!(
+        r#"(?i)(?:^|[^A-Za-z0-9_.-])[A-Za-z0-9_.-]*(?:{SECRET_KEY_WORDS})[A-Za-z0-9_.-]*[ \t]*=(?:[ \t]*["']|)([^\s"'&;#`]+)"#
+    ))
+    .expect("a valid pattern")
+});
+
+/// `"KEY": "value"` (JSON) and `KEY: value` at the start of a line (YAML, a header dump, a
+/// log line); not `secret:` inside a sentence.
+static KEY_COLON: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(&format!(
+        r#"(?im)(?:"[A-Za-z0-9_.-]*(?:{SECRET_KEY_WORDS})[A-Za-z0-9_.-]*"[ \t]*:[ \t]*"([^"\n]+)"|^[ \t]*[A-Za-z0-9_.-]*(?:pass(?:word|wd)|api[_-]?key|private[_-]?key|access[_-]?key)[A-Za-z0-9_.-]*[ \t]*:[ \t]+([^\s"'`]+))"#
+    ))
+    .expect("a valid pattern")
+});
+
+/// SQL's `PASSWORD 'value'` (`CREATE ROLE … PASSWORD '…'`, `ALTER USER … WITH PASSWORD '…'`).
+static SQL_PASSWORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"(?i)\bpassword[ \t]+'((?:[^']|'')+)'").expect("a valid pattern")
+});
+
+/// `curl -u user:password` / `--user user:password`.
+static CURL_USER: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r#"(?:^|\s)(?:-u|--user)[ \t]+["']?[^\s:"']+:([^\s"']+)"#)
+        .expect("a valid pattern")
+});
+
+/// Masks the values of secret-looking keys (`password=`, `sslpassword=`, `PGPASSWORD=`,
+/// `db_password=`, `--token=`, `"password": "…"`, `password: …`) and of `curl -u user:pw`.
+/// A value that is a `{secret:NAME}` reference stays: it holds no secret. A `)` that ends a
+/// value with no `(` in it is kept: it closes a parenthesis around the command.
 fn mask_password_params(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    loop {
-        let lower = rest.to_ascii_lowercase();
-        let Some(at) = lower.find("password=") else {
-            out.push_str(rest);
-            return out;
-        };
-        // Only as a parameter: after `?`, `&`, `;`, whitespace, a quote, or `ssl`.
-        let before = lower[..at].chars().last();
-        let is_param = at == 0
-            || matches!(before, Some('?' | '&' | ';' | ' ' | '\t' | '"' | '\''))
-            || lower[..at].ends_with("ssl");
-        let value_at = at + "password=".len();
-        out.push_str(&rest[..value_at]);
-        rest = &rest[value_at..];
-        if is_param {
-            let end = rest
-                .find(|c: char| {
-                    c == '&' || c == ';' || c.is_whitespace() || c == '"' || c == '\'' || c == '#'
-                })
-                .unwrap_or(rest.len());
-            if end > 0 {
-                out.push_str(MASK);
-            }
-            rest = &rest[end..];
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    for caps in KEY_EQUALS.captures_iter(text) {
+        if let Some(m) = caps.get(1) {
+            ranges.push(m.range());
         }
     }
+    for caps in KEY_COLON.captures_iter(text) {
+        if let Some(m) = caps.get(1).or_else(|| caps.get(2)) {
+            ranges.push(m.range());
+        }
+    }
+    for caps in SQL_PASSWORD.captures_iter(text) {
+        if let Some(m) = caps.get(1) {
+            ranges.push(m.range());
+        }
+    }
+    for caps in CURL_USER.captures_iter(text) {
+        if let Some(m) = caps.get(1) {
+            ranges.push(m.range());
+        }
+    }
+    if ranges.is_empty() {
+        return text.to_string();
+    }
+    ranges.sort_by_key(|r| r.start);
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for r in ranges {
+        if r.start < at {
+            continue;
+        }
+        let mut value = &text[r.clone()];
+        let mut end = r.end;
+        while value.ends_with(')') && !value.contains('(') {
+            value = &value[..value.len() - 1];
+            end -= 1;
+        }
+        let value_end = r.start + value.len();
+        out.push_str(&text[at..r.start]);
+        if value.is_empty() || value == MASK || is_reference(value) {
+            out.push_str(value);
+        } else {
+            out.push_str(MASK);
+        }
+        out.push_str(&text[value_end..end]);
+        at = end;
+    }
+    out.push_str(&text[at..]);
+    out
 }
 
 #[cfg(test)]
@@ -387,6 +471,67 @@ mod tests {
         r.add("abcdefgh");
         r.add("x");
         assert_eq!(r.redact("t=abcdefgh u=abcd v=x"), "t=*** u=*** v=x");
+    }
+
+    #[test]
+    fn secret_keys_are_masked_wherever_the_key_starts() {
+        let cases = [
+            ("a\npassword=PWx\n", "a\npassword=***\n"),
+            ("password=PWx", "password=***"),
+            ("PGPASSWORD=s3cr3t psql -h db", "PGPASSWORD=*** psql -h db"),
+            ("export db_password='s3cr3t'", "export db_password='***'"),
+            ("run --token=abc.def x", "run --token=*** x"),
+            (
+                "{\"password\": \"hunter2\", \"user\": \"u\"}",
+                "{\"password\": \"***\", \"user\": \"u\"}",
+            ),
+            ("  password: hunter2\nuser: u", "  password: ***\nuser: u"),
+            (
+                "curl -u bot:hunter2 https://h/x",
+                "curl -u bot:*** https://h/x",
+            ),
+            (
+                "web: restart (echo password=PWx)",
+                "web: restart (echo password=***)",
+            ),
+            (
+                "ALTER ROLE app WITH PASSWORD 'it''s'",
+                "ALTER ROLE app WITH PASSWORD '***'",
+            ),
+            (
+                "host=h sslpassword=k dbname=x",
+                "host=h sslpassword=*** dbname=x",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(redact_url_passwords(text), want, "{text:?}");
+        }
+        for same in [
+            "reset the password= field",
+            "PWD=/root HOME=/root",
+            "secret `tok`: from environment variable HOOK_TOK",
+            "token={secret:hook}",
+            "the password: field is empty",
+        ] {
+            assert_eq!(redact_url_passwords(same), same);
+        }
+    }
+
+    #[test]
+    fn a_known_value_is_masked_whole_before_any_shape_rule() {
+        let mut r = Redactor::default();
+        r.add_declared("ZQ p@ss/9:x");
+        assert_eq!(
+            r.redact("cannot connect to postgres://postgres:ZQ p@ss/9:x@127.0.0.1:1/x"),
+            "cannot connect to postgres://postgres:***@127.0.0.1:1/x"
+        );
+        for encoded in [
+            "ZQ%20p%40ss%2F9%3Ax",
+            "ZQ%20p%40ss%2f9%3ax",
+            "ZQ+p%40ss%2F9%3Ax",
+        ] {
+            assert_eq!(r.redact(&format!("u={encoded}&")), "u=***&", "{encoded}");
+        }
     }
 
     #[test]

@@ -192,11 +192,35 @@ pub fn substitute(
             name: r.name.to_string(),
             reason,
         })?;
-        out.push_str(&value);
+        if in_url_userinfo(text, r.range.clone()) {
+            // `scheme://user:{secret:pw}@host`: the value as a URL holds it, so that an `@`,
+            // `/` or `:` in a password neither breaks the URL nor shows part of it.
+            out.push_str(&crate::redact::percent_encode(&value));
+        } else {
+            out.push_str(&value);
+        }
         last = r.range.end;
     }
     out.push_str(&text[last..]);
     Ok(out)
+}
+
+/// Is `range` of `text` inside the user information of a URL (`scheme://…@`)?
+fn in_url_userinfo(text: &str, range: std::ops::Range<usize>) -> bool {
+    let before = &text[..range.start];
+    let Some(scheme_end) = before.rfind("://") else {
+        return false;
+    };
+    let authority_ends =
+        |c: char| matches!(c, '/' | '?' | '#' | '@' | '"' | '\'' | '`') || c.is_whitespace();
+    if before[scheme_end + 3..].contains(authority_ends) {
+        return false;
+    }
+    let after = &text[range.end..];
+    let stop = after
+        .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '`') || c.is_whitespace())
+        .unwrap_or(after.len());
+    after[..stop].contains('@')
 }
 
 /// A path into a serialized config, as a person reads it: `deploy`, `ready.command`,
@@ -272,12 +296,38 @@ pub fn seal<T: Serialize + DeserializeOwned>(
     config: &T,
     redactor: &Redactor,
 ) -> Result<T, SecretError> {
-    let mut v = to_value(config)?;
-    map_strings(&mut v, &mut Vec::new(), &mut |_, s| {
+    let original = to_value(config)?;
+    let mut masked: Vec<(Vec<String>, String)> = Vec::new();
+    let mut all = original.clone();
+    map_strings(&mut all, &mut Vec::new(), &mut |path, s| {
         let r = redactor.redact(s);
-        Ok((r != s).then_some(r))
+        if r == s {
+            return Ok(None);
+        }
+        masked.push((path.to_vec(), r.clone()));
+        Ok(Some(r))
     })?;
-    from_value(v)
+    if let Ok(sealed) = from_value(all) {
+        return Ok(sealed);
+    }
+    // A secret that happens to be written in a value that is no free text (a kind, a
+    // duration: `release-dir` holds a secret "e") is no secret there, and masking it would
+    // leave a record nobody can read: such values stay as they are, one by one.
+    let mut sealed = original;
+    for (path, value) in masked {
+        let mut trial = sealed.clone();
+        if let Some(slot) = path.iter().try_fold(&mut trial, |node, seg| match node {
+            Value::Object(m) => m.get_mut(seg),
+            Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            _ => None,
+        }) {
+            *slot = Value::String(value);
+        }
+        if from_value::<T>(trial.clone()).is_ok() {
+            sealed = trial;
+        }
+    }
+    from_value(sealed)
 }
 
 /// A sealed config made whole again from `live`, the same component as the config file
@@ -327,6 +377,39 @@ mod tests {
     use super::*;
     use crate::config::{CommandConfig, ComponentConfig};
     use std::time::Duration;
+
+    #[test]
+    fn a_reference_in_a_urls_user_information_is_percent_encoded() {
+        let lookup = |_: &str| Ok::<_, String>("p@ss/9:x y".to_string());
+        assert_eq!(
+            substitute("postgres://app:{secret:pw}@db/app", "url", &lookup).unwrap(),
+            "postgres://app:p%40ss%2F9%3Ax%20y@db/app"
+        );
+        assert_eq!(
+            substitute(
+                "curl -H 'X: {secret:pw}' https://h/{secret:pw}",
+                "deploy",
+                &lookup
+            )
+            .unwrap(),
+            "curl -H 'X: p@ss/9:x y' https://h/p@ss/9:x y"
+        );
+    }
+
+    #[test]
+    fn sealing_keeps_values_that_are_no_free_text() {
+        // Secrets "m" and "30s" occur in the kind `command` and in a duration: the record
+        // stays readable, and the command's copy is masked.
+        let config = cmd("echo m 30s {release}");
+        let mut r = Redactor::default();
+        r.add_declared("m");
+        r.add_declared("30s");
+        let sealed = seal(&config, &r).unwrap();
+        let v = serde_json::to_value(&sealed).unwrap();
+        assert_eq!(v["kind"], "command", "{v}");
+        assert_eq!(deploy_of(&sealed), "echo *** *** {release}");
+        assert_eq!(unseal(&sealed, Some(&config), &r).unwrap(), config);
+    }
 
     fn cmd(deploy: &str) -> ComponentConfig {
         ComponentConfig::Command(CommandConfig {

@@ -53,6 +53,20 @@ impl Values {
                 SecretSource::File(path) => Err(format!("file {} (not read)", path.display())),
                 SecretSource::Value(v) => Ok(v.clone()),
             };
+            // Every occurrence of a secret is masked in what rewind prints and stores: a
+            // value as short as "e" or "30s" would mask ordinary text everywhere.
+            let value = value.and_then(|v| {
+                let min = rewind_core::redact::MIN_DECLARED_LEN;
+                if v.len() < min {
+                    Err(format!(
+                        "its value is {} character{} long, and rewind masks every occurrence of a secret in what it prints and stores: a value shorter than {min} characters would mask ordinary words; use a longer secret",
+                        v.chars().count(),
+                        if v.chars().count() == 1 { "" } else { "s" }
+                    ))
+                } else {
+                    Ok(v)
+                }
+            });
             out.insert(
                 name.clone(),
                 value.map_err(|why| {

@@ -27,7 +27,7 @@ pub fn run(path: &Path, printer: &Printer) -> CliResult<ExitCode> {
         .map(|(n, s)| {
             let available = match &s.source {
                 SecretSource::File(_) => None,
-                _ => Some(values.get(n).is_ok()),
+                _ => Some(values.get(n)),
             };
             (n, s, available)
         })
@@ -38,7 +38,7 @@ pub fn run(path: &Path, printer: &Printer) -> CliResult<ExitCode> {
         "environment": config.environment.name,
         "state": location.display_safe(),
         "components": comps,
-        "secrets": secrets.iter().map(|(n, s, available)| json!({"name": n, "from": s.source.to_string(), "available": available})).collect::<Vec<_>>(),
+        "secrets": secrets.iter().map(|(n, s, available)| json!({"name": n, "from": s.source.to_string(), "available": available.as_ref().map(|a| a.is_ok()), "problem": available.as_ref().and_then(|a| a.as_ref().err())})).collect::<Vec<_>>(),
     }));
     let mut text = format!(
         "{} is valid: environment `{}`, state {}\ncomponents (deploy order):",
@@ -53,9 +53,8 @@ pub fn run(path: &Path, printer: &Printer) -> CliResult<ExitCode> {
         text.push_str("\nsecrets (read when rewind acts):");
         for (n, s, available) in &secrets {
             let state = match available {
-                Some(true) => "",
-                Some(false) => " — not set here",
-                None => "",
+                Some(Err(why)) => format!(" — cannot be used here: {why}"),
+                Some(Ok(_)) | None => String::new(),
             };
             text.push_str(&format!("\n  {n}: from {}{state}", s.source));
         }

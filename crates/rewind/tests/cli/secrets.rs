@@ -302,6 +302,65 @@ lit = { value = "lit-secret-8812" }
     audit_ok(&f);
 }
 
+/// A secret too short to be masked without masking ordinary text is refused where it is
+/// read (exit 2, nothing recorded); one that is an ordinary word ("command", which is also a
+/// component kind) is masked where it is written and leaves every record readable. A
+/// `password=` at the start of any line of a command's output is masked, in text and JSON.
+#[test]
+fn short_and_word_like_secrets_and_passwords_on_their_own_line() {
+    let hook = |secret: &str| {
+        format!(
+            r#"
+[components.hook]
+kind = "command"
+current = "cat hook-version"
+deploy = "echo {{release}} > hook-version; echo 'sent {{secret:s}}'; printf 'first\npassword=PWLINE-731\n'"
+rollback = "echo {{release}} > hook-version"
+
+[secrets]
+s = {{ value = "{secret}" }}
+"#
+        )
+    };
+    let f = Fixture::with(Setup {
+        extra: hook("e"),
+        ..Setup::default()
+    });
+    let refused = f.deploy("v1");
+    refused.code(2);
+    assert!(
+        refused.stderr.contains("use a longer secret")
+            && refused.stderr.contains("nothing was changed")
+            && !refused.stderr.contains("***"),
+        "{}",
+        refused.all()
+    );
+    assert!(
+        f.run(&["--json", "history"]).json()["runs"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let f = Fixture::with(Setup {
+        extra: hook("command"),
+        ..Setup::default()
+    });
+    let mut outs = vec![f.deploy("v1")];
+    let art = format!("web={}", f.path("art/v2").display());
+    outs.push(f.run(&["--json", "deploy", "v2", "--artifact", &art]));
+    for o in &outs {
+        o.ok();
+    }
+    assert!(outs[1].stdout.contains("password=***"), "{}", outs[1].all());
+    outs.push(f.run(&["rollback", "--yes"]));
+    outs.last().unwrap().ok();
+    assert_eq!(f.run(&["--json", "status"]).json()["current"]["name"], "v1");
+    outs.extend(read_everything(&f, &[]));
+    assert_nowhere(&f, &outs, &["PWLINE-731"]);
+    audit_ok(&f);
+}
+
 /// A run is recorded with a masked URL password; resumed after the config changed more than
 /// the password, it cannot get the secret back: exit 2 naming the field, nothing run, no
 /// secret shown. With the line put back, `resume` finishes the run.

@@ -190,6 +190,21 @@ fn old_releases_are_pruned_but_never_current_or_last_good() {
     r.code(2);
     assert!(r.stderr.contains("no longer on disk"), "{}", r.all());
     assert_eq!(f.current(), "releases/v5");
+    // The hint is one that works: put the release back where it was, and roll back.
+    assert!(
+        r.stderr.contains("put the release back there") && !r.stderr.contains("deploy it again"),
+        "{}",
+        r.all()
+    );
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(f.path("art/v1"))
+        .arg(f.path("srv/releases/v1"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    f.run(&["rollback", "--yes", "--to", "v1"]).ok();
+    assert_eq!(f.current(), "releases/v1");
 }
 
 #[test]

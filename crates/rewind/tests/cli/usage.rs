@@ -147,6 +147,17 @@ fn a_corrupt_tarball_artifact_is_refused_before_anything_starts() {
             plan.all()
         );
     }
+    // An empty directory (a build that produced nothing) is refused the same way.
+    std::fs::create_dir_all(f.path("empty-build")).unwrap();
+    let art = format!("web={}", f.path("empty-build").display());
+    for args in [
+        &["deploy", "v2", "--artifact", &art][..],
+        &["plan", "--deploy", "v2", "--artifact", &art],
+    ] {
+        let o = f.run(args);
+        o.code(2);
+        assert!(o.stderr.contains("is an empty directory"), "{}", o.all());
+    }
     // Nothing was recorded, run or staged.
     let (current, releases) = f.ledger();
     assert_eq!(current.as_deref(), Some("v1"));
