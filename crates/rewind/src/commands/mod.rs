@@ -459,20 +459,33 @@ pub fn state_location(config: &Config) -> StateLocation {
 
 /// Release names end up in paths and shell commands, so they are kept plain.
 pub fn validate_release_name(name: &str) -> CliResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
-    if ok {
-        Ok(())
+    const MAX: usize = 128;
+    let why = if name.is_empty() {
+        Some("it is empty".to_string())
+    } else if name.len() > MAX {
+        Some(format!("it is {} bytes long; at most {MAX}", name.len()))
+    } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        Some("it must start with a letter or digit".to_string())
     } else {
-        Err(usage(format!("`{name}` is not a valid release name"))
-            .hint("use letters, digits, `.`, `_`, `-` and `+`, starting with a letter or digit (e.g. v1.2.0)"))
+        name.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+')))
+            .map(|c| format!("it holds {:?}", c))
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => {
+            // Shown shortened and escaped: the name may be long or hold control characters.
+            let shown: String = name
+                .chars()
+                .take(40)
+                .collect::<String>()
+                .escape_debug()
+                .to_string();
+            let more = if name.chars().count() > 40 { "…" } else { "" };
+            Err(usage(format!("`{shown}{more}` is not a valid release name: {why}")).hint(
+                format!("use up to {MAX} letters, digits, `.`, `_`, `-` and `+`, starting with a letter or digit (e.g. v1.2.0)"),
+            ))
+        }
     }
 }
 

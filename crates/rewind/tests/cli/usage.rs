@@ -181,3 +181,23 @@ fn a_corrupt_tarball_artifact_is_refused_before_anything_starts() {
     f.run(&["deploy", "v2", "--artifact", &art]).ok();
     assert_eq!(f.current(), "releases/v2");
 }
+
+/// A refused release name says why (too long, a character, how it starts), shortened and
+/// escaped, and nothing is recorded.
+#[test]
+fn bad_release_names_say_why() {
+    let f = Fixture::new();
+    let long = "a".repeat(200);
+    for (name, why) in [
+        (long.as_str(), "it is 200 bytes long; at most 128"),
+        ("a/b", "it holds '/'"),
+        ("x\ny", "it holds '\\n'"),
+        ("-x", "it must start with a letter or digit"),
+    ] {
+        let o = f.run(&["deploy", "--", name]);
+        o.code(2);
+        assert!(o.stderr.contains(why), "{name:?}: {}", o.all());
+        assert!(!o.stderr.contains(&long), "{}", o.all());
+    }
+    assert_eq!(f.ledger().1.len(), 0);
+}
