@@ -8,7 +8,9 @@
 //!   write (SQLite: `BEGIN IMMEDIATE`, so it never has to upgrade a read lock);
 //! - `lock_env(tx, env)`: serialises writers of one environment's audit chain and release
 //!   sequence for the rest of the transaction (PostgreSQL: an advisory transaction lock;
-//!   SQLite: nothing, `BEGIN IMMEDIATE` already serialises every writer).
+//!   SQLite: nothing, `BEGIN IMMEDIATE` already serialises every writer);
+//! - `FENCE_LOCK`: the statement that reads the lock row for a fenced write (`$1` = env), so
+//!   that no take-over can commit between the check and the write (PostgreSQL: `FOR SHARE`).
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -547,6 +549,36 @@ macro_rules! impl_store {
                 env.ok_or_else(|| $crate::StoreError::NoSuchRun(run_id.to_string()))
             }
 
+            /// Fails with `LockLost` unless the lock of `env` carries the fence's token. Run in
+            /// the transaction of the write it guards: SQLite's `BEGIN IMMEDIATE` already
+            /// excludes every other writer; PostgreSQL reads the row `FOR SHARE`, so a take-over
+            /// waits until this transaction ends, and one that committed first is seen.
+            async fn fence_tx(tx: &mut Tx, env: &str, fence: &$crate::Fence) -> $crate::Result<()> {
+                const DOING: &str = "checking that this process still holds the lock";
+                if env != fence.environment {
+                    return Err($crate::common::corrupt(
+                        "a run's environment",
+                        format!(
+                            "the run belongs to `{env}`, the lock held is `{}`'s",
+                            fence.environment
+                        ),
+                    ));
+                }
+                let row = sqlx::query(Self::FENCE_LOCK)
+                    .bind(env)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err($crate::common::query_err(DOING))?;
+                let holder = row.as_ref().map(lock_from_row).transpose()?;
+                match holder {
+                    Some(h) if h.token == fence.token => Ok(()),
+                    other => Err($crate::StoreError::LockLost {
+                        environment: env.to_string(),
+                        holder: other.map(Box::new),
+                    }),
+                }
+            }
+
             /// Appends one audit entry inside `tx`: the only place an entry is chained.
             async fn append_audit_tx(
                 tx: &mut Tx,
@@ -772,6 +804,7 @@ macro_rules! impl_store {
 
             async fn create_run(
                 &self,
+                fence: &$crate::Fence,
                 run: &rewind_core::NewRun,
                 release: Option<&rewind_core::NewRelease>,
                 audit: rewind_core::NewAudit,
@@ -781,6 +814,7 @@ macro_rules! impl_store {
                 let now = rewind_core::now_rfc3339();
                 let mut tx = self.begin_write(DOING).await?;
                 Self::lock_env(&mut tx, env).await?;
+                Self::fence_tx(&mut tx, env, fence).await?;
                 sqlx::query($crate::common::ENSURE_ENV)
                     .bind(env)
                     .execute(&mut *tx)
@@ -903,6 +937,7 @@ macro_rules! impl_store {
 
             async fn finish_run(
                 &self,
+                fence: &$crate::Fence,
                 run_id: &str,
                 status: rewind_core::RunStatus,
                 error: Option<&str>,
@@ -913,6 +948,7 @@ macro_rules! impl_store {
                 let mut tx = self.begin_write(DOING).await?;
                 let env = Self::run_env(&mut tx, run_id).await?;
                 Self::lock_env(&mut tx, &env).await?;
+                Self::fence_tx(&mut tx, &env, fence).await?;
                 sqlx::query($crate::common::FINISH_RUN)
                     .bind(status.as_str())
                     .bind(error)
@@ -930,6 +966,7 @@ macro_rules! impl_store {
 
             async fn journal_append(
                 &self,
+                fence: &$crate::Fence,
                 run_id: &str,
                 step: Option<(i64, &str)>,
                 event: rewind_core::JournalEvent,
@@ -937,13 +974,15 @@ macro_rules! impl_store {
             ) -> $crate::Result<()> {
                 const DOING: &str = "appending to the journal";
                 let mut tx = self.begin_write(DOING).await?;
-                Self::run_env(&mut tx, run_id).await?;
+                let env = Self::run_env(&mut tx, run_id).await?;
+                Self::fence_tx(&mut tx, &env, fence).await?;
                 Self::journal_line_tx(&mut tx, run_id, step, event, message).await?;
                 Self::commit(tx, DOING).await
             }
 
             async fn journal_notes(
                 &self,
+                fence: &$crate::Fence,
                 run_id: &str,
                 step: (i64, &str),
                 messages: &[String],
@@ -953,7 +992,8 @@ macro_rules! impl_store {
                     return Ok(());
                 }
                 let mut tx = self.begin_write(DOING).await?;
-                Self::run_env(&mut tx, run_id).await?;
+                let env = Self::run_env(&mut tx, run_id).await?;
+                Self::fence_tx(&mut tx, &env, fence).await?;
                 for m in messages {
                     Self::journal_line_tx(
                         &mut tx,
@@ -969,6 +1009,7 @@ macro_rules! impl_store {
 
             async fn journal_finish(
                 &self,
+                fence: &$crate::Fence,
                 run_id: &str,
                 step: (i64, &str),
                 event: rewind_core::JournalEvent,
@@ -982,6 +1023,7 @@ macro_rules! impl_store {
                 let mut tx = self.begin_write(DOING).await?;
                 let env = Self::run_env(&mut tx, run_id).await?;
                 Self::lock_env(&mut tx, &env).await?;
+                Self::fence_tx(&mut tx, &env, fence).await?;
                 Self::journal_line_tx(&mut tx, run_id, Some(step), event, message).await?;
                 if matches!(event, JournalEvent::Done | JournalEvent::Skipped) {
                     Self::apply_effects_tx(&mut tx, &env, run_id, effects).await?;

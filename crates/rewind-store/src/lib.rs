@@ -87,6 +87,36 @@ pub enum StoreError {
     },
     #[error("run `{0}` is not recorded")]
     NoSuchRun(String),
+    /// A write of a run was refused: the lock of the run's environment no longer carries the
+    /// writer's token (a holder judged stale was taken over). Nothing of the write was stored.
+    #[error("{}", lost_lock(.environment, .holder.as_deref()))]
+    LockLost {
+        environment: String,
+        /// Who holds the lock now, if anybody.
+        holder: Option<Box<LockHolder>>,
+    },
+}
+
+fn lost_lock(env: &str, holder: Option<&LockHolder>) -> String {
+    match holder {
+        Some(h) => format!(
+            "lost the lock of `{env}` to run {} ({}, pid {} on {}, since {}); this process stops and changes nothing more",
+            h.run_id, h.actor, h.pid, h.host, h.since
+        ),
+        None => format!(
+            "lost the lock of `{env}`: another holder took it over (and has released it since); this process stops and changes nothing more"
+        ),
+    }
+}
+
+/// The proof that a write of a run comes from the holder of its environment's lock: the
+/// holder's token. Every write of a run checks, in the same transaction, that the lock row
+/// still carries this token (fencing), so a holder that was frozen, judged stale and taken
+/// over cannot write after its successor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub environment: String,
+    pub token: String,
 }
 
 impl StoreError {
@@ -221,12 +251,16 @@ pub trait Store: Send + Sync {
     async fn read_releases(&self, env: &str) -> Result<Vec<Readable<Release>>>;
 
     // ---- runs ---------------------------------------------------------------------
+    //
+    // Every write of a run carries the [`Fence`] of the lock holder doing it, and fails with
+    // `LockLost` (storing nothing) when the lock is no longer that holder's.
 
     /// Records a run with its whole plan, and (for a deploy) its new release in state
     /// `deploying`, and the audit entry — in one transaction. Fails with
     /// `ReleaseExists` if `release` names an existing release.
     async fn create_run(
         &self,
+        fence: &Fence,
         run: &NewRun,
         release: Option<&NewRelease>,
         audit: NewAudit,
@@ -250,6 +284,7 @@ pub trait Store: Send + Sync {
     /// transaction.
     async fn finish_run(
         &self,
+        fence: &Fence,
         run_id: &str,
         status: RunStatus,
         error: Option<&str>,
@@ -262,6 +297,7 @@ pub trait Store: Send + Sync {
     /// Appends one journal line that changes nothing else (`begin`, `note`).
     async fn journal_append(
         &self,
+        fence: &Fence,
         run_id: &str,
         step: Option<(i64, &str)>,
         event: JournalEvent,
@@ -272,6 +308,7 @@ pub trait Store: Send + Sync {
     /// bursts: one commit and one fsync for a burst, not one each).
     async fn journal_notes(
         &self,
+        fence: &Fence,
         run_id: &str,
         step: (i64, &str),
         messages: &[String],
@@ -283,6 +320,7 @@ pub trait Store: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     async fn journal_finish(
         &self,
+        fence: &Fence,
         run_id: &str,
         step: (i64, &str),
         event: JournalEvent,

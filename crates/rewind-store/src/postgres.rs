@@ -173,6 +173,11 @@ impl PostgresStore {
 
     /// Holds the environment's advisory lock until the transaction ends. Taking it again in
     /// the same transaction is harmless.
+    /// The lock row, read for a fenced write and share-locked until the transaction ends:
+    /// a take-over (an `UPDATE` of the row) waits for the write, or, committed first, is seen.
+    const FENCE_LOCK: &'static str = "SELECT env, run_id, pid, host, actor, since, heartbeat, token \
+         FROM locks WHERE env = $1 FOR SHARE";
+
     async fn lock_env(
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         env: &str,

@@ -16,7 +16,7 @@ use rewind_core::{
     NewAudit, NewRelease, NewRun, Release, RestorePoint, Run, RunStatus, Step, Watch,
 };
 
-use crate::{Footprint, LockAttempt, Readable, Result, Store, StoreError};
+use crate::{Fence, Footprint, LockAttempt, Readable, Result, Store, StoreError};
 
 /// A store that records nothing the redactor would hide.
 pub struct Redacted {
@@ -115,6 +115,7 @@ impl Store for Redacted {
 
     async fn create_run(
         &self,
+        fence: &Fence,
         run: &NewRun,
         release: Option<&NewRelease>,
         audit: NewAudit,
@@ -137,7 +138,7 @@ impl Store for Redacted {
             ..run.clone()
         };
         self.inner
-            .create_run(&sealed, release, self.audit(audit))
+            .create_run(fence, &sealed, release, self.audit(audit))
             .await
     }
 
@@ -155,6 +156,7 @@ impl Store for Redacted {
 
     async fn finish_run(
         &self,
+        fence: &Fence,
         run_id: &str,
         status: RunStatus,
         error: Option<&str>,
@@ -164,6 +166,7 @@ impl Store for Redacted {
         let error = error.map(|e| self.text(e));
         self.inner
             .finish_run(
+                fence,
                 run_id,
                 status,
                 error.as_deref(),
@@ -175,28 +178,33 @@ impl Store for Redacted {
 
     async fn journal_append(
         &self,
+        fence: &Fence,
         run_id: &str,
         step: Option<(i64, &str)>,
         event: JournalEvent,
         message: &str,
     ) -> Result<()> {
         self.inner
-            .journal_append(run_id, step, event, &self.text(message))
+            .journal_append(fence, run_id, step, event, &self.text(message))
             .await
     }
 
     async fn journal_notes(
         &self,
+        fence: &Fence,
         run_id: &str,
         step: (i64, &str),
         messages: &[String],
     ) -> Result<()> {
         let messages: Vec<String> = messages.iter().map(|m| self.text(m)).collect();
-        self.inner.journal_notes(run_id, step, &messages).await
+        self.inner
+            .journal_notes(fence, run_id, step, &messages)
+            .await
     }
 
     async fn journal_finish(
         &self,
+        fence: &Fence,
         run_id: &str,
         step: (i64, &str),
         event: JournalEvent,
@@ -209,6 +217,7 @@ impl Store for Redacted {
         let next = next.map(|(i, id, _)| (i, id, next_title.as_deref().unwrap_or("")));
         self.inner
             .journal_finish(
+                fence,
                 run_id,
                 step,
                 event,

@@ -265,6 +265,10 @@ impl SqliteStore {
             .map_err(common::query_err(doing))
     }
 
+    /// The lock row, read for a fenced write: `BEGIN IMMEDIATE` already made this
+    /// transaction the only writer, so nobody takes the lock over before it ends.
+    const FENCE_LOCK: &'static str = common::LOCK_HOLDER;
+
     /// Nothing to do: `BEGIN IMMEDIATE` already made this the only writer.
     async fn lock_env(
         _tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,

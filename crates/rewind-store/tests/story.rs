@@ -16,7 +16,7 @@ use rewind_core::{
     Action, JournalEvent, LedgerEffect, LockHolder, NewAudit, NewRelease, NewRun, ReleaseState,
     RunKind, RunStatus, Step,
 };
-use rewind_store::{LockAttempt, PostgresStore, SqliteStore, Store, StoreError};
+use rewind_store::{Fence, LockAttempt, PostgresStore, SqliteStore, Store, StoreError};
 use serde_json::json;
 
 const ENV: &str = "prod";
@@ -108,11 +108,49 @@ fn holder(run_id: &str, pid: u32) -> LockHolder {
     }
 }
 
+fn fence_of(h: &LockHolder) -> Fence {
+    Fence {
+        environment: h.environment.clone(),
+        token: h.token.clone(),
+    }
+}
+
+/// Takes the lock of `env` for a holder of `run_id`, as a run's process does before it writes.
+async fn hold(s: &dyn Store, env: &str, run_id: &str, pid: u32) -> (LockHolder, Fence) {
+    let mut h = holder(run_id, pid);
+    h.environment = env.into();
+    assert_eq!(s.try_lock(&h).await.unwrap(), LockAttempt::Acquired);
+    let f = fence_of(&h);
+    (h, f)
+}
+
+/// The write was refused because the lock is no longer the writer's; `now` holds it.
+#[track_caller]
+fn assert_lost<T: std::fmt::Debug>(r: Result<T, StoreError>, now: Option<&LockHolder>) {
+    match r {
+        Err(StoreError::LockLost {
+            environment,
+            holder,
+        }) => {
+            assert_eq!(environment, ENV);
+            assert_eq!(holder.as_deref(), now);
+        }
+        other => panic!("expected LockLost, got {other:?}"),
+    }
+}
+
 /// Deploys `release` the way the executor does: restore point, then the switch, then done.
-async fn deploy(store: &dyn Store, run_id: &str, release: &str, from: Option<&str>) -> usize {
+async fn deploy(
+    store: &dyn Store,
+    fence: &Fence,
+    run_id: &str,
+    release: &str,
+    from: Option<&str>,
+) -> usize {
     let mut audits = 0;
     let run = store
         .create_run(
+            fence,
             &new_run(run_id, RunKind::Deploy, release, from),
             Some(&new_release(release)),
             audit("deploy").release(release),
@@ -130,11 +168,12 @@ async fn deploy(store: &dyn Store, run_id: &str, release: &str, from: Option<&st
 
     let step0 = (0, "web.restore-point");
     store
-        .journal_append(run_id, Some(step0), JournalEvent::Begin, "")
+        .journal_append(fence, run_id, Some(step0), JournalEvent::Begin, "")
         .await
         .unwrap();
     store
         .journal_finish(
+            fence,
             run_id,
             step0,
             JournalEvent::Done,
@@ -154,11 +193,12 @@ async fn deploy(store: &dyn Store, run_id: &str, release: &str, from: Option<&st
 
     let step1 = (1, "web.deploy");
     store
-        .journal_append(run_id, Some(step1), JournalEvent::Begin, "")
+        .journal_append(fence, run_id, Some(step1), JournalEvent::Begin, "")
         .await
         .unwrap();
     store
         .journal_finish(
+            fence,
             run_id,
             step1,
             JournalEvent::Done,
@@ -185,6 +225,7 @@ async fn deploy(store: &dyn Store, run_id: &str, release: &str, from: Option<&st
 
     store
         .finish_run(
+            fence,
             run_id,
             RunStatus::Succeeded,
             None,
@@ -217,9 +258,11 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     assert!(s.unfinished_run(ENV).await.unwrap().is_none());
     assert!(s.audit_entries(ENV).await.unwrap().is_empty());
     assert!(s.lock_holder(ENV).await.unwrap().is_none());
+    // Every write of a run comes from the holder of the environment's lock.
+    let (_, fence) = hold(s, ENV, "story", 1).await;
 
     // Deploy v1, then v2.
-    audits += deploy(s, "run-1", "v1", None).await;
+    audits += deploy(s, &fence, "run-1", "v1", None).await;
     assert_eq!(s.current_release(ENV).await.unwrap().as_deref(), Some("v1"));
     assert!(s.unfinished_run(ENV).await.unwrap().is_none());
     let r1 = s.run("run-1").await.unwrap().expect("run-1");
@@ -234,7 +277,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
 
     // v2's run fails a step once (no effects may apply), then succeeds.
     let run2 = new_run("run-2", RunKind::Deploy, "v2", Some("v1"));
-    s.create_run(&run2, Some(&new_release("v2")), audit("deploy"))
+    s.create_run(&fence, &run2, Some(&new_release("v2")), audit("deploy"))
         .await
         .unwrap();
     audits += 1;
@@ -243,6 +286,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
         Some("run-2".to_string())
     );
     s.journal_finish(
+        &fence,
         "run-2",
         (1, "web.deploy"),
         JournalEvent::Failed,
@@ -258,6 +302,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     audits += 1;
     assert_eq!(s.current_release(ENV).await.unwrap().as_deref(), Some("v1"));
     s.finish_run(
+        &fence,
         "run-2",
         RunStatus::Failed,
         Some("web.deploy failed"),
@@ -272,7 +317,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     assert_eq!(r2.error.as_deref(), Some("web.deploy failed"));
     assert_eq!(r2.from_release.as_deref(), Some("v1"));
     // The release stays `deploying` until somebody says otherwise; a retry under a new name.
-    audits += deploy(s, "run-3", "v3", Some("v1")).await;
+    audits += deploy(s, &fence, "run-3", "v3", Some("v1")).await;
 
     assert_eq!(s.current_release(ENV).await.unwrap().as_deref(), Some("v3"));
     assert_eq!(
@@ -305,6 +350,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     let audit_before = s.audit_entries(ENV).await.unwrap().len();
     let err = s
         .create_run(
+            &fence,
             &new_run("run-dup", RunKind::Deploy, "v1", Some("v3")),
             Some(&new_release("v1")),
             audit("deploy"),
@@ -332,6 +378,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
 
     // Roll back from v3 to v1: interrupted once, then resumed and finished.
     s.create_run(
+        &fence,
         &new_run("run-4", RunKind::Rollback, "v1", Some("v3")),
         None,
         audit("rollback").release("v1"),
@@ -344,10 +391,11 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
         3,
         "rollback adds no release"
     );
-    s.journal_append("run-4", None, JournalEvent::Note, "rolling back")
+    s.journal_append(&fence, "run-4", None, JournalEvent::Note, "rolling back")
         .await
         .unwrap();
     s.finish_run(
+        &fence,
         "run-4",
         RunStatus::Interrupted,
         Some("SIGINT"),
@@ -367,6 +415,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
         ("run-4", RunStatus::Interrupted, RunKind::Rollback)
     );
     s.journal_finish(
+        &fence,
         "run-4",
         (1, "web.deploy"),
         JournalEvent::Skipped,
@@ -388,6 +437,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     .unwrap();
     audits += 1;
     s.finish_run(
+        &fence,
         "run-4",
         RunStatus::Succeeded,
         None,
@@ -417,6 +467,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     // Newest unfinished run first.
     for id in ["run-5", "run-6"] {
         s.create_run(
+            &fence,
             &new_run(id, RunKind::Rollback, "v1", Some("v1")),
             None,
             audit("rollback"),
@@ -437,6 +488,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     let journal_before = s.journal("run-6").await.unwrap().len();
     let err = s
         .journal_finish(
+            &fence,
             "run-6",
             (0, "web.restore-point"),
             JournalEvent::Done,
@@ -462,18 +514,25 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     assert_eq!(s.journal("run-6").await.unwrap().len(), journal_before);
     assert_eq!(s.current_release(ENV).await.unwrap().as_deref(), Some("v1"));
     for id in ["run-6", "run-5"] {
-        s.finish_run(id, RunStatus::Abandoned, None, &[], audit("abandoned"))
-            .await
-            .unwrap();
+        s.finish_run(
+            &fence,
+            id,
+            RunStatus::Abandoned,
+            None,
+            &[],
+            audit("abandoned"),
+        )
+        .await
+        .unwrap();
         audits += 1;
     }
     assert!(s.unfinished_run(ENV).await.unwrap().is_none());
     assert!(matches!(
-        s.finish_run("run-x", RunStatus::Failed, None, &[], audit("x")).await,
+        s.finish_run(&fence, "run-x", RunStatus::Failed, None, &[], audit("x")).await,
         Err(StoreError::NoSuchRun(id)) if id == "run-x"
     ));
     assert!(matches!(
-        s.journal_append("run-x", None, JournalEvent::Note, "")
+        s.journal_append(&fence, "run-x", None, JournalEvent::Note, "")
             .await,
         Err(StoreError::NoSuchRun(_))
     ));
@@ -532,6 +591,8 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     assert_eq!(only1[0].version, None);
     assert!(s.restore_points("staging", None).await.unwrap().is_empty());
 
+    s.unlock(ENV, &fence.token).await.unwrap();
+
     // Locks.
     let a = holder("run-a", 100);
     let b = holder("run-b", 200);
@@ -577,6 +638,134 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     assert!(s.lock_holder("staging").await.unwrap().is_none());
     s.unlock(ENV, &c.token).await.unwrap();
 
+    // Fencing: every write of a run checks, in its own transaction, that the lock still
+    // carries the writer's token. A holder that was taken over writes nothing more.
+    let (fa_holder, fa) = hold(s, ENV, "run-f", 400).await;
+    s.create_run(
+        &fa,
+        &new_run("run-f", RunKind::Rollback, "v1", Some("v1")),
+        None,
+        audit("rollback"),
+    )
+    .await
+    .unwrap();
+    audits += 1;
+    s.journal_append(
+        &fa,
+        "run-f",
+        Some((0, "web.restore-point")),
+        JournalEvent::Begin,
+        "",
+    )
+    .await
+    .unwrap();
+    let fb_holder = holder("run-f", 401);
+    assert!(other.take_over_lock(&fb_holder, &fa_holder).await.unwrap());
+    let fb = fence_of(&fb_holder);
+    let journal_before = s.journal("run-f").await.unwrap();
+    let audit_before = s.audit_entries(ENV).await.unwrap().len();
+    let now = Some(&fb_holder);
+    assert_lost(
+        s.journal_append(&fa, "run-f", None, JournalEvent::Note, "late")
+            .await,
+        now,
+    );
+    assert_lost(
+        s.journal_notes(&fa, "run-f", (0, "web.restore-point"), &["late".into()])
+            .await,
+        now,
+    );
+    assert_lost(
+        s.journal_finish(
+            &fa,
+            "run-f",
+            (0, "web.restore-point"),
+            JournalEvent::Done,
+            "late",
+            &[LedgerEffect::Current {
+                release: "v3".into(),
+            }],
+            audit("step-done"),
+            Some((1, "web.deploy", "deploy v1")),
+        )
+        .await,
+        now,
+    );
+    assert_lost(
+        s.finish_run(
+            &fa,
+            "run-f",
+            RunStatus::Interrupted,
+            Some("late"),
+            &[LedgerEffect::ReleaseState {
+                release: "v1".into(),
+                state: ReleaseState::Failed,
+            }],
+            audit("interrupted"),
+        )
+        .await,
+        now,
+    );
+    assert_lost(
+        s.create_run(
+            &fa,
+            &new_run("run-g", RunKind::Rollback, "v1", Some("v1")),
+            None,
+            audit("rollback"),
+        )
+        .await,
+        now,
+    );
+    assert_eq!(s.journal("run-f").await.unwrap(), journal_before);
+    assert_eq!(s.audit_entries(ENV).await.unwrap().len(), audit_before);
+    assert_eq!(s.current_release(ENV).await.unwrap().as_deref(), Some("v1"));
+    assert_eq!(
+        s.release(ENV, "v1").await.unwrap().unwrap().state,
+        ReleaseState::Good
+    );
+    assert_eq!(
+        s.run("run-f").await.unwrap().unwrap().status,
+        RunStatus::Running
+    );
+    assert!(s.run("run-g").await.unwrap().is_none());
+    // The new holder finishes the run.
+    s.journal_finish(
+        &fb,
+        "run-f",
+        (0, "web.restore-point"),
+        JournalEvent::Done,
+        "",
+        &[],
+        audit("step-done"),
+        None,
+    )
+    .await
+    .unwrap();
+    audits += 1;
+    s.finish_run(&fb, "run-f", RunStatus::Succeeded, None, &[], audit("done"))
+        .await
+        .unwrap();
+    audits += 1;
+    // A released lock fences as well: nobody holds it, so nobody may write.
+    s.unlock(ENV, &fb.token).await.unwrap();
+    assert_lost(
+        s.journal_append(&fb, "run-f", None, JournalEvent::Note, "late")
+            .await,
+        None,
+    );
+    // A fence names the run's own environment.
+    let (_, fs) = hold(s, "staging", "run-s", 500).await;
+    assert!(matches!(
+        s.journal_append(&fs, "run-f", None, JournalEvent::Note, "x")
+            .await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    s.unlock("staging", &fs.token).await.unwrap();
+    assert_eq!(
+        s.journal("run-f").await.unwrap().len(),
+        journal_before.len() + 1
+    );
+
     // The audit chain.
     let direct = s
         .audit_append(
@@ -615,6 +804,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
     assert_eq!(s.audit_hash_at(ENV, 10_000).await.unwrap(), None);
 
     // Concurrent writers on two handles never fork a chain nor a release sequence.
+    let (_, race_fence) = hold(s, "race", "race", 600).await;
     let mut tasks = Vec::new();
     for t in 0..8 {
         let h = if t % 2 == 0 {
@@ -622,6 +812,7 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
         } else {
             other.clone()
         };
+        let race_fence = race_fence.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..5 {
                 h.audit_append(
@@ -633,9 +824,14 @@ async fn story(store: Arc<dyn Store>, other: Arc<dyn Store>) {
             }
             let mut run = new_run(&format!("race-{t}"), RunKind::Deploy, "x", None);
             run.environment = "race".into();
-            h.create_run(&run, Some(&new_release(&format!("r{t}"))), audit("deploy"))
-                .await
-                .expect("concurrent create_run");
+            h.create_run(
+                &race_fence,
+                &run,
+                Some(&new_release(&format!("r{t}"))),
+                audit("deploy"),
+            )
+            .await
+            .expect("concurrent create_run");
         }));
     }
     for t in tasks {
@@ -664,7 +860,8 @@ async fn watches_and_incidents(s: &dyn Store) {
     let env = "watched";
     let mut run = new_run("w-1", RunKind::Deploy, "w1", None);
     run.environment = env.into();
-    s.create_run(&run, Some(&new_release("w1")), audit("deploy"))
+    let (_, fence) = hold(s, env, "w-1", 700).await;
+    s.create_run(&fence, &run, Some(&new_release("w1")), audit("deploy"))
         .await
         .unwrap();
     assert!(s.active_watch(env).await.unwrap().is_none());

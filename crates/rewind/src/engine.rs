@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use rewind_components::{Component, Ctx, Outcome, crash, host};
 use rewind_core::redact::Redactor;
 use rewind_core::{Action, JournalEvent, LedgerEffect, LockHolder, NewAudit, Run};
-use rewind_store::{LockAttempt, Store};
+use rewind_store::{Fence, LockAttempt, Store, StoreError};
 use serde_json::json;
 
 use crate::error::{CliResult, blocked};
@@ -40,11 +40,15 @@ pub fn random_hex<const N: usize>() -> String {
 /// The environment's run lock, held by this process while this value lives (a heartbeat
 /// keeps it fresh). The lock belongs to the holder's token, not to the run: a second process
 /// working on the same run (a `resume` while the run is still going) is refused like any other.
+///
+/// Losing the lock (a holder frozen past `lock-stale-after` is taken over) is noticed three
+/// ways: every write of the run is fenced by the holder's token in the store (refused, in the
+/// same transaction, once the lock is another's); the executor reads the lock before every
+/// step and every action; and the heartbeat that finds the lock gone stops the running action.
 pub struct LockGuard {
     store: Arc<dyn Store>,
-    env: String,
-    token: String,
-    lost: Arc<AtomicBool>,
+    fence: Fence,
+    lost: tokio::sync::watch::Receiver<bool>,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
@@ -116,21 +120,20 @@ impl LockGuard {
     }
 
     fn start(store: Arc<dyn Store>, env: &str, token: &str, stale_after: Duration) -> LockGuard {
-        let lost = Arc::new(AtomicBool::new(false));
+        let (lost_tx, lost) = tokio::sync::watch::channel(false);
         let every = (stale_after / 5).clamp(Duration::from_millis(500), Duration::from_secs(5));
-        let (s, e, r, l) = (
-            store.clone(),
-            env.to_string(),
-            token.to_string(),
-            lost.clone(),
-        );
+        let fence = Fence {
+            environment: env.to_string(),
+            token: token.to_string(),
+        };
+        let (s, f) = (store.clone(), fence.clone());
         let heartbeat = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                match s.heartbeat(&e, &r).await {
+                match s.heartbeat(&f.environment, &f.token).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        l.store(true, Ordering::SeqCst);
+                        let _ = lost_tx.send(true);
                         return;
                     }
                     // A passing store error: try again next beat; the lock goes stale only
@@ -141,20 +144,46 @@ impl LockGuard {
         });
         LockGuard {
             store,
-            env: env.to_string(),
-            token: token.to_string(),
+            fence,
             lost,
             heartbeat,
         }
     }
 
-    pub fn lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+    /// The token every write of the run carries.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    /// Reads the lock: an error (`LockLost`, naming who holds it now) when it is no longer
+    /// this holder's.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let holder = self.store.lock_holder(&self.fence.environment).await?;
+        match holder {
+            Some(h) if h.token == self.fence.token => Ok(()),
+            other => Err(StoreError::LockLost {
+                environment: self.fence.environment.clone(),
+                holder: other.map(Box::new),
+            }),
+        }
+    }
+
+    /// Resolves when the heartbeat finds the lock another's (never, while it is ours).
+    pub async fn lost(&self) {
+        let mut rx = self.lost.clone();
+        // The sender lives as long as the heartbeat task; a task that ended without
+        // sending (aborted on release) never reports a loss.
+        if rx.wait_for(|lost| *lost).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     pub async fn release(self) {
         self.heartbeat.abort();
-        let _ = self.store.unlock(&self.env, &self.token).await;
+        let _ = self
+            .store
+            .unlock(&self.fence.environment, &self.fence.token)
+            .await;
     }
 }
 
@@ -254,7 +283,7 @@ impl Executor<'_> {
                 });
                 continue;
             }
-            if failure.is_none() && (self.interrupt.load(Ordering::SeqCst) || lock.lost()) {
+            if failure.is_none() && self.interrupt.load(Ordering::SeqCst) {
                 return Ok((
                     RunEnd::Interrupted {
                         next_step: step.id.clone(),
@@ -266,7 +295,13 @@ impl Executor<'_> {
             crash::point("before", &step.id);
             if begun != Some(i) {
                 self.store
-                    .journal_append(&run.id, Some(key), JournalEvent::Begin, &step.title)
+                    .journal_append(
+                        lock.fence(),
+                        &run.id,
+                        Some(key),
+                        JournalEvent::Begin,
+                        &step.title,
+                    )
                     .await?;
             }
             crash::point("after-begin", &step.id);
@@ -289,6 +324,9 @@ impl Executor<'_> {
                         serde_json::from_value(p.data["backup"]["row_counts"].clone()).ok()
                     });
             }
+            // The last moment to notice a lost lock before acting (the `begin` line is
+            // fenced too, but may have been written with the previous step's `done`).
+            lock.check().await?;
             let act = async {
                 match &step.action {
                     Action::Record => Ok((Outcome::Done("recorded".into()), None)),
@@ -338,16 +376,24 @@ impl Executor<'_> {
                 let deadline = tokio::time::Instant::from_std(flushed + NOTE_FLUSH);
                 tokio::select! {
                     r = &mut act => break r,
+                    // Taken over while acting: stop at once (dropping the action kills its
+                    // children) and store nothing more, not even the pending notes.
+                    () = lock.lost() => {
+                        return Err(lock.check().await.err().unwrap_or_else(|| StoreError::LockLost {
+                            environment: self.env.clone(),
+                            holder: None,
+                        }).into());
+                    }
                     Some(line) = notes_rx.recv() => {
                         pending.push(self.show_note(&line));
                         if flushed.elapsed() >= NOTE_FLUSH {
-                            self.store.journal_notes(&run.id, key, &pending).await?;
+                            self.store.journal_notes(lock.fence(), &run.id, key, &pending).await?;
                             pending.clear();
                             flushed = Instant::now();
                         }
                     }
                     _ = tokio::time::sleep_until(deadline), if !pending.is_empty() => {
-                        self.store.journal_notes(&run.id, key, &pending).await?;
+                        self.store.journal_notes(lock.fence(), &run.id, key, &pending).await?;
                         pending.clear();
                         flushed = Instant::now();
                     }
@@ -356,7 +402,9 @@ impl Executor<'_> {
             while let Ok(line) = notes_rx.try_recv() {
                 pending.push(self.show_note(&line));
             }
-            self.store.journal_notes(&run.id, key, &pending).await?;
+            self.store
+                .journal_notes(lock.fence(), &run.id, key, &pending)
+                .await?;
             let result = result.map(|(outcome, effect)| {
                 effects.extend(effect);
                 outcome
@@ -370,8 +418,7 @@ impl Executor<'_> {
                     crash::point("after-action", &step.id);
                     // The next step's `begin` goes into the same commit, unless the run is
                     // about to stop at this boundary.
-                    let stopping =
-                        self.interrupt.load(Ordering::SeqCst) || lock.lost() || failure.is_some();
+                    let stopping = self.interrupt.load(Ordering::SeqCst) || failure.is_some();
                     let next = (!stopping)
                         .then(|| {
                             run.steps
@@ -391,7 +438,16 @@ impl Executor<'_> {
                         .release(&run.release)
                         .details(json!({"step": step.id, "title": step.title, "seconds": round3(seconds)}));
                     self.store
-                        .journal_finish(&run.id, key, event, &message, &effects, audit, next)
+                        .journal_finish(
+                            lock.fence(),
+                            &run.id,
+                            key,
+                            event,
+                            &message,
+                            &effects,
+                            audit,
+                            next,
+                        )
                         .await?;
                     begun = next.map(|(j, _, _)| j as usize);
                     self.printer.note(format!(
@@ -424,6 +480,7 @@ impl Executor<'_> {
                         .details(json!({"step": step.id, "title": step.title, "error": message}));
                     self.store
                         .journal_finish(
+                            lock.fence(),
                             &run.id,
                             key,
                             JournalEvent::Failed,

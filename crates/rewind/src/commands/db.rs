@@ -575,7 +575,10 @@ async fn restore(
         let audit = NewAudit::new(&host::actor(), "restore.start")
             .run(&run_id)
             .details(json!({"component": name, "backup": meta.id, "level": meta.level}));
-        let run = env.store.create_run(&new_run, None, audit).await?;
+        let run = env
+            .store
+            .create_run(lock.fence(), &new_run, None, audit)
+            .await?;
         super::rollback::execute_and_close(env, &run, &lock, printer, false).await
     }
     .await;

@@ -260,7 +260,7 @@ async fn deploy_locked(
         }));
     let run = match env
         .store
-        .create_run(&new_run, Some(&new_release), audit)
+        .create_run(lock.fence(), &new_run, Some(&new_release), audit)
         .await
     {
         Ok(r) => r,

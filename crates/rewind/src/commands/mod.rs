@@ -367,6 +367,12 @@ impl Env {
         else {
             return err;
         };
+        // A holder that lost its lock was taken over: blocked by another holder (exit 3),
+        // whatever the command was doing when its write was refused.
+        let class = match found {
+            StoreError::LockLost { .. } => crate::error::Class::Blocked,
+            _ => err.class,
+        };
         let better = self.store.explain(found).await;
         let hints = store_hints(better.as_ref().unwrap_or(found));
         let mut out = match better {
@@ -378,6 +384,7 @@ impl Env {
             },
             None => err,
         };
+        out.class = class;
         for h in hints {
             if !out.hints.contains(&h) {
                 out.hints.push(h);
@@ -426,6 +433,9 @@ fn store_hints(e: &StoreError) -> Vec<String> {
         ],
         StoreError::Refused { .. } => &[
             "check the user, password and database in the state URL (`state` in [environment] or REWIND_STATE_URL)",
+        ],
+        StoreError::LockLost { .. } => &[
+            "the run goes on under the holder named above (`rewind status` shows it); this process stored nothing after losing the lock",
         ],
         StoreError::Unreadable(_) => &[
             "the entry was changed outside rewind, or the file is damaged: restore the state store from a backup copy; `rewind audit verify` lists every audit entry that cannot be read",

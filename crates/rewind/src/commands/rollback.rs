@@ -271,6 +271,7 @@ async fn rollback_locked(
                 ));
                 env.store
                     .finish_run(
+                        lock.fence(),
                         &open.id,
                         RunStatus::Abandoned,
                         Some("abandoned by rollback"),
@@ -348,7 +349,10 @@ async fn rollback_locked(
             "whole": target.whole,
             "incident": incident,
         }));
-    let run = env.store.create_run(&new_run, None, audit).await?;
+    let run = env
+        .store
+        .create_run(lock.fence(), &new_run, None, audit)
+        .await?;
     execute_and_close(env, &run, lock, printer, false).await
 }
 
@@ -452,7 +456,7 @@ pub async fn execute_and_close(
     match end {
         RunEnd::Succeeded => {
             env.store
-                .finish_run(&run.id, RunStatus::Succeeded, None, &[], NewAudit::new(&actor, "run.succeeded").run(&run.id).release(&run.release).details(json!({"kind": run.kind, "seconds": (seconds * 1000.0).round() / 1000.0})))
+                .finish_run(lock.fence(), &run.id, RunStatus::Succeeded, None, &[], NewAudit::new(&actor, "run.succeeded").run(&run.id).release(&run.release).details(json!({"kind": run.kind, "seconds": (seconds * 1000.0).round() / 1000.0})))
                 .await?;
             printer.json_value(&summary("succeeded", None, &reports));
             let what = match run.kind {
@@ -487,6 +491,7 @@ pub async fn execute_and_close(
             };
             env.store
                 .finish_run(
+                    lock.fence(),
                     &run.id,
                     RunStatus::Failed,
                     Some(&error),
@@ -515,13 +520,10 @@ pub async fn execute_and_close(
             Err(err.detail(summary("failed", Some(&error), &reports)))
         }
         RunEnd::Interrupted { next_step } => {
-            let why = if lock.lost() {
-                "the lock was taken over by another run"
-            } else {
-                "interrupted"
-            };
+            let why = "interrupted";
             env.store
                 .finish_run(
+                    lock.fence(),
                     &run.id,
                     RunStatus::Interrupted,
                     Some(why),

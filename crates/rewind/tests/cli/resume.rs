@@ -151,3 +151,115 @@ async fn six_resumes_after_a_kill_run_each_step_once_postgres() {
         .await
         .unwrap();
 }
+
+fn signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -{sig} {pid}");
+}
+
+fn lines(f: &Fixture, file: &str) -> usize {
+    std::fs::read_to_string(f.path(file))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// A holder frozen past `lock-stale-after` loses its lock to `resume`, which finishes the run.
+/// Thawed, the old holder must stop at once: no journal line, no ledger change, no audit entry,
+/// no command run (the frontend's `current` command logs each call), and an error that says it
+/// lost the lock and to whom.
+fn a_thawed_holder_that_lost_its_lock_stops(f: &Fixture) {
+    let config = std::fs::read_to_string(f.path("rewind.toml")).unwrap();
+    let config = config
+        .replacen(
+            "name = \"test\"",
+            "name = \"test\"\nlock-stale-after = \"5s\"",
+            1,
+        )
+        .replacen(
+            "current = \"cat fe-version\"",
+            "current = \"echo called >> current.log; cat fe-version\"",
+            1,
+        );
+    std::fs::write(f.path("rewind.toml"), config).unwrap();
+    f.run(&["check"]).ok();
+
+    let mut old = f.spawn(&["rollback", "--yes"]);
+    wait_for_restart(f, &mut old);
+    signal(old.id(), "STOP");
+    std::thread::sleep(Duration::from_secs(8));
+    // The resume takes the stale lock over and finishes the run (quickly: no more sleeping).
+    std::fs::remove_file(f.path("slow")).unwrap();
+    let resumed = f.run(&["resume"]);
+    resumed.ok();
+    assert!(
+        resumed.stderr.contains("took over the lock"),
+        "{}",
+        resumed.all()
+    );
+    let run_before = f.last_run();
+    assert_run_complete(&run_before, "the resume");
+    let audit_before = f.run(&["--json", "audit", "log"]).json()["entries"]
+        .as_array()
+        .unwrap()
+        .len();
+    let currents = lines(f, "current.log");
+    let restarts = lines(f, "restarts.log");
+    let ledger = f.ledger();
+
+    signal(old.id(), "CONT");
+    let out = old.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("lost the lock"), "{stderr}");
+    assert!(
+        stderr.contains("changes nothing more"),
+        "says it stops: {stderr}"
+    );
+
+    let run_after = f.last_run();
+    assert_eq!(
+        run_after["journal"], run_before["journal"],
+        "the old holder wrote to the journal after losing its lock"
+    );
+    assert_eq!(run_after["run"]["status"], "succeeded", "{run_after:#}");
+    assert_run_complete(&run_after, "after the old holder woke");
+    let audit_after = f.run(&["--json", "audit", "log"]).json()["entries"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        audit_after, audit_before,
+        "no audit entry from the old holder"
+    );
+    assert_eq!(f.ledger(), ledger);
+    assert_eq!(
+        lines(f, "current.log"),
+        currents,
+        "the old holder ran a command"
+    );
+    assert_eq!(lines(f, "restarts.log"), restarts);
+    assert_eq!(f.current(), "releases/v1");
+    assert_eq!(f.frontend(), "v1");
+    audit_ok(f);
+    let s = f.run(&["--json", "status"]).json();
+    assert!(s["lock"].is_null(), "{s:#}");
+}
+
+#[test]
+fn a_holder_that_lost_its_lock_writes_nothing_more_sqlite() {
+    a_thawed_holder_that_lost_its_lock_stops(&slow_restart_fixture(None));
+}
+
+#[tokio::test]
+async fn a_holder_that_lost_its_lock_writes_nothing_more_postgres() {
+    let url = fresh_pg_database("lock-secret-3").await;
+    let f = slow_restart_fixture(Some(url));
+    tokio::task::spawn_blocking(move || a_thawed_holder_that_lost_its_lock_stops(&f))
+        .await
+        .unwrap();
+}
