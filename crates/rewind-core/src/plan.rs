@@ -66,6 +66,26 @@ impl Ledger {
             .find(|r| r.seq < limit && r.state == ReleaseState::Good && r.name != before)
     }
 
+    /// Applies ledger effects as the store does when it records them (restore points are not
+    /// part of the ledger): so a plan can see the ledger a command will see after recording
+    /// something first (a rollback abandons an unfinished deploy before it plans).
+    pub fn apply(&mut self, effects: &[LedgerEffect]) {
+        for effect in effects {
+            match effect {
+                LedgerEffect::ReleaseState { release, state } => {
+                    if let Some(r) = self.releases.iter_mut().find(|r| &r.name == release) {
+                        r.state = *state;
+                    }
+                }
+                LedgerEffect::Deployed { component, version } => {
+                    self.deployed.insert(component.clone(), version.clone());
+                }
+                LedgerEffect::Current { release } => self.current = Some(release.clone()),
+                LedgerEffect::RestorePoint { .. } => {}
+            }
+        }
+    }
+
     /// The most recent known-good release (any).
     pub fn last_good(&self) -> Option<&Release> {
         self.releases

@@ -16,7 +16,7 @@ use rewind_core::{Action, JournalEvent, LedgerEffect, LockHolder, NewAudit, Run}
 use rewind_store::{Fence, LockAttempt, Store, StoreError};
 use serde_json::json;
 
-use crate::error::{CliResult, blocked};
+use crate::error::{CliError, CliResult, blocked};
 use crate::output::Printer;
 
 /// A fresh run id, `20261130T054500Z-3f9a1c2b7d4e`: the UTC second first (so ids sort by
@@ -103,14 +103,7 @@ impl LockGuard {
                         }
                         continue;
                     }
-                    let age = age_secs(&h.heartbeat)
-                        .map(|s| format!("{s:.0}s ago"))
-                        .unwrap_or_else(|| "at an unreadable time".into());
-                    return Err(blocked(format!(
-                        "environment `{env}` is locked by run {} ({}, pid {} on {}, since {}; last heartbeat {age})",
-                        h.run_id, h.actor, h.pid, h.host, h.since
-                    ))
-                    .hint("wait for that run to finish (`rewind status` shows it); a holder that dies is taken over automatically"));
+                    return Err(locked_by(env, &h));
                 }
             }
         }
@@ -185,6 +178,31 @@ impl LockGuard {
             .unlock(&self.fence.environment, &self.fence.token)
             .await;
     }
+}
+
+/// The refusal of a command that needs the lock while `h`, alive, holds it (exit 3).
+pub fn locked_by(env: &str, h: &LockHolder) -> CliError {
+    let age = age_secs(&h.heartbeat)
+        .map(|s| format!("{s:.0}s ago"))
+        .unwrap_or_else(|| "at an unreadable time".into());
+    blocked(format!(
+        "environment `{env}` is locked by run {} ({}, pid {} on {}, since {}; last heartbeat {age})",
+        h.run_id, h.actor, h.pid, h.host, h.since
+    ))
+    .hint("wait for that run to finish (`rewind status` shows it); a holder that dies is taken over automatically")
+}
+
+/// The holder of `env`'s lock if it is alive (a command needing the lock would be refused),
+/// judged as [`LockGuard::acquire`] judges it.
+pub async fn live_holder(
+    store: &dyn Store,
+    env: &str,
+    stale_after: Duration,
+) -> CliResult<Option<LockHolder>> {
+    Ok(store
+        .lock_holder(env)
+        .await?
+        .filter(|h| dead_reason(h, stale_after).is_none()))
 }
 
 fn age_secs(ts: &str) -> Option<f64> {

@@ -188,11 +188,7 @@ async fn deploy_locked(
 ) -> CliResult<ExitCode> {
     let (release, watch) = (args.release.as_str(), args.watch);
     if let Some(open) = env.store.unfinished_run(&env.name).await? {
-        return Err(blocked(format!(
-            "run {} ({} {}) is unfinished; a deploy cannot start on top of it",
-            open.id, open.kind, open.release
-        ))
-        .hint("finish it with `rewind resume`, or go back with `rewind rollback`"));
+        return Err(unfinished_blocks(&open));
     }
     if let Some(existing) = env.store.release(&env.name, release).await? {
         return Err(usage(format!("release `{release}` is already recorded (state {})", existing.state))
@@ -276,6 +272,15 @@ async fn deploy_locked(
     super::rollback::execute_and_close(env, &run, lock, printer, false).await
 }
 
+/// The refusal of a deploy on top of an unfinished run (exit 3).
+fn unfinished_blocks(open: &rewind_core::Run) -> CliError {
+    blocked(format!(
+        "run {} ({} {}) is unfinished; a deploy cannot start on top of it",
+        open.id, open.kind, open.release
+    ))
+    .hint("finish it with `rewind resume`, or go back with `rewind rollback`")
+}
+
 /// `rewind plan --deploy RELEASE`: the steps of a deploy, the pending migrations classified,
 /// drift; nothing changed.
 pub async fn plan(
@@ -288,12 +293,30 @@ pub async fn plan(
     let accept_drift = options.accept_drift;
     validate_release_name(release)?;
     let artifacts = parse_artifacts(env, artifacts)?;
+    // What `rewind deploy` refuses first, in its order: a live holder of the lock, then an
+    // unfinished run.
+    let live = crate::engine::live_holder(
+        env.store.as_ref(),
+        &env.name,
+        env.config.environment.lock_stale_after,
+    )
+    .await?;
+    let blocked = match &live {
+        Some(h) => Some(crate::engine::locked_by(&env.name, h)),
+        None => env
+            .store
+            .unfinished_run(&env.name)
+            .await?
+            .map(|open| unfinished_blocks(&open)),
+    };
     if let Some(existing) = env.store.release(&env.name, release).await? {
-        return Err(usage(format!(
-            "release `{release}` is already recorded (state {})",
-            existing.state
-        ))
-        .hint("releases are never redeployed under the same name"));
+        return Err(blocked.unwrap_or_else(|| {
+            usage(format!(
+                "release `{release}` is already recorded (state {})",
+                existing.state
+            ))
+            .hint("releases are never redeployed under the same name")
+        }));
     }
     let ledger = env.ledger().await?;
     let db = super::db::deploy_facts(env, release).await?;
@@ -320,9 +343,12 @@ pub async fn plan(
     }
     // What `rewind deploy` checks before it records anything (artifacts, releases on disk),
     // then what it refuses about databases: the plan says whether the deploy would start.
-    let refusal = match precheck(env, &steps).await {
-        Err(e) => Some(e),
-        Ok(()) => super::db::refuse_deploy(&db, accept_drift).err(),
+    let refusal = match blocked {
+        Some(e) => Some(e),
+        None => match precheck(env, &steps).await {
+            Err(e) => Some(e),
+            Ok(()) => super::db::refuse_deploy(&db, accept_drift).err(),
+        },
     };
     match &refusal {
         None => text.push_str("\n\nnothing was changed; `rewind deploy` carries this out"),
@@ -345,8 +371,8 @@ pub async fn plan(
             Ok(ExitCode::SUCCESS)
         }
         Some(e) => {
-            // The plan itself, then the refusal as the error (exit 1), with the plan in the
-            // JSON error's detail.
+            // The plan itself, then the refusal as the error (with the deploy's exit code),
+            // with the plan in the JSON error's detail.
             printer.text(&text);
             Err(e.detail(doc))
         }

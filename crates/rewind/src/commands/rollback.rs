@@ -14,9 +14,7 @@ use serde_json::json;
 
 use super::Env;
 use crate::cli::{RollbackArgs, TargetArgs};
-use crate::engine::{
-    Executor, LockGuard, RunEnd, StepReport, dead_reason, install_interrupt, new_run_id,
-};
+use crate::engine::{Executor, LockGuard, RunEnd, StepReport, install_interrupt, new_run_id};
 use crate::error::{CliError, CliResult, failed, usage};
 use crate::output::Printer;
 
@@ -36,15 +34,22 @@ fn already_there(e: &CliError) -> Option<String> {
 
 type DbDecisions = BTreeMap<String, (DbRollbackFacts, DbDecision)>;
 
+/// The target and steps of a rollback, as `rollback` computes them and `plan` shows them.
+/// `abandoning`: an unfinished deploy the rollback abandons before it plans (its effects,
+/// [`abandon_effects`], are applied to the ledger read here, as the rollback stores them).
 async fn make_plan(
     env: &Env,
     args: &TargetArgs,
+    abandoning: Option<&Run>,
 ) -> CliResult<(RollbackTarget, Vec<Step>, DbDecisions)> {
     if let Some(to) = &args.to {
         super::validate_release_name(to)?;
     }
     super::db::mode(args)?;
-    let ledger = env.ledger().await?;
+    let mut ledger = env.ledger().await?;
+    if let Some(open) = abandoning {
+        ledger.apply(&abandon_effects(open));
+    }
     let target = plan::rollback_target(
         &env.config,
         &ledger,
@@ -57,6 +62,29 @@ async fn make_plan(
     let db = super::db::rollback_decisions(env, &target, args).await?;
     let steps = plan::rollback_plan(&env.config, &target, &db);
     Ok((target, steps, db))
+}
+
+/// What a rollback records when it abandons an unfinished deploy: the release failed, and it
+/// is where the rollback goes back from (its switch may have happened).
+fn abandon_effects(open: &Run) -> Vec<LedgerEffect> {
+    vec![
+        LedgerEffect::ReleaseState {
+            release: open.release.clone(),
+            state: ReleaseState::Failed,
+        },
+        LedgerEffect::Current {
+            release: open.release.clone(),
+        },
+    ]
+}
+
+/// The refusal of a rollback on top of an unfinished restore (exit 3).
+fn restore_unfinished(open: &Run, done: usize) -> CliError {
+    crate::error::blocked(format!(
+        "{}; a rollback cannot start on top of it",
+        describe_unfinished(open, done)
+    ))
+    .hint("finish it with `rewind resume`")
 }
 
 fn describe_unfinished(run: &Run, done: usize) -> String {
@@ -119,20 +147,28 @@ fn steps_json(steps: &[Step]) -> serde_json::Value {
         .collect::<Vec<_>>())
 }
 
-/// `rewind plan`: the exact steps, nothing changed.
+/// `rewind plan`: the exact steps, nothing changed. When `rewind rollback` would be refused
+/// (a live holder of the lock, an unfinished restore, a precheck), the plan says so and why,
+/// and exits with that refusal's code.
 pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<ExitCode> {
     let unfinished = env.store.unfinished_run(&env.name).await?;
     let mut text = String::new();
     let mut unfinished_json = serde_json::Value::Null;
-    let holder = env.store.lock_holder(&env.name).await?;
-    let live = holder
-        .as_ref()
-        .filter(|h| dead_reason(h, env.config.environment.lock_stale_after).is_none());
-    if let Some(h) = live {
+    let live = crate::engine::live_holder(
+        env.store.as_ref(),
+        &env.name,
+        env.config.environment.lock_stale_after,
+    )
+    .await?;
+    // What `rewind rollback` refuses before it plans, in its order: the lock, then an
+    // unfinished restore.
+    let mut refusal: Option<CliError> = None;
+    if let Some(h) = &live {
         text.push_str(&format!(
-            "first: the environment is locked by run {} ({}, pid {} on {}), which is still working; `rewind rollback` is refused (exit 3) until it ends\n",
+            "first: the environment is locked by run {} ({}, pid {} on {}), which is still working\n",
             h.run_id, h.actor, h.pid, h.host
         ));
+        refusal = Some(crate::engine::locked_by(&env.name, h));
     }
     if let Some(run) = &unfinished
         && live.is_some()
@@ -144,8 +180,11 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         text.push_str(&format!("first: {}\n", describe_unfinished(run, done)));
         match run.kind {
             RunKind::Rollback => text.push_str("  `rewind rollback` resumes it first; its remaining steps:\n"),
-            RunKind::Deploy => text.push_str("  `rewind rollback` abandons it (the release is marked failed); `rewind resume` would finish it instead\n"),
-            RunKind::Restore => text.push_str("  finish it first with `rewind resume`\n"),
+            RunKind::Deploy => text.push_str(&format!("  `rewind rollback` abandons it first ({} is marked failed; `rewind resume` would finish it instead), then:\n", run.release)),
+            RunKind::Restore => {
+                text.push_str("  finish it first with `rewind resume`\n");
+                refusal = Some(restore_unfinished(run, done));
+            }
         }
         if run.kind == RunKind::Rollback {
             for (i, s) in run.steps.iter().enumerate().skip(done) {
@@ -154,20 +193,37 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
         }
         unfinished_json = json!({"id": run.id, "kind": run.kind, "release": run.release, "status": run.status, "steps_done": done, "steps": run.steps.len(), "holder_alive": false});
     }
-    let planned = make_plan(env, &args).await;
+    // The rollback abandons an unfinished deploy before it plans: plan on the ledger it
+    // will see.
+    let abandoning = unfinished
+        .as_ref()
+        .filter(|r| r.kind == RunKind::Deploy && live.is_none());
+    let planned = make_plan(env, &args, abandoning).await;
+    let refused_text = "nothing was changed; `rewind rollback` would REFUSE to start (see below)";
     let (target, steps, db) = match planned {
         Ok(p) => p,
-        // With an unfinished rollback there may be nothing further to plan.
-        Err(e) if unfinished.is_some() => {
+        Err(e) if refusal.is_some() => {
+            text.push_str(&format!("{:#}\n", e.error));
+            text.push_str(refused_text);
             printer.text(text.trim_end());
-            printer.json_value(&json!({"unfinished": unfinished_json, "plan": null, "note": format!("{:#}", e.error)}));
+            let doc = json!({"environment": env.name, "unfinished": unfinished_json, "plan": null, "refused": true, "note": format!("{:#}", e.error)});
+            return Err(refusal.unwrap_or(e).detail(doc));
+        }
+        // With an unfinished rollback there may be nothing further to plan.
+        Err(e)
+            if unfinished
+                .as_ref()
+                .is_some_and(|r| r.kind == RunKind::Rollback) =>
+        {
+            printer.text(text.trim_end());
+            printer.json_value(&json!({"unfinished": unfinished_json, "plan": null, "note": format!("{:#}", e.error), "refused": false}));
             return Ok(ExitCode::SUCCESS);
         }
         Err(e) if already_there(&e).is_some() => {
             let msg = already_there(&e).unwrap_or_default();
             text.push_str(&msg);
             printer.text(text.trim_end());
-            printer.json_value(&json!({"environment": env.name, "unfinished": unfinished_json, "plan": null, "steps": [], "note": msg}));
+            printer.json_value(&json!({"environment": env.name, "unfinished": unfinished_json, "plan": null, "steps": [], "note": msg, "refused": false}));
             return Ok(ExitCode::SUCCESS);
         }
         Err(e) => return Err(e),
@@ -175,11 +231,12 @@ pub async fn plan(env: &Env, args: TargetArgs, printer: &Printer) -> CliResult<E
     text.push_str(&describe(env, &target, &steps, &db));
     // What `rewind rollback` checks before it records anything: the plan says whether the
     // rollback would start, and exits as the rollback would when it would not.
-    let refusal = super::deploy::precheck(env, &steps).await.err();
+    if refusal.is_none() {
+        refusal = super::deploy::precheck(env, &steps).await.err();
+    }
     match &refusal {
         None => text.push_str("\nnothing was changed; run `rewind rollback` to carry this out"),
-        Some(_) => text
-            .push_str("\nnothing was changed; `rewind rollback` would REFUSE to start (see below)"),
+        Some(_) => text.push_str(&format!("\n{refused_text}")),
     }
     printer.text(text);
     let doc = json!({
@@ -240,13 +297,7 @@ async fn rollback_locked(
     if let Some(open) = env.store.unfinished_run(&env.name).await? {
         let done = steps_done(env, &open).await?;
         match open.kind {
-            RunKind::Restore => {
-                return Err(crate::error::blocked(format!(
-                    "{}; a rollback cannot start on top of it",
-                    describe_unfinished(&open, done)
-                ))
-                .hint("finish it with `rewind resume`"));
-            }
+            RunKind::Restore => return Err(restore_unfinished(&open, done)),
             RunKind::Rollback => {
                 printer.note(format!("resuming: {}", describe_unfinished(&open, done)));
                 env.store
@@ -275,15 +326,7 @@ async fn rollback_locked(
                         &open.id,
                         RunStatus::Abandoned,
                         Some("abandoned by rollback"),
-                        &[
-                            LedgerEffect::ReleaseState {
-                                release: open.release.clone(),
-                                state: ReleaseState::Failed,
-                            },
-                            LedgerEffect::Current {
-                                release: open.release.clone(),
-                            },
-                        ],
+                        &abandon_effects(&open),
                         NewAudit::new(&actor, "run.abandon")
                             .run(&open.id)
                             .release(&open.release)
@@ -293,7 +336,8 @@ async fn rollback_locked(
             }
         }
     }
-    let (target, steps, db) = match make_plan(env, &args.target).await {
+    // The abandoned deploy's effects are stored by now: the ledger read has them.
+    let (target, steps, db) = match make_plan(env, &args.target, None).await {
         Ok(p) => p,
         Err(e) if already_there(&e).is_some() => {
             let msg = already_there(&e).unwrap_or_default();

@@ -93,3 +93,58 @@ fn a_live_holder_blocks_a_deploy_and_status_shows_it() {
     let (_, releases) = f.ledger();
     assert_eq!(releases.len(), 2);
 }
+
+/// While a live holder runs, `plan` and `plan --deploy` say the command would be refused, by
+/// whom, and exit 3 as the command would.
+#[test]
+fn plans_are_refused_with_exit_3_while_a_live_holder_runs() {
+    let f = Fixture::with(Setup {
+        restart: "echo \"start $REWIND_RELEASE\" >> ../starts.log; \
+                  while [ -f ../hold ]; do sleep 0.05; done"
+            .into(),
+        ..Setup::default()
+    });
+    f.deploy("v1").ok();
+    f.deploy("v2").ok();
+    std::fs::write(f.path("hold"), "").unwrap();
+    let art = format!("web={}", f.path("art/v3").display());
+    let long = f.spawn(&["deploy", "v3", "--artifact", &art]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(f.path("starts.log"))
+        .unwrap_or_default()
+        .contains("start v3")
+    {
+        assert!(std::time::Instant::now() < deadline, "v3 never restarted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = format!("pid {}", long.id());
+
+    let plan = f.run(&["plan"]);
+    plan.code(3);
+    assert!(plan.stdout.contains("would REFUSE"), "{}", plan.all());
+    assert!(plan.stderr.contains(&pid), "{}", plan.all());
+    let json = f.run(&["--json", "plan"]);
+    json.code(3);
+    assert_eq!(json.json()["detail"]["refused"], true, "{}", json.all());
+    let rollback = f.run(&["rollback", "--yes"]);
+    rollback.code(3);
+
+    let art4 = format!("web={}", f.path("art/v4").display());
+    let plan = f.run(&["plan", "--deploy", "v4", "--artifact", &art4]);
+    plan.code(3);
+    assert!(plan.stdout.contains("would REFUSE"), "{}", plan.all());
+    assert!(
+        plan.stderr.contains(&pid),
+        "names the holder\n{}",
+        plan.all()
+    );
+    f.deploy("v4").code(3);
+
+    std::fs::remove_file(f.path("hold")).unwrap();
+    let out = long.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // Free again: the plans go back to exit 0.
+    f.run(&["plan"]).ok();
+    f.run(&["plan", "--deploy", "v4", "--artifact", &art4]).ok();
+    assert_eq!(f.ledger().1.len(), 3);
+}

@@ -201,3 +201,84 @@ fn bad_release_names_say_why() {
     }
     assert_eq!(f.ledger().1.len(), 0);
 }
+
+/// v1 and v2 deployed, then the deploy of v3 killed in the middle of its restart: an
+/// unfinished deploy whose release is already switched in.
+fn unfinished_deploy_of_v3() -> Fixture {
+    let f = Fixture::with(Setup {
+        restart: "echo \"start $REWIND_RELEASE\" >> ../starts.log; \
+                  if [ -f ../hang ]; then sleep 30; fi"
+            .into(),
+        ..Setup::default()
+    });
+    f.deploy("v1").ok();
+    f.deploy("v2").ok();
+    std::fs::write(f.path("hang"), "").unwrap();
+    let art = format!("web={}", f.path("art/v3").display());
+    let mut deploy = f.spawn(&["deploy", "v3", "--artifact", &art]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(f.path("starts.log"))
+        .unwrap_or_default()
+        .contains("start v3")
+    {
+        assert!(
+            deploy.try_wait().unwrap().is_none(),
+            "the deploy ended early"
+        );
+        assert!(std::time::Instant::now() < deadline, "v3 never restarted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    deploy.kill().unwrap();
+    deploy.wait().unwrap();
+    std::fs::remove_file(f.path("hang")).unwrap();
+    f
+}
+
+#[test]
+fn plan_names_the_target_the_rollback_takes_while_a_deploy_is_unfinished() {
+    let f = unfinished_deploy_of_v3();
+    let plan = f.run(&["plan"]);
+    plan.ok();
+    assert!(
+        plan.stdout.contains("rollback of test from v3 to v2"),
+        "{}",
+        plan.all()
+    );
+    assert!(
+        !plan.stdout.contains("v2 is marked rolled-back"),
+        "{}",
+        plan.all()
+    );
+    let j = f.run(&["--json", "plan"]).json();
+    assert_eq!(
+        (j["from"].as_str(), j["to"].as_str()),
+        (Some("v3"), Some("v2")),
+        "{j:#}"
+    );
+    let rollback = f.run(&["rollback", "--yes"]);
+    rollback.ok();
+    assert!(
+        rollback.stderr.contains("rollback of test from v3 to v2")
+            || rollback.stdout.contains("rollback of test from v3 to v2"),
+        "{}",
+        rollback.all()
+    );
+    assert_eq!(f.current(), "releases/v2");
+}
+
+#[test]
+fn plan_deploy_is_refused_as_deploy_is_while_a_run_is_unfinished() {
+    let f = unfinished_deploy_of_v3();
+    let art = format!("web={}", f.path("art/v4").display());
+    let plan = f.run(&["plan", "--deploy", "v4", "--artifact", &art]);
+    plan.code(3);
+    assert!(plan.stdout.contains("would REFUSE"), "{}", plan.all());
+    assert!(!plan.stdout.contains("carries this out"), "{}", plan.all());
+    assert!(plan.stderr.contains("unfinished"), "{}", plan.all());
+    let json = f.run(&["--json", "plan", "--deploy", "v4", "--artifact", &art]);
+    json.code(3);
+    assert_eq!(json.json()["detail"]["refused"], true, "{}", json.all());
+    let deploy = f.run(&["deploy", "v4", "--artifact", &art]);
+    deploy.code(3);
+    assert_eq!(f.ledger().1.len(), 3, "nothing was recorded");
+}
