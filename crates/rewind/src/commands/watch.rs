@@ -295,12 +295,18 @@ pub async fn on_trigger(
         yes: true,
     };
     let rollback_run = new_run_id();
+    // The window is over and the release failed it, whatever becomes of the rollback: a
+    // rollback that fails must not leave it `watching` (status would say so, and `rewind
+    // watch` would start its window again). A rollback that succeeds marks it rolled-back.
     env.store
         .end_watch(
             &env.name,
             release,
             "fired",
-            &[],
+            &[LedgerEffect::ReleaseState {
+                release: release.to_string(),
+                state: ReleaseState::Failed,
+            }],
             NewAudit::new(&actor, "watch.fired")
                 .release(release)
                 .details(json!({"incident": incident.id})),
@@ -310,24 +316,38 @@ pub async fn on_trigger(
         super::rollback::rollback_with_id(env, &args, &rollback_run, Some(&incident.id), printer)
             .await;
     if let Err(e) = result {
+        // The run, if the rollback got as far as recording one.
+        let run = env
+            .store
+            .run(&rollback_run)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.id);
+        let reason = format!("the automatic rollback failed: {:#}", e.error);
         env.store
             .update_incident(
                 &incident.id,
                 IncidentStatus::Escalated,
-                None,
+                run.as_deref(),
                 NewAudit::new(&actor, "incident.escalate")
                     .release(release)
-                    .details(json!({"incident": incident.id, "reason": format!("{:#}", e.error)})),
+                    .details(
+                        json!({"incident": incident.id, "reason": reason, "rollback_run": run}),
+                    ),
             )
             .await?;
+        // Always a failure after changes (exit 1): the release was deployed, whatever the
+        // rollback's own refusal says (a usage error, a held lock: "nothing was changed" is
+        // true of the rollback only).
         return Err(CliError {
-            class: e.class,
+            class: crate::error::Class::Failed,
             error: e.error.context(format!(
-                "incident {}: the automatic rollback failed; a person is needed",
-                incident.id
+                "incident {}: {release} was deployed and failed its monitoring window ({}), and the automatic rollback failed; {release} is marked failed and a person is needed",
+                incident.id, f.trigger
             )),
             hints: e.hints,
-            detail: Some(json!({"incident": incident.id})),
+            detail: Some(json!({"incident": incident.id, "release": release, "watch": "fired", "rolled_back": false, "rollback_run": run, "error": reason})),
         });
     }
     let target = env

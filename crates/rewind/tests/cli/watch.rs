@@ -464,3 +464,93 @@ fn a_trigger_fed_by_a_real_prometheus_server() {
     );
     assert_eq!(shop.serving(), "releases/v1");
 }
+
+/// A fixture whose check fails while `broken` exists and whose frontend cannot roll back.
+fn failing_rollback_fixture() -> Fixture {
+    let f = Fixture::with(Setup {
+        extra: "\n[watch]\nwindow = \"3s\"\nbaseline = \"0s\"\n\n\
+                [[watch.check]]\nname = \"smoke\"\ncommand = \"test ! -f broken\"\ninterval = \"1s\"\n"
+            .into(),
+        ..Setup::default()
+    });
+    let config = std::fs::read_to_string(f.path("rewind.toml")).unwrap();
+    let config = config.replacen(
+        "rollback = \"echo rolling back to {release} && echo {release} > fe-version\"",
+        "rollback = \"echo cannot roll back to {release}; exit 7\"",
+        1,
+    );
+    assert!(config.contains("exit 7"), "{config}");
+    std::fs::write(f.path("rewind.toml"), config).unwrap();
+    f.run(&["check"]).ok();
+    f
+}
+
+/// The watch is over and on the record: nothing is left `watching`, status says the truth,
+/// `rewind watch` has nothing to attach to, the incident says the rollback failed.
+#[track_caller]
+fn assert_watch_ended(f: &Fixture, release: &str) {
+    let (_, releases) = f.ledger();
+    assert!(
+        releases.iter().all(|(_, s)| s != "watching"),
+        "{releases:?}"
+    );
+    assert!(
+        releases.contains(&(release.to_string(), "failed".to_string())),
+        "{releases:?}"
+    );
+    let status = f.run(&["status"]);
+    status.ok();
+    assert!(!status.stdout.contains("(watching)"), "{}", status.all());
+    let attach = f.run(&["watch"]);
+    attach.ok();
+    assert!(
+        attach.stdout.contains("no release is being watched"),
+        "{}",
+        attach.all()
+    );
+    let h = f.run(&["--json", "history"]).json();
+    let incidents = h["incidents"].as_array().unwrap();
+    assert_eq!(incidents[0]["release"], release, "{h:#}");
+    assert_eq!(incidents[0]["status"], "escalated", "{h:#}");
+    audit_ok(f);
+}
+
+#[test]
+fn a_failed_automatic_rollback_exits_1_and_ends_the_watch() {
+    let f = failing_rollback_fixture();
+    let v1 = format!("web={}", f.path("art/v1").display());
+    f.run(&["deploy", "v1", "--artifact", &v1, "--watch"]).ok();
+    std::fs::write(f.path("broken"), "").unwrap();
+    let v2 = format!("web={}", f.path("art/v2").display());
+    let out = f.run(&["deploy", "v2", "--artifact", &v2, "--watch"]);
+    out.code(1);
+    assert!(
+        out.stderr.contains("the automatic rollback failed"),
+        "{}",
+        out.all()
+    );
+    assert_watch_ended(&f, "v2");
+}
+
+/// The first release fails its window: there is nothing to roll back to. The deploy changed
+/// things, so this is a failure (exit 1), not a usage error saying nothing was changed.
+#[test]
+fn a_rollback_that_cannot_start_after_a_deploy_exits_1_not_2() {
+    let f = failing_rollback_fixture();
+    std::fs::write(f.path("broken"), "").unwrap();
+    let v1 = format!("web={}", f.path("art/v1").display());
+    let out = f.run(&["deploy", "v1", "--artifact", &v1, "--watch"]);
+    out.code(1);
+    assert!(
+        out.stderr.contains("the automatic rollback failed"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        !out.stderr.contains("nothing was changed"),
+        "the deploy changed things\n{}",
+        out.all()
+    );
+    assert_eq!(f.current(), "releases/v1");
+    assert_watch_ended(&f, "v1");
+}
