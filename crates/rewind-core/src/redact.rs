@@ -162,54 +162,77 @@ pub(crate) fn percent_encode(value: &str) -> String {
     out
 }
 
+/// Where the password of a URL is, in `token`: the text after `scheme://` up to the first
+/// whitespace or quote. The password runs from the first `:` of the authority to the *last*
+/// `@` of the token, so that a password holding `/`, `?`, `#` or `@` is found whole; a
+/// `host:port` followed by an `@` in the path is no password.
+fn password_range(token: &str) -> Option<std::ops::Range<usize>> {
+    let authority_end = token.find(['/', '?', '#']).unwrap_or(token.len());
+    let colon = token[..authority_end].find(':')?;
+    let at = token.rfind('@')?;
+    if at <= colon {
+        return None;
+    }
+    let authority_has_at = token[..authority_end].contains('@');
+    let port_like = token[colon + 1..authority_end]
+        .bytes()
+        .all(|b| b.is_ascii_digit());
+    if !authority_has_at && port_like {
+        return None;
+    }
+    Some(colon + 1..at)
+}
+
+/// Where each `scheme://…` token of `text` starts and ends (after `://`, up to whitespace or
+/// a quote).
+fn url_tokens(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(pos) = text[from..].find("://") {
+        let start = from + pos + 3;
+        let len = text[start..]
+            .find(|c: char| matches!(c, '"' | '\'' | '`') || c.is_whitespace())
+            .unwrap_or(text.len() - start);
+        out.push(start..start + len);
+        from = start + len;
+    }
+    out
+}
+
 /// Replaces the password in every `scheme://user:password@` in `text`, the value of every
-/// `password=` parameter and the credential of every `Authorization:` header.
+/// secret-looking key (`password=` …) and the credential of every `Authorization:` header.
 pub fn redact_url_passwords(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("://") {
-        let (head, tail) = rest.split_at(pos + 3);
-        out.push_str(head);
-        // The authority ends at the first '/', '?', '#', whitespace or quote.
-        let end = tail
-            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '`') || c.is_whitespace())
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match (authority.rfind('@'), authority.find(':')) {
-            // `{secret:NAME}` is a reference (crate::secret), not the secret: it may show.
-            (Some(at), Some(colon)) if colon < at && !is_reference(&authority[colon + 1..at]) => {
-                out.push_str(&authority[..=colon]);
-                out.push_str(MASK);
-                out.push_str(&authority[at..]);
-            }
-            _ => out.push_str(authority),
+    let mut at = 0;
+    for token in url_tokens(text) {
+        let Some(pw) = password_range(&text[token.clone()]) else {
+            continue;
+        };
+        let pw = token.start + pw.start..token.start + pw.end;
+        // `{secret:NAME}` is a reference (crate::secret), not the secret: it may show.
+        if is_reference(&text[pw.clone()]) {
+            continue;
         }
-        rest = &tail[end..];
+        out.push_str(&text[at..pw.start]);
+        out.push_str(MASK);
+        at = pw.end;
     }
-    out.push_str(rest);
+    out.push_str(&text[at..]);
     mask_authorization(&mask_password_params(&out))
 }
 
 /// The password of every `scheme://user:password@host` in `text`, as written (so still
 /// percent-encoded).
 pub fn url_passwords(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(pos) = rest.find("://") {
-        let tail = &rest[pos + 3..];
-        let end = tail
-            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '`') || c.is_whitespace())
-            .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        if let (Some(at), Some(colon)) = (authority.rfind('@'), authority.find(':'))
-            && colon < at
-            && colon + 1 < at
-        {
-            out.push(authority[colon + 1..at].to_string());
-        }
-        rest = &tail[end..];
-    }
-    out
+    url_tokens(text)
+        .into_iter()
+        .filter_map(|t| {
+            let token = &text[t];
+            password_range(token)
+                .filter(|r| !r.is_empty())
+                .map(|r| token[r].to_string())
+        })
+        .collect()
 }
 
 /// Is `text` exactly one `{secret:NAME}` reference?
@@ -423,6 +446,25 @@ mod tests {
             redact_url_passwords("-H 'Authorization: Bearer {secret:hook}' x"),
             "-H 'Authorization: Bearer {secret:hook}' x"
         );
+    }
+
+    #[test]
+    fn url_passwords_holding_slashes_and_ats_are_masked_whole() {
+        assert_eq!(
+            redact_url_passwords(
+                "the server at postgres://postgres:S3cr@t/pa:ss%2Fw@127.0.0.1:25499/x is down"
+            ),
+            "the server at postgres://postgres:***@127.0.0.1:25499/x is down"
+        );
+        assert_eq!(url_passwords("postgres://u:a/b@c@h/db"), ["a/b@c"]);
+        // A port and an `@` in the path: no password.
+        for same in [
+            "http://host:8080/users/@me",
+            "https://registry.example/@scope/pkg",
+            "https://h/#a:b@c",
+        ] {
+            assert_eq!(redact_url_passwords(same), same);
+        }
     }
 
     #[test]

@@ -330,6 +330,29 @@ pub fn seal<T: Serialize + DeserializeOwned>(
     from_value(sealed)
 }
 
+/// Does `live` read as `stored` where `stored` is not masked? Each `***` of `stored` stands
+/// for a secret that may have changed since (a rotated password): it matches any non-empty
+/// text, and everything between the masks must be as it was. This also holds when the old
+/// secret was an ordinary word masked elsewhere in the field (a password `postgres` masks the
+/// scheme of `postgres://`) and the redactor of today, knowing only the new secret, masks
+/// the field differently.
+fn fits_masked(stored: &str, live: &str) -> bool {
+    let parts: Vec<&str> = stored.split(MASK).collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if parts.len() < 2 || !live.starts_with(first) {
+        return false;
+    }
+    let mut at = first.len();
+    for middle in &parts[1..parts.len() - 1] {
+        // At least one character for the mask before this literal part.
+        let Some(found) = live.get(at + 1..).and_then(|rest| rest.find(middle)) else {
+            return false;
+        };
+        at += 1 + found + middle.len();
+    }
+    live.len() >= at + 1 + last.len() && live.ends_with(last)
+}
+
 /// A sealed config made whole again from `live`, the same component as the config file
 /// describes it now (`None` when the file no longer has it). Every value that holds a mask
 /// is taken from the same field of `live`, which must read the same once masked. Values
@@ -359,7 +382,9 @@ pub fn unseal<T: Serialize + DeserializeOwned>(
             {
                 None => Err("; the config no longer sets it".to_string()),
                 Some(l) if l == stored => Ok(None),
-                Some(l) if redactor.redact(l) == stored => Ok(Some(l.to_string())),
+                Some(l) if redactor.redact(l) == stored || fits_masked(stored, l) => {
+                    Ok(Some(l.to_string()))
+                }
                 Some(l) => Err(format!("; it is now {:?}", redactor.redact(l))),
             },
         };
@@ -394,6 +419,38 @@ mod tests {
             .unwrap(),
             "curl -H 'X: p@ss/9:x y' https://h/p@ss/9:x y"
         );
+    }
+
+    #[test]
+    fn a_rotated_secret_that_was_an_ordinary_word_still_unseals() {
+        // The old password "postgres" masked the scheme and the user too; the new one is
+        // unrelated. Everything outside the masks is as it was, so the live value is taken.
+        assert!(fits_masked(
+            "***://***:{secret:pw}@db/x",
+            "postgres://postgres:{secret:pw}@db/x"
+        ));
+        assert!(fits_masked(
+            "curl https://bot:***@h/x",
+            "curl https://bot:n3w@h/x"
+        ));
+        assert!(fits_masked("a *** b *** c", "a x b y c"));
+        assert!(!fits_masked("a *** b *** c", "a x b y d"));
+        assert!(
+            !fits_masked("a *** b", "a  b"),
+            "a mask stands for something"
+        );
+        assert!(!fits_masked(
+            "curl https://bot:***@h/x",
+            "curl https://bot:n3w@other/x"
+        ));
+        assert!(!fits_masked("no mask", "no mask"));
+        let mut old = Redactor::default();
+        old.add_declared("postgres");
+        let live = cmd("psql postgres://postgres:{secret:pw}@db/x -c 'select 1'");
+        let sealed = seal(&live, &old).unwrap();
+        let mut now = Redactor::default();
+        now.add_declared("rotated-pw-1");
+        assert_eq!(unseal(&sealed, Some(&live), &now).unwrap(), live);
     }
 
     #[test]

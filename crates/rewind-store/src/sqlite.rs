@@ -118,6 +118,26 @@ impl SqliteStore {
         if let Some(reason) = read_only_reason(path) {
             return Err(StoreError::ReadOnly { location, reason });
         }
+        // A command that writes first makes sure the file is sound: damage met halfway
+        // through a command (a run recorded, its ledger effects not) would leave records
+        // that contradict each other. `quick_check` reads every page once (O(pages); well
+        // under a millisecond for a small store).
+        if current.is_some() {
+            let rows: Vec<String> = sqlx::query_scalar("PRAGMA quick_check")
+                .fetch_all(&pool)
+                .await
+                .map_err(&open_err)?;
+            if rows.first().map(String::as_str) != Some("ok") {
+                let found: Vec<String> = rows.into_iter().take(3).collect();
+                return Err(StoreError::NotAStore {
+                    location,
+                    reason: format!(
+                        "the file is damaged (SQLite's integrity check: {}); rewind wrote nothing to it",
+                        found.join("; ")
+                    ),
+                });
+            }
+        }
         // Most opens find the schema current: the migrator (several queries and checksums
         // of every embedded file) is skipped.
         if current == Some(latest) {

@@ -554,24 +554,41 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Installs the Ctrl-C handler: the first press stops at the next step boundary, the second
-/// exits at once (the run stays resumable either way).
+/// Waits for Ctrl-C (SIGINT) or SIGTERM (what `systemctl stop`, `docker stop` and
+/// `kill` send) and says which came.
+pub async fn interruption(term: &mut Option<tokio::signal::unix::Signal>) -> &'static str {
+    let terminated = async {
+        match term {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = terminated => "SIGTERM",
+    }
+}
+
+/// Installs the handler of Ctrl-C and SIGTERM: the first stops at the next step boundary, a
+/// second exits at once (the run stays resumable either way).
 pub fn install_interrupt(printer_quiet: bool) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            f.store(true, Ordering::SeqCst);
-            if !printer_quiet {
-                eprintln!(
-                    "\ninterrupted: stopping after the current step (Ctrl-C again to stop now; `rewind resume` finishes the run)"
-                );
-            }
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("stopped; the run is unfinished: `rewind resume` finishes it");
-                std::process::exit(130);
-            }
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let first = interruption(&mut term).await;
+        f.store(true, Ordering::SeqCst);
+        if !printer_quiet {
+            eprintln!(
+                "\ninterrupted ({first}): stopping after the current step (Ctrl-C or SIGTERM again to stop now; `rewind resume` finishes the run)"
+            );
         }
+        let second = interruption(&mut term).await;
+        eprintln!("stopped ({second}); the run is unfinished: `rewind resume` finishes it");
+        std::process::exit(130);
     });
     flag
 }

@@ -643,6 +643,7 @@ where
     let deadline = tokio::time::Instant::now() + window_left;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut checks = 0u32;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let ending = loop {
         tokio::select! {
             s = rx.recv() => match s {
@@ -662,7 +663,7 @@ where
                 }
             }
             _ = tokio::time::sleep_until(deadline) => break Ending::Passed,
-            _ = tokio::signal::ctrl_c() => break Ending::Stopped("interrupted (Ctrl-C)".into()),
+            how = crate::engine::interruption(&mut term) => break Ending::Stopped(format!("interrupted ({how})")),
         }
     };
     let _ = stop.send(true);

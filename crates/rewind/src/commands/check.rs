@@ -32,6 +32,26 @@ pub fn run(path: &Path, printer: &Printer) -> CliResult<ExitCode> {
             (n, s, available)
         })
         .collect();
+    // A value written in the file that can never be used is the file's fault: say so as a
+    // config error (a variable that is not set here may well be set where rewind runs).
+    let unusable: Vec<String> = secrets
+        .iter()
+        .filter(|(_, s, _)| matches!(s.source, SecretSource::Value(_)))
+        .filter_map(|(n, _, a)| match a {
+            Some(Err(why)) => Some(format!("secret `{n}`: {why}")),
+            _ => None,
+        })
+        .collect();
+    if !unusable.is_empty() {
+        return Err(crate::error::usage(format!(
+            "{} is not valid:\n  {}",
+            path.display(),
+            unusable.join("\n  ")
+        ))
+        .hint(
+            "write a longer value, or read it from the environment or a file (env = …, file = …)",
+        ));
+    }
     printer.json_value(&json!({
         "ok": true,
         "path": config.path,

@@ -422,7 +422,7 @@ fn store_error(e: StoreError) -> CliError {
 fn store_hints(e: &StoreError) -> Vec<String> {
     let h: &[&str] = match e {
         StoreError::NotAStore { .. } => &[
-            "restore the state store from a backup copy (rewind changed nothing); to start a new ledger instead, move the file aside and run `rewind adopt --yes`, which records the restart in the new ledger's audit log",
+            "restore the state store from a backup copy (copy the file together with its -wal file, or use `sqlite3 FILE .backup COPY`); to start a new ledger instead, move the file aside and run `rewind adopt --yes`, which records the restart in the new ledger's audit log",
         ],
         StoreError::ReadOnly { .. } => &[
             "make the file and its directory writable for this command; `status`, `history`, `plan`, `audit log` and `audit verify` only read and work on a read-only store",

@@ -241,6 +241,17 @@ fn rollback_killed_from_outside_at_random_moments_resumes() {
 
 #[test]
 fn ctrl_c_stops_at_a_step_boundary_and_leaves_a_resumable_run() {
+    stops_at_a_step_boundary("-INT", "Ctrl-C");
+}
+
+/// SIGTERM (`systemctl stop`, `docker stop`, `kill`) stops at a step boundary as Ctrl-C does,
+/// instead of cutting the running step off.
+#[test]
+fn sigterm_stops_at_a_step_boundary_and_leaves_a_resumable_run() {
+    stops_at_a_step_boundary("-TERM", "SIGTERM");
+}
+
+fn stops_at_a_step_boundary(signal: &str, said: &str) {
     let f = Fixture::with(Setup {
         restart: "sleep 0.6; echo \"$REWIND_RELEASE\" >> restarts.log".into(),
         ..Setup::default()
@@ -269,13 +280,16 @@ fn ctrl_c_stops_at_a_step_boundary_and_leaves_a_resumable_run() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("interrupted ({said})")),
+        "{stderr}"
+    );
     assert!(stderr.contains("rewind resume"), "{stderr}");
     // The restart step that was running finished; the ready step did not start.
     let run = f.last_run();
@@ -291,6 +305,6 @@ fn ctrl_c_stops_at_a_step_boundary_and_leaves_a_resumable_run() {
     assert!(status.stdout.contains("unfinished"), "{}", status.all());
     f.run(&["resume"]).ok();
     assert_eq!(f.current(), "releases/v1");
-    assert_run_complete(&f.last_run(), "after ctrl-c");
+    assert_run_complete(&f.last_run(), &format!("after {said}"));
     audit_ok(&f);
 }

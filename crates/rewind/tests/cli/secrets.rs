@@ -326,6 +326,13 @@ s = {{ value = "{secret}" }}
         extra: hook("e"),
         ..Setup::default()
     });
+    let check = f.run(&["check"]);
+    check.code(2);
+    assert!(
+        check.stderr.contains("use a longer secret"),
+        "{}",
+        check.all()
+    );
     let refused = f.deploy("v1");
     refused.code(2);
     assert!(

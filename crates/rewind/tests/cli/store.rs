@@ -496,6 +496,56 @@ async fn a_corrupt_state_file_is_reported_as_corrupt() {
     }
 }
 
+/// Damage inside one table's page (the header and the other tables sound) is found before a
+/// command writes anything: before, a deploy recorded its release, run and audit entry and
+/// then failed on the damaged table, leaving an "unfinished deploy" behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_table_page_is_found_before_anything_is_written() {
+    let f = Fixture::new();
+    f.deploy("v1").ok();
+    f.deploy("v2").ok();
+    let db = f.state_db();
+    sqlite_exec(&db, "PRAGMA wal_checkpoint(TRUNCATE)").await;
+    for s in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(f.path(&format!(".rewind/state.db{s}")));
+    }
+    let (page_size, root): (i64, i64) = {
+        let url = format!("sqlite://{}", db.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let root: i64 =
+            sqlx::query_scalar("SELECT rootpage FROM sqlite_master WHERE name = 'restore_points'")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        conn.close().await.unwrap();
+        (page_size, root)
+    };
+    for s in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(f.path(&format!(".rewind/state.db{s}")));
+    }
+    // The page's b-tree type byte becomes one SQLite never writes.
+    let mut bytes = std::fs::read(&db).unwrap();
+    let at = ((root - 1) * page_size) as usize;
+    bytes[at] = 0x7f;
+    std::fs::write(&db, &bytes).unwrap();
+    let before = snapshot(&f);
+    let art = format!("web={}", f.path("art/v3").display());
+    let o = f.run(&["deploy", "v3", "--artifact", &art]);
+    o.code(1);
+    assert!(
+        o.stderr.contains("is damaged")
+            && (o.stderr.contains("rewind wrote nothing") || o.stderr.contains("left it as it is")),
+        "{}",
+        o.all()
+    );
+    assert!(snapshot(&f) == before, "the damaged file was written to");
+    assert_eq!(f.current(), "releases/v2");
+}
+
 /// A PostgreSQL cluster of the test's own (the shared test servers must not be stopped),
 /// stopped when dropped.
 struct Cluster {
