@@ -145,10 +145,20 @@ pub async fn run(env: &Env, printer: &Printer) -> CliResult<ExitCode> {
         last_good
             .map(|r| r.name.clone())
             .unwrap_or_else(|| "none yet".into()),
-        target
-            .clone()
-            .map(|t| format!("{t} (`rewind plan` shows the steps)"))
-            .unwrap_or_else(|| "none (no known-good release before the current one)".into()),
+        match unfinished
+            .as_ref()
+            .filter(|r| r.kind.to_string() == "rollback")
+        {
+            // A rollback is under way (or was cut off): it is the way back, not a new one.
+            Some(r) => format!(
+                "{} — a rollback to it is already under way (run {}, below)",
+                r.release, r.id
+            ),
+            None => target
+                .clone()
+                .map(|t| format!("{t} (`rewind plan` shows the steps)"))
+                .unwrap_or_else(|| "none (no known-good release before the current one)".into()),
+        },
     );
     if !details.is_empty() {
         text.push_str(&format!("\n{}", details.join("\n")));

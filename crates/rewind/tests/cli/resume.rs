@@ -69,6 +69,14 @@ fn resume_blocked_while_the_holder_lives(f: &Fixture) {
         "status says the run is in progress\n{}",
         status.all()
     );
+    assert!(
+        status
+            .stdout
+            .contains("rollback target: v1 — a rollback to it is already under way")
+            && !status.stdout.contains("`rewind plan` shows the steps"),
+        "status must not offer a second rollback\n{}",
+        status.all()
+    );
     let json = f.run(&["--json", "status"]).json();
     assert_eq!(json["unfinished_run"]["holder_alive"], true, "{json:#}");
 
