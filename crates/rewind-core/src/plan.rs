@@ -338,6 +338,10 @@ pub struct RollbackTarget {
 
 /// Chooses the target of a rollback: `to` if given, else the most recent known-good
 /// release before the current one.
+///
+/// `drifted`: components whose live version is known to differ from what the ledger records
+/// (changed by hand); they move to a target that is the current release like the components
+/// that left it.
 pub fn rollback_target(
     config: &Config,
     ledger: &Ledger,
@@ -345,6 +349,7 @@ pub fn rollback_target(
     to: Option<&str>,
     only: &[String],
     force: bool,
+    drifted: &[String],
 ) -> Result<RollbackTarget, PlanError> {
     let known = || {
         config
@@ -407,7 +412,10 @@ pub fn rollback_target(
                 component: name.clone(),
             });
         }
-        if to_current && ledger.deployed.get(name) == target.components.get(name) {
+        if to_current
+            && ledger.deployed.get(name) == target.components.get(name)
+            && !drifted.contains(name)
+        {
             already.push(name.clone());
             continue;
         }
@@ -422,7 +430,8 @@ pub fn rollback_target(
     }
     // Whole when, afterwards, every configured component runs the target.
     let whole = config.components.iter().all(|(name, _)| {
-        components.contains(name) || ledger.deployed.get(name) == target.components.get(name)
+        components.contains(name)
+            || (ledger.deployed.get(name) == target.components.get(name) && !drifted.contains(name))
     });
     Ok(RollbackTarget {
         from: current,

@@ -50,18 +50,62 @@ async fn make_plan(
     if let Some(open) = abandoning {
         ledger.apply(&abandon_effects(open));
     }
-    let target = plan::rollback_target(
-        &env.config,
-        &ledger,
-        &env.name,
-        args.to.as_deref(),
-        &args.components,
-        args.force,
-    )
-    .map_err(plan_error)?;
+    let choose = |drifted: &[String]| {
+        plan::rollback_target(
+            &env.config,
+            &ledger,
+            &env.name,
+            args.to.as_deref(),
+            &args.components,
+            args.force,
+            drifted,
+        )
+    };
+    let target = match choose(&[]) {
+        // The ledger says every component runs the target already; what runs may say
+        // otherwise (a symlink or a service changed by hand): those move back.
+        Err(PlanError::AlreadyThere {
+            release,
+            components,
+        }) => {
+            let drifted = drifted_from(env, &ledger, &components).await;
+            if drifted.is_empty() {
+                return Err(plan_error(PlanError::AlreadyThere {
+                    release,
+                    components,
+                }));
+            }
+            choose(&drifted).map_err(plan_error)?
+        }
+        other => other.map_err(plan_error)?,
+    };
     let db = super::db::rollback_decisions(env, &target, args).await?;
     let steps = plan::rollback_plan(&env.config, &target, &db);
     Ok((target, steps, db))
+}
+
+/// Of `components`, those whose live version (their `current`) is known and differs from the
+/// version the ledger records. A component that cannot tell (no `current`, unreachable) is
+/// taken at the ledger's word.
+async fn drifted_from(env: &Env, ledger: &plan::Ledger, components: &[String]) -> Vec<String> {
+    let mut cx = rewind_components::Ctx::new(&env.name, env.redactor.clone());
+    cx.current_release = ledger.current.clone();
+    let mut out = Vec::new();
+    for name in components {
+        let Some(cfg) = env.config.component(name) else {
+            continue;
+        };
+        let Ok(resolved) = rewind_core::secret::resolve(cfg, &env.secrets.lookup()) else {
+            continue;
+        };
+        let live = rewind_components::build(name, &resolved).current(&cx).await;
+        if let Ok(Some(v)) = live
+            && ledger.deployed.get(name) != Some(&v)
+        {
+            out.push(name.clone());
+        }
+    }
+    out
 }
 
 /// What a rollback records when it abandons an unfinished deploy: the release failed, and it

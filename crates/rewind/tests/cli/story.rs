@@ -352,5 +352,30 @@ fn rolling_back_to_the_current_release_changes_nothing() {
     assert_eq!(current.as_deref(), Some("v2"));
     assert_eq!(releases[1], ("v2".to_string(), "good".to_string()));
     assert_eq!(f.current(), "releases/v2");
+
+    // `current` switched by hand to v1 while the ledger says v2: rolling back "to v2" is not
+    // nothing — what runs moves back to v2 (and nothing is marked rolled-back).
+    std::os::unix::fs::symlink("releases/v1", f.path("srv/current.tmp")).unwrap();
+    std::fs::rename(f.path("srv/current.tmp"), f.path("srv/current")).unwrap();
+    let plan = f.run(&["plan", "--to", "v2"]);
+    plan.ok();
+    assert!(
+        !plan.stdout.contains("nothing to roll back") && plan.stdout.contains("web:"),
+        "{}",
+        plan.all()
+    );
+    let fixed = f.run(&["rollback", "--to", "v2", "--yes"]);
+    fixed.ok();
+    assert_eq!(f.current(), "releases/v2", "{}", fixed.all());
+    assert!(
+        fixed
+            .stderr
+            .contains("it stays current; nothing is marked rolled-back"),
+        "{}",
+        fixed.all()
+    );
+    let (current, releases) = f.ledger();
+    assert_eq!(current.as_deref(), Some("v2"));
+    assert_eq!(releases[1], ("v2".to_string(), "good".to_string()));
     audit_ok(&f);
 }
