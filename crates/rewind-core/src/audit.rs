@@ -185,17 +185,7 @@ pub fn breaks<'a>(entries: impl IntoIterator<Item = Stored<'a>>) -> Vec<ChainBre
             Stored::Entry(e) => e,
         };
         let expected = prev_seq + 1;
-        let computed = entry_hash(
-            &e.environment,
-            e.seq,
-            &e.at,
-            &e.actor,
-            &e.action,
-            e.release.as_deref(),
-            e.run_id.as_deref(),
-            &e.details,
-            &e.prev_hash,
-        );
+        let computed = stored_entry_hash(e);
         if e.seq != expected {
             out.push(ChainBreak::Sequence {
                 seq: e.seq,
@@ -220,6 +210,21 @@ pub fn breaks<'a>(entries: impl IntoIterator<Item = Stored<'a>>) -> Vec<ChainBre
     out
 }
 
+/// The hash `entry` must carry: [`entry_hash`] of its stored fields.
+fn stored_entry_hash(e: &AuditEntry) -> String {
+    entry_hash(
+        &e.environment,
+        e.seq,
+        &e.at,
+        &e.actor,
+        &e.action,
+        e.release.as_deref(),
+        e.run_id.as_deref(),
+        &e.details,
+        &e.prev_hash,
+    )
+}
+
 /// Checks a whole chain, in order. Returns the first break.
 pub fn verify(entries: &[AuditEntry]) -> Result<(), ChainBreak> {
     let mut prev_hash = GENESIS.to_string();
@@ -238,17 +243,7 @@ pub fn verify(entries: &[AuditEntry]) -> Result<(), ChainBreak> {
                 expected: prev_hash,
             });
         }
-        let computed = entry_hash(
-            &e.environment,
-            e.seq,
-            &e.at,
-            &e.actor,
-            &e.action,
-            e.release.as_deref(),
-            e.run_id.as_deref(),
-            &e.details,
-            &e.prev_hash,
-        );
+        let computed = stored_entry_hash(e);
         if computed != e.hash {
             return Err(ChainBreak::Content {
                 seq: e.seq,

@@ -133,6 +133,27 @@ impl Redactor {
 /// and numbers everywhere and protect nothing.
 pub const MIN_DECLARED_LEN: usize = 4;
 
+/// `text` with its `%XX` escapes decoded (as a URL's user information is read); an escape
+/// that is not two hex digits is kept as written, and bytes that are not UTF-8 become U+FFFD.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(h) = text.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(h, 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `%2f` for `%2F`: the same escape with lower-case hex digits.
 fn lowercase_hex(encoded: &str) -> String {
     let mut out = String::with_capacity(encoded.len());
@@ -574,6 +595,14 @@ mod tests {
         ] {
             assert_eq!(r.redact(&format!("u={encoded}&")), "u=***&", "{encoded}");
         }
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("p%40ss%2Fw"), "p@ss/w");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%e2%82%ac"), "€");
     }
 
     #[test]

@@ -302,7 +302,7 @@ impl PgUrl {
                 url.scheme()
             )));
         }
-        let mut password = url.password().map(percent_decode);
+        let mut password = url.password().map(rewind_core::redact::percent_decode);
         if password.is_some() {
             url.set_password(None)
                 .map_err(|_| Error::Url("cannot remove the password".into()))?;
@@ -342,7 +342,7 @@ impl PgUrl {
     /// The database name (the path), or `None` when the URL names none.
     pub fn database(&self) -> Option<String> {
         let p = self.url.path().trim_start_matches('/');
-        (!p.is_empty()).then(|| percent_decode(p))
+        (!p.is_empty()).then(|| rewind_core::redact::percent_decode(p))
     }
 
     /// The same server and credentials, another database.
@@ -369,27 +369,6 @@ impl PgUrl {
     fn redact(&self, text: &str) -> String {
         redact(text, self.password.as_deref())
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Finds a PostgreSQL client tool in PATH, else in the newest `/usr/lib/postgresql/*/bin`.

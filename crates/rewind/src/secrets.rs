@@ -133,7 +133,7 @@ pub fn redactor(config: &Config, values: &Values, state: Option<&StateLocation>)
             if rewind_core::secret::has_references(&pw) {
                 continue;
             }
-            let decoded = percent_decode(&pw);
+            let decoded = rewind_core::redact::percent_decode(&pw);
             r.add(pw);
             r.add(decoded);
         }
@@ -150,25 +150,6 @@ fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(h) = s.get(i + 1..i + 3)
-            && let Ok(b) = u8::from_str_radix(h, 16)
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn secret_env(config: &Config) -> Vec<String> {
     use rewind_core::config::ComponentConfig;
     let mut out = Vec::new();
@@ -180,16 +161,4 @@ fn secret_env(config: &Config) -> Vec<String> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("p%40ss%2Fw"), "p@ss/w");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-    }
 }
