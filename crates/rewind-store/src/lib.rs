@@ -201,8 +201,18 @@ pub async fn open_for(
             Access::Write => SqliteStore::open_with(path, sync).await?,
             Access::Read => SqliteStore::open_read_only(path).await?,
         }),
-        // A PostgreSQL store is shared: reading it needs its schema current, as writing does.
-        StateLocation::Postgres(url) => Box::new(PostgresStore::connect(url).await?),
+        StateLocation::Postgres(url) => match access {
+            Access::Write => Box::new(PostgresStore::connect(url).await?),
+            // A database with no rewind schema yet is read as an empty store and left as it
+            // is (a reading command creates nothing, as on SQLite).
+            Access::Read => match PostgresStore::connect_to_read(url).await? {
+                Some(store) => Box::new(store),
+                None => Box::new(
+                    SqliteStore::empty_stand_in(rewind_core::redact::redact_url_passwords(url))
+                        .await?,
+                ),
+            },
+        },
     })
 }
 

@@ -48,6 +48,51 @@ impl PostgresStore {
     /// server that does not answer is reported at once (or after `CONNECT_TIMEOUT`), with
     /// the reason.
     pub async fn connect(url: &str) -> Result<Self> {
+        let store = Self::connect_only(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects to `url` for a command that only reads: a database that holds no rewind
+    /// schema yet is answered by `None` (the caller reads it as an empty store) and left as
+    /// it is; one whose schema an older rewind wrote is migrated first (this rewind's queries
+    /// need the current schema).
+    pub async fn connect_to_read(url: &str) -> Result<Option<Self>> {
+        let store = Self::connect_only(url).await?;
+        let exists: bool = sqlx::query_scalar(
+            "SELECT to_regclass('_sqlx_migrations') IS NOT NULL OR to_regclass('audit') IS NOT NULL",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .map_err(|source| StoreError::Open {
+            location: store.location.clone(),
+            source,
+        })?;
+        if !exists {
+            store.pool.close().await;
+            return Ok(None);
+        }
+        store.migrate().await?;
+        Ok(Some(store))
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let migrator = Migrator::new(common::POSTGRES_MIGRATIONS)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                location: self.location.clone(),
+                source,
+            })?;
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                location: self.location.clone(),
+                source,
+            })
+    }
+
+    async fn connect_only(url: &str) -> Result<Self> {
         let location = rewind_core::redact::redact_url_passwords(url);
         let open_err = |e| StoreError::Open {
             location: location.clone(),
@@ -78,19 +123,6 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| connect_failure(&location, &options, scrub(e, url)))?;
-        let migrator = Migrator::new(common::POSTGRES_MIGRATIONS)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                location: location.clone(),
-                source,
-            })?;
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                location: location.clone(),
-                source,
-            })?;
         Ok(PostgresStore {
             pool,
             location,

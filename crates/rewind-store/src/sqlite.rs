@@ -241,7 +241,7 @@ impl SqliteStore {
 
     /// An empty store in memory, for reading a store that does not exist yet without
     /// creating it. It answers every question with "nothing recorded".
-    async fn empty_stand_in(location: String) -> Result<Self> {
+    pub(crate) async fn empty_stand_in(location: String) -> Result<Self> {
         let migrate_err = |source| StoreError::Migrate {
             location: location.clone(),
             source,

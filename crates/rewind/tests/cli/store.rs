@@ -214,6 +214,17 @@ async fn an_emptied_postgresql_state_store_is_refused() {
     f.deploy("v2").ok();
     let other = f.copy();
     pg_exec(&url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public;").await;
+    // A reading command is refused and creates nothing in the emptied database.
+    let s = f.run(&["status"]);
+    assert_refused_as_not_the_ledger(&s, "status on an emptied PostgreSQL store");
+    let tables: i64 = {
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(tables, 0, "a reading command created the schema");
     let d = f.deploy("v3");
     assert_refused_as_not_the_ledger(&d, "deploy on an emptied PostgreSQL store");
     assert!(!d.all().contains("pw-store-4711"), "{}", d.all());
