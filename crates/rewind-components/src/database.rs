@@ -1655,7 +1655,14 @@ impl Component for Database {
         ) {
             (Some(r), _) => r.clone(),
             (None, false) => String::new(),
-            (None, true) => return Ok(None),
+            (None, true) => {
+                // No release yet to read migrations from: nothing to report, but a database
+                // that cannot be reached says so.
+                if self.postgres {
+                    self.pool().await?;
+                }
+                return Ok(None);
+            }
         };
         let (format, migs) = self.read_migrations(&release)?;
         self.level(format, &migs).await.map(Some)

@@ -282,3 +282,34 @@ fn plan_deploy_is_refused_as_deploy_is_while_a_run_is_unfinished() {
     deploy.code(3);
     assert_eq!(f.ledger().1.len(), 3, "nothing was recorded");
 }
+
+/// A PostgreSQL component nothing was deployed to yet, whose server does not answer: `status`
+/// says it cannot connect (it showed `-`, as if all were well).
+#[test]
+fn status_says_an_unreachable_database_cannot_be_read_before_any_deploy() {
+    let f = Fixture::with(Setup {
+        extra: "\n[components.db]\nkind = \"postgres\"\nurl = \"postgres://app:pw-9931@127.0.0.1:1/x\"\nmigrations = \"rel/{release}/migrations\"\nformat = \"sqlx\"\n".into(),
+        ..Setup::default()
+    });
+    let s = f.run(&["status"]);
+    s.ok();
+    assert!(
+        s.stdout.contains("cannot connect") && !s.all().contains("pw-9931"),
+        "{}",
+        s.all()
+    );
+    let j = f.run(&["--json", "status"]).json();
+    let db = j["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "db")
+        .unwrap()
+        .clone();
+    assert!(
+        db["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot connect")),
+        "{db}"
+    );
+}
