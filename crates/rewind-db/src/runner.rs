@@ -649,25 +649,39 @@ async fn sqlite_counts(conn: &mut AnyConnection) -> Result<BTreeMap<String, (i64
     Ok(out)
 }
 
-async fn pg_tables(conn: &mut AnyConnection) -> Result<BTreeMap<i64, String>> {
-    let doing = "listing tables";
-    let rows = sqlx::query(
-        "SELECT CAST(c.oid AS BIGINT), CAST(CAST(c.oid AS regclass) AS TEXT) FROM pg_class c \
-         JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-         AND n.nspname NOT LIKE 'pg\\_%'",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(query_err(doing))?;
+/// Rows of a two-column query, the first column (an oid as BIGINT) the key.
+async fn oid_map<V>(
+    conn: &mut AnyConnection,
+    sql: &'static str,
+    doing: &'static str,
+) -> Result<BTreeMap<i64, V>>
+where
+    V: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    let rows = sqlx::query(sql)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(query_err(doing))?;
     let mut out = BTreeMap::new();
     for r in rows {
         out.insert(
             r.try_get::<i64, _>(0).map_err(query_err(doing))?,
-            r.try_get::<String, _>(1).map_err(query_err(doing))?,
+            r.try_get::<V, _>(1).map_err(query_err(doing))?,
         );
     }
     Ok(out)
+}
+
+async fn pg_tables(conn: &mut AnyConnection) -> Result<BTreeMap<i64, String>> {
+    oid_map(
+        conn,
+        "SELECT CAST(c.oid AS BIGINT), CAST(CAST(c.oid AS regclass) AS TEXT) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND n.nspname NOT LIKE 'pg\\_%'",
+        "listing tables",
+    )
+    .await
 }
 
 async fn guard_start(conn: &mut AnyConnection, backend: Backend) -> Result<Guard> {
@@ -698,21 +712,12 @@ async fn guard_start(conn: &mut AnyConnection, backend: Backend) -> Result<Guard
 
 /// Rows deleted per table oid as `pg_stat_xact_user_tables` counts them now.
 async fn pg_deleted(conn: &mut AnyConnection) -> Result<BTreeMap<i64, i64>> {
-    let doing = "reading the rows deleted in this session";
-    let rows = sqlx::query(
+    oid_map(
+        conn,
         "SELECT CAST(relid AS BIGINT), n_tup_del FROM pg_stat_xact_user_tables WHERE n_tup_del > 0",
+        "reading the rows deleted in this session",
     )
-    .fetch_all(&mut *conn)
     .await
-    .map_err(query_err(doing))?;
-    let mut out = BTreeMap::new();
-    for r in rows {
-        out.insert(
-            r.try_get::<i64, _>(0).map_err(query_err(doing))?,
-            r.try_get::<i64, _>(1).map_err(query_err(doing))?,
-        );
-    }
-    Ok(out)
 }
 
 /// The tables of `tables` that hold at least one row, in few queries.
